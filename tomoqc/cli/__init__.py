@@ -1,0 +1,60 @@
+"""The ``tomoqc`` command line: a thin shell over the Python API.
+
+Each command group lives in its own module and registers itself on :data:`app`.
+Heavy libraries (TensorFlow, dask) are imported inside the commands, so that
+``tomoqc --help`` and ``tomoqc info`` start fast.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+from tomoqc.errors import TomoqcError
+
+app = typer.Typer(
+    name="tomoqc",
+    help="Objective, no-reference image quality assessment for X-ray tomography volumes.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+# Command modules register their commands on `app` when imported.
+from tomoqc.cli import io_cmds  # noqa: E402,F401
+from tomoqc.cli import data_cmds  # noqa: E402,F401
+from tomoqc.cli import metrics_cmds  # noqa: E402,F401
+from tomoqc.cli import train_cmds  # noqa: E402,F401
+from tomoqc.cli import score_cmds  # noqa: E402,F401
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the CLI; a :class:`TomoqcError` becomes one line on stderr and its exit code."""
+    try:
+        app(args=argv, standalone_mode=False)
+    except TomoqcError as err:
+        print(f"tomoqc: error: {err}", file=sys.stderr)
+        return err.exit_code
+    except KeyboardInterrupt:
+        print("tomoqc: interrupted", file=sys.stderr)
+        return 130
+    except SystemExit as err:  # typer.Exit inside commands
+        return int(err.code or 0)
+    except Exception as err:  # click usage errors and the like
+        import click
+
+        if isinstance(err, click.exceptions.Exit):
+            return err.exit_code
+        if isinstance(err, click.ClickException):
+            err.show()
+            return 1 if err.exit_code == 2 else err.exit_code
+        if isinstance(err, click.exceptions.Abort):
+            print("tomoqc: aborted", file=sys.stderr)
+            return 1
+        raise
+    return 0
+
+
+def entry() -> None:  # console-script entry point
+    sys.exit(main())

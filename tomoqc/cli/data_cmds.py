@@ -1,0 +1,3 @@
+"""CLI commands (data)."""
+
+from tomoqc.cli import app  # noqa: F401

@@ -1,0 +1,3 @@
+"""CLI commands (io)."""
+
+from tomoqc.cli import app  # noqa: F401

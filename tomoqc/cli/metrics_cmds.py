@@ -1,0 +1,3 @@
+"""CLI commands (metrics)."""
+
+from tomoqc.cli import app  # noqa: F401

@@ -1,0 +1,3 @@
+"""CLI commands (score)."""
+
+from tomoqc.cli import app  # noqa: F401

@@ -1,0 +1,3 @@
+"""CLI commands (train)."""
+
+from tomoqc.cli import app  # noqa: F401
