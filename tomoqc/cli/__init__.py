@@ -21,6 +21,14 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
+@app.command()
+def version() -> None:
+    """Print the tomoqc version."""
+    from tomoqc import __version__
+
+    print(__version__)
+
+
 # Command modules register their commands on `app` when imported.
 from tomoqc.cli import io_cmds  # noqa: E402,F401
 from tomoqc.cli import data_cmds  # noqa: E402,F401
