@@ -47,18 +47,20 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("tomoqc: interrupted", file=sys.stderr)
         return 130
-    except SystemExit as err:  # typer.Exit inside commands
+    except SystemExit as err:
         return int(err.code or 0)
-    except Exception as err:  # click usage errors and the like
-        import click
-
-        if isinstance(err, click.exceptions.Exit):
-            return err.exit_code
-        if isinstance(err, click.ClickException):
+    except typer.Exit as err:
+        return int(getattr(err, "exit_code", 0) or 0)
+    except typer.Abort:
+        print("tomoqc: aborted", file=sys.stderr)
+        return 1
+    except Exception as err:
+        # usage errors (unknown option, missing argument, bad value) from the CLI parser
+        if hasattr(err, "show") and hasattr(err, "exit_code"):
+            if err.__class__.__name__ == "NoArgsIsHelpError":
+                err.show()
+                return 0
             err.show()
-            return 1 if err.exit_code == 2 else err.exit_code
-        if isinstance(err, click.exceptions.Abort):
-            print("tomoqc: aborted", file=sys.stderr)
             return 1
         raise
     return 0
