@@ -1,3 +1,91 @@
-"""CLI commands (train)."""
+"""CLI commands: ``tomoqc train rank`` and ``tomoqc train finetune``."""
 
-from tomoqc.cli import app  # noqa: F401
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from tomoqc.cli import app
+
+train_app = typer.Typer(
+    help="Train the TIQA network: rank (self-supervised), then finetune (labels).",
+    no_args_is_help=True,
+)
+app.add_typer(train_app, name="train")
+
+
+def _report(result: dict, out: Path) -> None:
+    h = result["history"][-1] if result["history"] else {}
+    if result.get("interrupted"):
+        print(f"interrupted by a signal; state saved in {out / 'state'}; rerun with --resume to continue")
+    print(f"best validation SROCC {result['best_val_srocc']:.4f}; last epoch {h.get('epoch', 0)}")
+    print(f"weights: {result['best']}")
+    print(f"log: {out / 'log.csv'}  curves: {out / 'curves.png'}  model card: {out / 'model_card.json'}")
+
+
+def _command(argv_name: str, **opts) -> str:
+    parts = [f"tomoqc train {argv_name}"]
+    for k, v in opts.items():
+        if v is None or v is False:
+            continue
+        flag = "--" + k.replace("_", "-")
+        parts.append(flag if v is True else f"{flag} {v}")
+    return " ".join(parts)
+
+
+@train_app.command("rank")
+def rank_cmd(
+    data: Path = typer.Option(..., "--data", help="Dataset folder with manifest.csv (levels suffice)."),
+    out: Path = typer.Option(..., "--out", help="Output folder for weights, logs and the model card."),
+    epochs: int = typer.Option(30, "--epochs", help="Epochs (the TIQA report: 30)."),
+    batch_size: int = typer.Option(4, "--batch-size", help="Blocks per batch (a block = reference + 5 levels)."),
+    seed: int = typer.Option(0, "--seed"),
+    resume: bool = typer.Option(False, "--resume", help="Continue from OUT/state."),
+    margin: float = typer.Option(6.0, "--margin", help="Hinge margin (report code 6, RankIQA 10)."),
+    lr: float = typer.Option(3e-5, "--lr", help="Adam learning rate."),
+    crop: int = typer.Option(224, "--crop", help="Training crop side in pixels."),
+    init: Optional[Path] = typer.Option(None, "--init", help="Start from this .keras TIQA model."),
+    backbone_weights: Optional[Path] = typer.Option(
+        None, "--backbone-weights", help="Local EfficientNet-B0 (no top) weights file for a new model."
+    ),
+    steps_per_epoch: Optional[int] = typer.Option(None, "--steps-per-epoch", help="Cap on batches per epoch."),
+    progress: bool = typer.Option(True, "--progress/--no-progress"),
+) -> None:
+    """Train the network to order images by distortion level (pairwise hinge rank loss)."""
+    from tomoqc.train.rank import train_rank
+
+    cmd = _command("rank", data=data, out=out, epochs=epochs, batch_size=batch_size, seed=seed, resume=resume,
+                   margin=margin, lr=lr, crop=crop, init=init, backbone_weights=backbone_weights,
+                   steps_per_epoch=steps_per_epoch)
+    res = train_rank(data, out, epochs=epochs, blocks_per_batch=batch_size, seed=seed, resume=resume,
+                     margin=margin, lr=lr, crop=crop, init=init, backbone_weights=backbone_weights,
+                     steps_per_epoch=steps_per_epoch, progress=progress, command=cmd)
+    _report(res, out)
+
+
+@train_app.command("finetune")
+def finetune_cmd(
+    data: Path = typer.Option(..., "--data", help="Labelled dataset folder (run `tomoqc label` first)."),
+    out: Path = typer.Option(..., "--out", help="Output folder for weights, logs and the model card."),
+    init: Optional[Path] = typer.Option(None, "--init", help="Rank-stage model to start from (OUT/best.keras)."),
+    epochs: int = typer.Option(20, "--epochs", help="Epochs (the TIQA report: 20)."),
+    batch_size: int = typer.Option(16, "--batch-size", help="Images per batch."),
+    seed: int = typer.Option(0, "--seed"),
+    resume: bool = typer.Option(False, "--resume", help="Continue from OUT/state."),
+    lr: float = typer.Option(5e-5, "--lr", help="Adam learning rate, halved every 4 epochs."),
+    crop: int = typer.Option(224, "--crop", help="Training crop side in pixels."),
+    patience: int = typer.Option(5, "--patience", help="Early stopping patience in epochs."),
+    steps_per_epoch: Optional[int] = typer.Option(None, "--steps-per-epoch", help="Cap on batches per epoch."),
+    progress: bool = typer.Option(True, "--progress/--no-progress"),
+) -> None:
+    """Fine-tune to regress 1-5 quality labels and the distortion severities."""
+    from tomoqc.train.finetune import train_finetune
+
+    cmd = _command("finetune", data=data, out=out, init=init, epochs=epochs, batch_size=batch_size, seed=seed,
+                   resume=resume, lr=lr, crop=crop, patience=patience, steps_per_epoch=steps_per_epoch)
+    res = train_finetune(data, out, init=init, epochs=epochs, batch_size=batch_size, seed=seed, resume=resume,
+                         lr=lr, crop=crop, patience=patience, steps_per_epoch=steps_per_epoch, progress=progress,
+                         command=cmd)
+    _report(res, out)

@@ -1,0 +1,188 @@
+#!/usr/bin/env python
+"""Train tomoqc's bundled default TIQA model with one seeded command.
+
+    python scripts/train_default_model.py --work /tmp/train_default
+
+Steps (each skipped when its output already exists, so a rerun continues):
+
+1. data: ``tomoqc.dataset.build_dataset`` makes domain-randomised electrode phantoms
+   (morphology and particle scale, phase contrasts, noise floor and PSF of the clean
+   image, field-of-view disc, intensity offset and scale; :func:`tomoqc.phantom.random_params`)
+   and distorts each reference with noise, blur and rings at levels 1-5 in both the image
+   domain (the TIQA report's recipes) and the sinogram domain (simulated scans), plus
+   mixtures. A second, independent set from fresh seeds is kept for evaluation only.
+2. labels: ``tomoqc.labels.project_dataset`` adds the generated 1-5 ``label`` column.
+3. rank: :func:`tomoqc.train.rank.train_rank` (hinge rank loss on blocks of levels).
+4. finetune: :func:`tomoqc.train.finetune.train_finetune` from the rank checkpoint (MSE on
+   labels, severity head on levels; early stopping on validation SROCC).
+5. evaluation on the fresh-seed set with the default test-time sampling (grid of 224
+   patches, mean of the valid ones); the weights and the model card (with the evaluation
+   table) are written to ``tomoqc/models/weights/tiqa_default.{keras,json}``.
+
+Training sizes are chosen for a two-core CPU and about an hour in total (the network is
+fully convolutional: it trains on 128-160 px crops and scores 224 px patches). On a GPU,
+raise ``--references``, ``--rank-steps`` and ``--finetune-steps``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def has_labels(data: Path) -> bool:
+    with open(data / "manifest.csv", newline="") as fh:
+        row = next(csv.DictReader(fh), {})
+    return row.get("label") not in (None, "")
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--work", type=Path, default=Path("train_default_work"), help="working folder")
+    ap.add_argument("--seed", type=int, default=2026, help="seed of the training data and the network")
+    ap.add_argument("--eval-seed", type=int, default=9001, help="seed of the fresh evaluation phantoms")
+    ap.add_argument("--references", type=int, default=160, help="training phantoms")
+    ap.add_argument("--eval-references", type=int, default=24, help="evaluation phantoms")
+    ap.add_argument("--size", type=int, default=256, help="phantom side in pixels")
+    ap.add_argument("--margin", type=float, default=6.0, help="rank hinge margin")
+    ap.add_argument("--rank-crop", type=int, default=128)
+    ap.add_argument("--rank-lr", type=float, default=3e-4)
+    ap.add_argument("--rank-epochs", type=int, default=8)
+    ap.add_argument("--rank-steps", type=int, default=90, help="batches per rank epoch")
+    ap.add_argument("--rank-minutes", type=float, default=15.0)
+    ap.add_argument("--finetune-crop", type=int, default=160)
+    ap.add_argument("--finetune-lr", type=float, default=1e-4)
+    ap.add_argument("--finetune-epochs", type=int, default=20)
+    ap.add_argument("--finetune-steps", type=int, default=80, help="batches per finetune epoch")
+    ap.add_argument("--finetune-minutes", type=float, default=30.0)
+    ap.add_argument("--install", type=Path, default=REPO / "tomoqc" / "models" / "weights",
+                    help="where the finished model and its card go")
+    ap.add_argument("--resume", action="store_true", help="continue interrupted training stages")
+    ap.add_argument("--skip-train", action="store_true", help="only evaluate and install the finished model")
+    args = ap.parse_args(argv)
+
+    from tomoqc.dataset import build_dataset
+    from tomoqc.labels import project_dataset
+
+    work = args.work
+    work.mkdir(parents=True, exist_ok=True)
+    command = "python scripts/train_default_model.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    train_dir = work / "data_train"
+    eval_dir = work / "data_eval"
+
+    # 1. data
+    for d, n, seed in ((train_dir, args.references, args.seed), (eval_dir, args.eval_references, args.eval_seed)):
+        if not (d / "manifest.csv").is_file():
+            t = time.time()
+            log(f"building {d} ({n} phantom references, both domains, mixtures, seed {seed})")
+            build_dataset(d, references=n, domain="both", size=args.size, seed=seed, workers=1, progress=False)
+            log(f"built in {time.time() - t:.0f} s")
+    # 2. labels
+    for d in (train_dir, eval_dir):
+        if not has_labels(d):
+            t = time.time()
+            log(f"labelling {d}")
+            project_dataset(d, progress=False)
+            log(f"labelled in {time.time() - t:.0f} s")
+
+    rank_out = work / "rank"
+    ft_out = work / "finetune"
+    if not args.skip_train:
+        from tomoqc.train.common import has_state
+        from tomoqc.train.finetune import train_finetune
+        from tomoqc.train.rank import train_rank
+
+        # 3. rank
+        if not (rank_out / "DONE").exists():
+            log("rank stage")
+            res = train_rank(train_dir, rank_out, epochs=args.rank_epochs, steps_per_epoch=args.rank_steps,
+                             blocks_per_batch=4, crop=args.rank_crop, margin=args.margin, lr=args.rank_lr,
+                             lr_decay=0.9, seed=args.seed, resume=args.resume and has_state(rank_out),
+                             time_limit_s=args.rank_minutes * 60, val_size=224, val_crops=1,
+                             progress=False, command=command)
+            if res["interrupted"]:
+                return 0
+            (rank_out / "DONE").write_text("done\n")
+        # 4. finetune
+        if not (ft_out / "DONE").exists():
+            log("finetune stage")
+            res = train_finetune(train_dir, ft_out, init=rank_out / "best.keras", epochs=args.finetune_epochs,
+                                 steps_per_epoch=args.finetune_steps, batch_size=16, crop=args.finetune_crop,
+                                 lr=args.finetune_lr, decay_epochs=4, lr_decay=0.5, seed=args.seed,
+                                 resume=args.resume and has_state(ft_out), patience=6,
+                                 time_limit_s=args.finetune_minutes * 60, val_size=224, val_crops=1,
+                                 progress=False, command=command)
+            if res["interrupted"]:
+                return 0
+            (ft_out / "DONE").write_text("done\n")
+
+    # 5. evaluate + install
+    from tomoqc.models.tiqa import file_sha256, load_model
+    from tomoqc.train.common import atomic_write_text, versions
+    from tomoqc.train.data import manifest_sha256
+    from tomoqc.train.finetune import evaluate_dataset, format_table
+
+    best = ft_out / "best.keras"
+    model = load_model(best)
+    t = time.time()
+    ev = evaluate_dataset(model, eval_dir, mode="grid")
+    log(f"evaluated on fresh phantoms in {time.time() - t:.0f} s\n" + format_table(ev["table"]))
+    ft_card = json.loads((ft_out / "model_card.json").read_text())
+    rank_card = json.loads((rank_out / "model_card.json").read_text()) if (rank_out / "model_card.json").exists() else {}
+    args.install.mkdir(parents=True, exist_ok=True)
+    dest = args.install / "tiqa_default.keras"
+    tmp = args.install / ".tiqa_default.partial.keras"
+    shutil.copyfile(best, tmp)
+    os.replace(tmp, dest)
+    sha = file_sha256(dest)
+    card = {
+        "model_id": f"tiqa-default-{sha[:12]}",
+        "description": "TIQA network (EfficientNet-B0 from scratch, score and severity heads) trained on "
+                       "domain-randomised electrode phantoms, image- and sinogram-domain distortions and mixtures.",
+        "weights": dest.name,
+        "weights_sha256": sha,
+        "size_bytes": dest.stat().st_size,
+        "command": command,
+        "seed": args.seed,
+        "data": {
+            "train": {"references": args.references, "size": args.size, "seed": args.seed,
+                      "manifest_sha256": manifest_sha256(train_dir), "domains": ["image", "physics"],
+                      "mixtures": True, "domain_randomisation": "tomoqc.phantom.random_params"},
+            "evaluation": {"references": args.eval_references, "seed": args.eval_seed,
+                           "manifest_sha256": manifest_sha256(eval_dir)},
+        },
+        "training": {"rank": {k: rank_card.get(k) for k in ("hyperparameters", "validation")},
+                     "finetune": {k: ft_card.get(k) for k in ("hyperparameters", "validation", "init")}},
+        "evaluation": {"sampling": "grid", "table": ev["table"]},
+        "test_time_sampling": {"mode": "grid", "patch": 224,
+                               "aggregate": "mean of patches inside the field of view and not only air",
+                               "alternatives": ["resize_crop (report IV.1)", "random (RankIQA, N=30)"]},
+        "score": "1 (bad) to 5 (excellent), clipped",
+        "severity": ["noise", "blur", "ring"],
+        "versions": versions(),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    atomic_write_text(args.install / "tiqa_default.json", json.dumps(card, indent=2) + "\n")
+    atomic_write_text(work / "evaluation.txt", format_table(ev["table"]) + "\n")
+    log(f"installed {dest} ({dest.stat().st_size / 1e6:.1f} MB, sha256 {sha[:12]})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,156 @@
+import json
+import zipfile
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from tomoqc.errors import InputError, OptionError
+from tomoqc.models import tiqa
+from tomoqc.models.tiqa import (
+    FLAG_CONSTANT,
+    FLAG_NO_VALID_PATCH,
+    FLAG_PADDED,
+    PATCH,
+    build_tiqa,
+    load_model,
+    patch_grid,
+)
+
+
+@pytest.fixture(scope="module")
+def model_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("tiqa") / "random.keras"
+    build_tiqa(seed=3).save(path)
+    (path.with_suffix(".json")).write_text(json.dumps({"model_id": "random-test-model"}))
+    return path
+
+
+@pytest.fixture(scope="module")
+def model(model_file):
+    return load_model(model_file, batch_size=8)
+
+
+@settings(max_examples=60, deadline=None)
+@given(h=st.integers(1, 1200), w=st.integers(1, 1200))
+def test_grid_covers_every_pixel(h, w):
+    py, px, starts = patch_grid((h, w))
+    assert py == max(1, -(-h // PATCH)) and px == max(1, -(-w // PATCH))
+    assert starts.shape == (py * px, 2)
+    cover = np.zeros((max(h, PATCH), max(w, PATCH)), bool)
+    for y, x in starts:
+        assert 0 <= y and 0 <= x
+        assert y + PATCH <= max(h, PATCH) and x + PATCH <= max(w, PATCH)
+        cover[y : y + PATCH, x : x + PATCH] = True
+    assert cover[:h, :w].all()
+
+
+def test_model_outputs_and_size(model):
+    km = build_tiqa(input_size=None, seed=0)
+    out = km(np.zeros((2, 96, 96, 1), np.float32), training=False)
+    assert tuple(out["score"].shape) == (2, 1)
+    assert tuple(out["severity"].shape) == (2, 3)
+    sev = np.asarray(out["severity"])
+    assert (sev > 0).all() and (sev < 1).all()
+    assert model.model_id == "random-test-model"
+    assert len(model.sha256) == 64
+
+
+def test_predict_independent_of_batch_padding(model):
+    rng = np.random.default_rng(0)
+    p = rng.uniform(0, 1, size=(11, PATCH, PATCH)).astype(np.float32)
+    s_all, v_all = model.predict_patches(p, raw=True)
+    s3, v3 = model.predict_patches(p[:3], raw=True)
+    np.testing.assert_allclose(s3, s_all[:3], rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(v3, v_all[:3], rtol=1e-4, atol=1e-5)
+    s_clip, _ = model.predict_patches(p)
+    assert ((s_clip >= 1) & (s_clip <= 5)).all()
+    with pytest.raises(InputError):
+        model.predict_patches(np.full((1, PATCH, PATCH), np.nan, np.float32))
+
+
+def _disc_slice(n=620, radius=240, seed=0):
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:n, :n]
+    inside = (yy - n / 2 + 0.5) ** 2 + (xx - n / 2 + 0.5) ** 2 <= radius**2
+    texture = 1000 + 400 * np.sin(xx / 7.0) * np.cos(yy / 11.0) + 50 * rng.normal(size=(n, n))
+    img = np.where(inside, texture, 0.0).astype(np.float32)  # zeros outside the field of view
+    return img, inside
+
+
+def test_grid_excludes_patches_outside_the_field_of_view(model):
+    img, inside = _disc_slice()
+    res = model.score_slices(img[None], raw=True)
+    py, px, starts = patch_grid(img.shape)
+    ps = res["patch_score"][0]
+    assert ps.shape == (py, px) == (3, 3)
+    for k, (y, x) in enumerate(starts):
+        frac_out = 1.0 - inside[y : y + PATCH, x : x + PATCH].mean()
+        assert frac_out < 0.4 or frac_out > 0.6  # the geometry leaves no borderline patch
+        assert np.isnan(ps.flat[k]) == (frac_out > 0.5)
+    assert np.isnan(ps[0, 0]) and np.isnan(ps[2, 2]) and np.isfinite(ps[1, 1])
+    # the slice score is the mean of the scored patches only
+    assert res["score"][0] == pytest.approx(np.nanmean(ps), rel=1e-5)
+    assert res["valid_fraction"][0] == pytest.approx(np.isfinite(ps).mean())
+    q = model.score_slices(img, raw=True, quantile=0.0)
+    assert q["score"][0] == pytest.approx(np.nanmin(ps), rel=1e-5)
+
+
+def test_air_constant_and_small_slices(model):
+    rng = np.random.default_rng(1)
+    yy, xx = np.mgrid[:300, :600]
+    sample = 1000 + 400 * np.sin(xx / 5.0) * np.cos(yy / 9.0) + 40 * rng.normal(size=(300, 600))
+    air = 50 + 5 * rng.normal(size=(300, 600))  # dark, only noise
+    img = np.where(xx < 300, sample, air).astype(np.float32)
+    const = np.full((300, 600), 5.0, np.float32)
+    res = model.score_slices(np.stack([img, const]))
+    ps = res["patch_score"]
+    # columns start at x = 0, 188, 376: the last holds only air, the middle is half sample
+    assert np.isfinite(ps[0, :, 0]).all() and np.isfinite(ps[0, :, 1]).all()
+    assert np.isnan(ps[0, :, 2]).all()
+    assert np.isfinite(res["score"][0]) and not res["flags"][0] & FLAG_NO_VALID_PATCH
+    assert np.isnan(res["score"][1])
+    assert res["flags"][1] & FLAG_CONSTANT and res["flags"][1] & FLAG_NO_VALID_PATCH
+    assert np.isnan(ps[1]).all() and np.isnan(res["severity"][1]).all()
+    small = rng.uniform(0, 1, size=(100, 150)).astype(np.float32)
+    r = model.score_slices(small)
+    assert r["flags"][0] & FLAG_PADDED
+    assert r["patch_score"].shape == (1, 1, 1) and np.isfinite(r["score"][0])
+
+
+def test_other_sampling_modes(model):
+    img, _ = _disc_slice(400, 190, seed=2)
+    a = model.score_slices(img, mode="random", n_crops=6, seed=5, raw=True)
+    b = model.score_slices(img, mode="random", n_crops=6, seed=5, raw=True)
+    assert a["score"][0] == b["score"][0] and np.isfinite(a["score"][0])
+    c = model.score_slices(img, mode="resize_crop", raw=True)
+    assert np.isfinite(c["score"][0]) and c["patch_score"].shape == (1, 1, 1)
+    assert tiqa.resize_crop(np.zeros((300, 600), np.float32)).shape == (PATCH, PATCH)
+    with pytest.raises(OptionError):
+        model.score_slices(img, mode="bogus")
+    with pytest.raises(OptionError):
+        model.score_slices(img, quantile=1.5)
+
+
+def test_load_errors(tmp_path, model_file):
+    with pytest.raises(InputError, match="not found"):
+        load_model(tmp_path / "missing.keras")
+    junk = tmp_path / "junk.keras"
+    junk.write_bytes(b"this is not a model")
+    with pytest.raises(InputError, match="corrupt"):
+        load_model(junk)
+    badzip = tmp_path / "badzip.keras"
+    with zipfile.ZipFile(badzip, "w") as z:
+        z.writestr("hello.txt", "hi")
+    with pytest.raises(InputError):
+        load_model(badzip)
+    # a truncated copy of a real model file
+    cut = tmp_path / "cut.keras"
+    cut.write_bytes(model_file.read_bytes()[: 200000])
+    with pytest.raises(InputError):
+        load_model(cut)
+    with pytest.raises(InputError):
+        load_model(tmp_path)
+    with pytest.raises(InputError):
+        build_tiqa(backbone_weights=tmp_path / "nope.h5")

@@ -1,0 +1,776 @@
+"""Slice-wise quality scoring of whole volumes, fanned out on a dask cluster.
+
+The volume is cut into *chunks* of consecutive scored slices. Each chunk is one
+dask task: the worker reads its slices from the input (never the whole volume),
+normalises them, cuts them into 224 x 224 patches, runs all the chunk's patches
+through the TIQA network in batches, and returns the per-slice results, which
+are small. The client writes every finished chunk into its own, chunk-aligned
+region of the output zarr as soon as it arrives and then drops a "done" marker
+for it, so that a run that is killed resumes where it stopped: a rerun skips the
+chunks already written and gives identical outputs.
+
+The output is built under a temporary name (``.<name>.partial`` beside the final
+path); only when every chunk is written is it marked ``complete`` and renamed to
+``<volume>.quality.zarr``.
+
+Each worker process loads the model once (a cache keyed by the model file's
+path and SHA-256), not once per task, and keeps the opened input volume.
+
+The quality output is an :class:`xarray.Dataset`:
+
+``score(z)`` float32
+    The slice's quality on the 1-5 scale (5 best), the mean of its valid
+    patches' scores; NaN when the slice cannot be scored.
+``flag(z)`` int8
+    0 ok, 1 constant slice (no contrast), 2 NaN or infinite values present
+    (the slice is still scored from its finite pixels when possible), 3 no patch
+    of the slice holds sample (see :func:`tomoqc.preprocess.patch_validity`).
+``valid_fraction(z)`` float32
+    Share of the slice's patches that were scored.
+``patch_score(z, py, px)`` float32
+    The score of every patch of the grid (:func:`tomoqc.models.tiqa.patch_grid`),
+    NaN for excluded patches.
+``severity(z, distortion)`` float32
+    Mean severity (0-1) of noise, blur and ring over the valid patches.
+
+``z`` holds the indices of the scored slices along the slicing axis.
+
+References
+----------
+The network and its training follow the TIQA method for tomography image
+quality assessment (EfficientNet-B0 ranked, then fine-tuned on generated
+scores); see :mod:`tomoqc.models.tiqa` for the papers and DOIs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import threading
+import time
+import uuid
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+
+from tomoqc.errors import InputError, OptionError, TomoqcError
+
+__all__ = [
+    "FLAG_OK",
+    "FLAG_CONSTANT",
+    "FLAG_NONFINITE",
+    "FLAG_NO_VALID_PATCH",
+    "FLAG_MEANINGS",
+    "DEFAULT_CHUNK_SLICES",
+    "output_path",
+    "partial_path",
+    "score",
+    "score_block",
+]
+
+FLAG_OK = 0
+FLAG_CONSTANT = 1
+FLAG_NONFINITE = 2
+FLAG_NO_VALID_PATCH = 3
+FLAG_MEANINGS = "ok constant nonfinite no_valid_patch"
+
+DEFAULT_CHUNK_SLICES = 8
+OUTPUT_SUFFIX = ".quality.zarr"
+_DONE_DIR = "_done"
+_FORMAT_VERSION = 1
+
+# ----------------------------------------------------------------------------- worker side
+
+_CACHE_LOCK = threading.Lock()
+_MODELS: dict[tuple, object] = {}
+_VOLUMES: dict[tuple, object] = {}
+#: How many times this process loaded a model (read by tests through ``Client.run``).
+MODEL_LOADS = 0
+
+
+def _configure_tensorflow() -> None:
+    """Apply the thread and GPU settings a cluster put in this worker's environment."""
+    threads = os.environ.get("TOMOQC_TF_THREADS")
+    growth = os.environ.get("TOMOQC_TF_GPU_GROWTH")
+    if not threads and not growth:
+        return
+    import tensorflow as tf
+
+    try:
+        if threads:
+            tf.config.threading.set_intra_op_parallelism_threads(int(threads))
+            tf.config.threading.set_inter_op_parallelism_threads(1)
+        if growth:
+            for gpu in tf.config.list_physical_devices("GPU"):
+                tf.config.experimental.set_memory_growth(gpu, True)
+    except RuntimeError:
+        pass  # TensorFlow already initialised in this process: keep its settings
+
+
+def _get_model(path: str, sha256: str, batch_size: int):
+    """The model for ``path`` in this process, loaded on first use only."""
+    global MODEL_LOADS
+    key = (path, sha256, int(batch_size))
+    model = _MODELS.get(key)
+    if model is not None:
+        return model
+    with _CACHE_LOCK:
+        model = _MODELS.get(key)
+        if model is None:
+            _configure_tensorflow()
+            from tomoqc.models.tiqa import load_model
+
+            model = load_model(path, batch_size=batch_size)
+            if sha256 and model.sha256 and model.sha256 != sha256:
+                raise InputError(path, "the model file changed while scoring (SHA-256 differs)")
+            _MODELS[key] = model
+            MODEL_LOADS += 1
+    return model
+
+
+def _get_volume(path: str, dataset: str | None, axis: str):
+    key = (path, dataset or "", axis)
+    vol = _VOLUMES.get(key)
+    if vol is None:
+        from tomoqc.io import open_volume
+
+        vol = open_volume(path, dataset=dataset or None, axis=axis, chunk_slices=1, check=False)
+        with _CACHE_LOCK:
+            _VOLUMES[key] = vol
+    return vol
+
+
+def _encode_flags(bits: np.ndarray) -> np.ndarray:
+    """Turn the model's per-slice bit mask into this output's one-value flag."""
+    from tomoqc.models import tiqa
+
+    bits = np.asarray(bits, dtype=np.int64)
+    out = np.full(bits.shape, FLAG_OK, np.int8)
+    out[(bits & tiqa.FLAG_NO_VALID_PATCH) != 0] = FLAG_NO_VALID_PATCH
+    out[(bits & tiqa.FLAG_CONSTANT) != 0] = FLAG_CONSTANT
+    out[(bits & tiqa.FLAG_NONFINITE) != 0] = FLAG_NONFINITE
+    return out
+
+
+def score_block(model, block: np.ndarray) -> dict:
+    """Score a stack of raw slices with a loaded model.
+
+    Parameters
+    ----------
+    model : tomoqc.models.tiqa.TiqaModel
+    block : ndarray, shape (n, H, W)
+        Raw slices, any real dtype.
+
+    Returns
+    -------
+    dict
+        ``score`` (n,), ``flag`` (n,) int8, ``valid_fraction`` (n,),
+        ``patch_score`` (n, py, px), ``severity`` (n, 3); float32 unless said.
+    """
+    res = model.score_slices(block, mode="grid")
+    return {
+        "score": np.asarray(res["score"], np.float32),
+        "flag": _encode_flags(res["flags"]),
+        "valid_fraction": np.asarray(res["valid_fraction"], np.float32),
+        "patch_score": np.asarray(res["patch_score"], np.float32),
+        "severity": np.asarray(res["severity"], np.float32),
+    }
+
+
+def _run_chunk(source, k: int, indices, model_spec) -> dict:
+    """One dask task: read chunk ``k`` (slices ``indices``), score it, return the results.
+
+    ``source`` is either ``("path", path, dataset, axis)``, read here on the worker,
+    or an in-memory block of slices. Errors caused by the input come back as a record
+    (``{"error": ...}``) so that the client can raise them with the file's name.
+    """
+    import dask
+
+    t0 = time.perf_counter()
+    try:
+        path, sha, batch_size = model_spec
+        if isinstance(source, tuple) and source and source[0] == "path":
+            _, vpath, dataset, axis = source
+            vol = _get_volume(vpath, dataset, axis)
+            with dask.config.set(scheduler="synchronous"):
+                block = np.asarray(vol.isel(z=np.asarray(indices)).values)
+        else:
+            block = np.asarray(source)
+        model = _get_model(path, sha, batch_size)
+        out = score_block(model, block)
+    except TomoqcError as err:
+        return {"k": k, "error": str(err), "path": getattr(err, "path", None),
+                "problem": getattr(err, "problem", str(err))}
+    out["k"] = k
+    out["seconds"] = time.perf_counter() - t0
+    out["pid"] = os.getpid()
+    return out
+
+
+# ----------------------------------------------------------------------------- paths
+
+
+def output_path(volume_path, out=None) -> Path:
+    """Where the quality output of ``volume_path`` goes: ``<out or its folder>/<name>.quality.zarr``."""
+    p = Path(volume_path)
+    name = p.name.rstrip("/")
+    if not name:
+        name = p.resolve().name
+    base = Path(out) if out is not None else p.resolve().parent
+    return base / (name + OUTPUT_SUFFIX)
+
+
+def partial_path(final: Path) -> Path:
+    """The temporary name a quality output is built under."""
+    final = Path(final)
+    return final.parent / f".{final.name}.partial"
+
+
+def _model_spec(model, batch_size):
+    """Resolve ``model`` to (path, sha256, model_id) without loading TensorFlow here."""
+    from tomoqc.models import tiqa
+
+    if model is None:
+        path = tiqa.default_weights_path()
+        if not path.is_file():
+            raise InputError(path, "the bundled default model is not installed; pass --model PATH")
+    elif isinstance(model, tiqa.TiqaModel):
+        if model.path is None or not Path(model.path).is_file():
+            raise OptionError("a TiqaModel without a file cannot be sent to dask workers; pass its path")
+        path = Path(model.path)
+    else:
+        path = Path(model)
+        if not path.is_file():
+            raise InputError(path, "model weights file not found")
+    path = path.resolve()
+    sha = tiqa.file_sha256(path)
+    card = tiqa._read_card(path) if hasattr(tiqa, "_read_card") else {}
+    model_id = card.get("model_id") or f"{path.stem}-{sha[:12]}"
+    return str(path), sha, str(model_id)
+
+
+# ----------------------------------------------------------------------------- output store
+
+
+class _ZarrSink:
+    """The partial quality output on disk: chunk-aligned region writes and done markers."""
+
+    def __init__(self, path: Path):
+        import zarr
+
+        self.path = Path(path)
+        self.group = zarr.open_group(str(self.path), mode="r+")
+        self.arrays = {name: self.group[name] for name in ("score", "flag", "valid_fraction", "patch_score", "severity")}
+        self.done_dir = self.path / _DONE_DIR
+        self.done_dir.mkdir(exist_ok=True)
+
+    def done(self) -> set[int]:
+        out = set()
+        for f in self.done_dir.iterdir():
+            if f.name.startswith("chunk-") and not f.name.endswith(".tmp"):
+                try:
+                    out.add(int(f.name[6:]))
+                except ValueError:
+                    pass
+        return out
+
+    def write(self, k: int, lo: int, hi: int, res: dict, run_id: str) -> None:
+        for name, arr in self.arrays.items():
+            arr[lo:hi] = res[name]
+        marker = self.done_dir / f"chunk-{k:06d}"
+        tmp = marker.with_name(marker.name + ".tmp")
+        with open(tmp, "w") as fh:
+            json.dump({"run": run_id, "slices": [lo, hi], "seconds": res.get("seconds")}, fh)
+        os.replace(tmp, marker)
+
+
+class _MemorySink:
+    """Results kept in memory (an in-memory volume scored without ``out``)."""
+
+    def __init__(self, n, py, px, nd):
+        self.arrays = {
+            "score": np.full(n, np.nan, np.float32),
+            "flag": np.zeros(n, np.int8),
+            "valid_fraction": np.zeros(n, np.float32),
+            "patch_score": np.full((n, py, px), np.nan, np.float32),
+            "severity": np.full((n, nd), np.nan, np.float32),
+        }
+        self._done: set[int] = set()
+
+    def done(self) -> set[int]:
+        return set(self._done)
+
+    def write(self, k, lo, hi, res, run_id):
+        for name, arr in self.arrays.items():
+            arr[lo:hi] = res[name]
+        self._done.add(k)
+
+
+def _template(z, py, px, starts, chunk, attrs):
+    import dask.array as da
+    import xarray as xr
+
+    from tomoqc.models.tiqa import DISTORTIONS, PATCH
+
+    n = len(z)
+    nd = len(DISTORTIONS)
+    c = max(1, min(chunk, n))
+
+    def nan(shape, chunks):
+        return da.full(shape, np.nan, dtype=np.float32, chunks=chunks)
+
+    ds = xr.Dataset(
+        {
+            "score": (("z",), nan((n,), (c,)), {"long_name": "slice quality score", "units": "1 (worst) to 5 (best)"}),
+            "flag": (
+                ("z",),
+                da.zeros((n,), dtype=np.int8, chunks=(c,)),
+                {"flag_values": [0, 1, 2, 3], "flag_meanings": FLAG_MEANINGS},
+            ),
+            "valid_fraction": (("z",), nan((n,), (c,)), {"long_name": "share of patches scored"}),
+            "patch_score": (("z", "py", "px"), nan((n, py, px), (c, py, px)), {"long_name": "patch quality score"}),
+            "severity": (
+                ("z", "distortion"),
+                nan((n, nd), (c, nd)),
+                {"long_name": "distortion severity", "units": "0 (none) to 1 (strong)"},
+            ),
+        },
+        coords={
+            "z": ("z", np.asarray(z, dtype=np.int64), {"long_name": "slice index along the slicing axis"}),
+            "distortion": ("distortion", np.array(DISTORTIONS, dtype=object)),
+            "patch_y0": ("py", np.unique(starts[:, 0]).astype(np.int64)),
+            "patch_x0": ("px", np.unique(starts[:, 1]).astype(np.int64)),
+        },
+        attrs=attrs,
+    )
+    ds.attrs["patch_size"] = int(PATCH)
+    return ds
+
+
+def _read_attrs(path: Path) -> dict:
+    import zarr
+
+    try:
+        return dict(zarr.open_group(str(path), mode="r").attrs)
+    except Exception:
+        return {}
+
+
+# ----------------------------------------------------------------------------- progress
+
+
+def _progress(total: int, label: str, enabled: bool):
+    if not enabled:
+        return None
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn, TimeRemainingColumn
+    from rich.text import Text
+
+    class _Rate(ProgressColumn):
+        def render(self, task):
+            speed = task.finished_speed or task.speed
+            return Text("  -- slices/s" if speed is None else f"{speed:6.1f} slices/s")
+
+    prog = Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        _Rate(),
+        TimeRemainingColumn(),
+        console=Console(stderr=True),
+        transient=False,
+    )
+    prog.start()
+    task = prog.add_task(label, total=total)
+    return prog, task
+
+
+# ----------------------------------------------------------------------------- main entry
+
+
+def _as_volume(volume, dataset, axis):
+    """Return (DataArray, source_path or None) for a path or an array."""
+    import xarray as xr
+
+    if axis not in ("z", "y", "x"):
+        raise OptionError(f"--axis must be one of z, y, x, got {axis!r}")
+    if isinstance(volume, (str, os.PathLike)):
+        from tomoqc.io import open_volume
+
+        vol = open_volume(volume, dataset=dataset, axis=axis)
+        return vol, str(Path(volume).resolve())
+    if isinstance(volume, xr.DataArray):
+        da_ = volume
+    elif isinstance(volume, np.ndarray) or hasattr(volume, "__array__"):
+        da_ = xr.DataArray(np.asarray(volume))
+    else:
+        raise OptionError(f"volume must be a path or an array, got {type(volume).__name__}")
+    if da_.ndim == 2:
+        da_ = da_.expand_dims("z" if "z" not in da_.dims else "_slice")
+    if da_.ndim != 3:
+        raise InputError(None, f"a volume must be 3-D (z, y, x), got shape {da_.shape}")
+    dims = tuple(da_.dims)
+    if set(dims) != {"z", "y", "x"}:
+        da_ = da_.rename(dict(zip(dims, ("z", "y", "x"))))
+    order = {"z": ("z", "y", "x"), "y": ("y", "z", "x"), "x": ("x", "z", "y")}[axis]
+    da_ = da_.transpose(*order)
+    if axis != "z":
+        da_ = da_.rename(dict(zip(order, ("z", "y", "x"))))
+    if da_.dtype.kind not in "biuf":
+        raise InputError(None, f"a volume must hold real numbers, got dtype {da_.dtype}")
+    if 0 in da_.shape:
+        raise InputError(None, f"the volume is empty (shape {da_.shape})")
+    return da_, None
+
+
+def score(
+    volume,
+    *,
+    model=None,
+    out=None,
+    dataset: str | None = None,
+    axis: str = "z",
+    step: int = 1,
+    batch_size: int = 16,
+    cluster="local",
+    workers: int | None = None,
+    overwrite: bool = False,
+    chunk_slices: int | None = None,
+    client=None,
+    cluster_options: dict | None = None,
+    max_in_flight: int | None = None,
+    progress: bool = True,
+):
+    """Score every ``step``-th slice of a volume with the TIQA network.
+
+    Parameters
+    ----------
+    volume : path or xarray.DataArray or ndarray
+        A volume file or folder (anything :func:`tomoqc.io.open_volume` reads), or a
+        3-D array. Arrays are scored in memory; their output is written only when
+        ``out`` is given.
+    model : path or TiqaModel, optional
+        The ``.keras`` model; default: the bundled one.
+    out : path, optional
+        For a file input: the folder that receives ``<volume>.quality.zarr`` (default:
+        beside the input). For an array input: the full output path, or None to keep
+        the result in memory.
+    dataset : str, optional
+        The array inside an HDF5 file or zarr group.
+    axis : {"z", "y", "x"}
+        Axis to slice along.
+    step : int
+        Score every ``step``-th slice (0, step, 2 step, ...).
+    batch_size : int
+        Patches per network call.
+    cluster : str
+        ``"local"``, ``"local-cuda"``, ``"slurm"``, ``"none"`` or a scheduler address;
+        see :func:`tomoqc.cluster.start_cluster`. Ignored when ``client`` is given.
+    workers : int, optional
+        Number of workers (``0``: score in this process).
+    overwrite : bool
+        Replace an existing complete output.
+    chunk_slices : int, optional
+        Scored slices per task and per output chunk (default 8). A resumed run keeps
+        the chunking of the interrupted one.
+    client : distributed.Client, optional
+        An existing client to run on (e.g. to score several volumes on one cluster).
+    cluster_options : dict, optional
+        Passed to :func:`tomoqc.cluster.start_cluster` (SLURM queue, account, ...).
+    max_in_flight : int, optional
+        Most chunks submitted at once (default: twice the workers, plus one); bounds
+        memory on the workers and the scheduler.
+    progress : bool
+        Show a progress bar with slices/s on stderr.
+
+    Returns
+    -------
+    xarray.Dataset
+        The quality output (see the module documentation), opened from disk when
+        written there.
+
+    Raises
+    ------
+    InputError
+        Missing or unreadable volume or model; an existing output without ``overwrite``.
+    OptionError
+        Bad ``axis``, ``step``, ``batch_size`` or cluster options.
+    """
+    from tomoqc import __version__
+
+    if int(step) < 1:
+        raise OptionError(f"--step must be >= 1, got {step}")
+    if int(batch_size) < 1:
+        raise OptionError(f"--batch-size must be >= 1, got {batch_size}")
+    if chunk_slices is not None and int(chunk_slices) < 1:
+        raise OptionError(f"chunk_slices must be >= 1, got {chunk_slices}")
+    step, batch_size = int(step), int(batch_size)
+
+    vol, src_path = _as_volume(volume, dataset, axis)
+    mpath, msha, model_id = _model_spec(model, batch_size)
+    nz, h, w = (int(s) for s in vol.shape)
+    zsel = np.arange(0, nz, step, dtype=np.int64)
+
+    from tomoqc.models.tiqa import DISTORTIONS, PATCH, patch_grid
+
+    py, px, starts = patch_grid((max(h, PATCH), max(w, PATCH)))
+
+    params = {
+        "input": src_path,
+        "dataset": dataset or (vol.attrs.get("dataset") if src_path else "") or "",
+        "axis": axis,
+        "step": step,
+        "shape": [nz, h, w],
+        "model_sha256": msha,
+        "format_version": _FORMAT_VERSION,
+    }
+
+    final = None
+    if src_path is not None:
+        final = output_path(src_path, out)
+    elif out is not None:
+        final = Path(out)
+    if final is not None:
+        if src_path is not None and _same_or_inside(final, Path(src_path)):
+            raise InputError(final, "the output would be written inside the input volume")
+        if final.exists():
+            if not overwrite:
+                raise InputError(final, "output already exists (use --overwrite to replace it)")
+        final.parent.mkdir(parents=True, exist_ok=True)
+
+    # -- the partial output: resume it when it belongs to the same job ----------------
+    resumed = 0
+    sink = None
+    part = None
+    if final is not None:
+        part = partial_path(final)
+        old = _read_attrs(part) if part.exists() else {}
+        if part.exists() and old.get("tomoqc_params") == json.dumps(params, sort_keys=True):
+            chunk = int(old.get("chunk_slices", chunk_slices or DEFAULT_CHUNK_SLICES))
+        else:
+            if part.exists():
+                shutil.rmtree(part)
+            chunk = int(chunk_slices or DEFAULT_CHUNK_SLICES)
+            attrs = {
+                "title": "tomoqc slice quality",
+                "tomoqc_version": __version__,
+                "model_id": model_id,
+                "model_sha256": msha,
+                "model_path": mpath,
+                "input": src_path or "",
+                "dataset": params["dataset"],
+                "axis": axis,
+                "step": step,
+                "batch_size": batch_size,
+                "chunk_slices": chunk,
+                "input_shape": [nz, h, w],
+                "input_dtype": str(vol.attrs.get("dtype", vol.dtype)),
+                "parameters": json.dumps(
+                    {"axis": axis, "step": step, "batch_size": batch_size, "chunk_slices": chunk,
+                     "dataset": params["dataset"], "sampling": "grid", "patch": int(PATCH)}
+                ),
+                "tomoqc_params": json.dumps(params, sort_keys=True),
+                "complete": False,
+            }
+            tmpl = _template(zsel, py, px, starts, chunk, attrs)
+            tmpl.to_zarr(str(part), mode="w", compute=False, consolidated=False)
+        sink = _ZarrSink(part)
+    else:
+        chunk = int(chunk_slices or DEFAULT_CHUNK_SLICES)
+        sink = _MemorySink(len(zsel), py, px, len(DISTORTIONS))
+
+    bounds = [(k, lo, min(lo + chunk, len(zsel))) for k, lo in enumerate(range(0, len(zsel), chunk))]
+    done = sink.done()
+    resumed = len(done & {k for k, _, _ in bounds})
+    todo = [b for b in bounds if b[0] not in done]
+    run_id = uuid.uuid4().hex[:12]
+    spec = (mpath, msha, batch_size)
+
+    def source_for(lo, hi):
+        idx = zsel[lo:hi]
+        if src_path is not None:
+            return ("path", src_path, params["dataset"] or None, axis)
+        import dask
+
+        with dask.config.set(scheduler="synchronous"):
+            return np.asarray(vol.isel(z=idx).values)
+
+    label = Path(src_path).name if src_path else "volume"
+    bar = _progress(len(zsel), f"scoring {label}", progress)
+    if bar is not None and resumed:
+        bar[0].reset(bar[1], completed=sum(hi - lo for k, lo, hi in bounds if k in done))
+    t0 = time.perf_counter()
+    try:
+        if client is not None:
+            _run_distributed(client, todo, zsel, source_for, spec, sink, run_id, bar, max_in_flight)
+        elif todo:
+            from tomoqc.cluster import start_cluster
+
+            with start_cluster(cluster, workers=workers, options=cluster_options) as cl:
+                if cl is None:
+                    _run_inprocess(todo, zsel, source_for, spec, sink, run_id, bar)
+                else:
+                    _run_distributed(cl, todo, zsel, source_for, spec, sink, run_id, bar, max_in_flight)
+    finally:
+        if bar is not None:
+            bar[0].stop()
+    elapsed = time.perf_counter() - t0
+
+    missing = [k for k, _, _ in bounds if k not in sink.done()]
+    if missing:  # pragma: no cover - every path above either writes or raises
+        raise TomoqcError(f"{len(missing)} chunks were not scored")
+
+    if final is None:
+        import xarray as xr
+
+        attrs = {
+            "title": "tomoqc slice quality",
+            "tomoqc_version": __version__,
+            "model_id": model_id,
+            "model_sha256": msha,
+            "model_path": mpath,
+            "input": "",
+            "axis": axis,
+            "step": step,
+            "batch_size": batch_size,
+            "chunk_slices": chunk,
+            "input_shape": [nz, h, w],
+            "created": _now(),
+            "complete": True,
+            "chunks_total": len(bounds),
+            "chunks_resumed": 0,
+            "seconds": round(elapsed, 3),
+        }
+        a = sink.arrays
+        return xr.Dataset(
+            {
+                "score": (("z",), a["score"]),
+                "flag": (("z",), a["flag"], {"flag_values": [0, 1, 2, 3], "flag_meanings": FLAG_MEANINGS}),
+                "valid_fraction": (("z",), a["valid_fraction"]),
+                "patch_score": (("z", "py", "px"), a["patch_score"]),
+                "severity": (("z", "distortion"), a["severity"]),
+            },
+            coords={
+                "z": zsel,
+                "distortion": list(DISTORTIONS),
+                "patch_y0": ("py", np.unique(starts[:, 0])),
+                "patch_x0": ("px", np.unique(starts[:, 1])),
+            },
+            attrs=attrs,
+        )
+
+    # -- finish: mark complete, drop the markers, rename -----------------------------
+    import zarr
+
+    g = zarr.open_group(str(part), mode="r+")
+    g.attrs.update(
+        {
+            "created": _now(),
+            "complete": True,
+            "chunks_total": len(bounds),
+            "chunks_resumed": resumed,
+            "seconds": round(elapsed, 3),
+        }
+    )
+    shutil.rmtree(part / _DONE_DIR, ignore_errors=True)
+    if final.exists():
+        _remove(final)
+    os.replace(part, final)
+    return open_quality(final)
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def _remove(p: Path) -> None:
+    if p.is_dir() and not p.is_symlink():
+        shutil.rmtree(p)
+    else:
+        p.unlink()
+
+
+def _same_or_inside(child: Path, parent: Path) -> bool:
+    try:
+        child.resolve().relative_to(parent.resolve())
+        return parent.resolve().is_dir() or child.resolve() == parent.resolve()
+    except ValueError:
+        return False
+
+
+def open_quality(path, *, require_complete: bool = True):
+    """Open a quality output (``<volume>.quality.zarr``) as an :class:`xarray.Dataset`.
+
+    Raises
+    ------
+    InputError
+        The path is missing, not a quality output, or (with ``require_complete``) an
+        interrupted run that was never completed.
+    """
+    import xarray as xr
+
+    p = Path(path)
+    if not p.exists():
+        raise InputError(p, "no such quality output")
+    try:
+        ds = xr.open_zarr(str(p), consolidated=False)
+    except Exception as err:
+        raise InputError(p, f"not a quality output (cannot open as zarr: {type(err).__name__})") from None
+    if "score" not in ds or "z" not in ds.dims:
+        raise InputError(p, "not a quality output (no 'score' variable along z)")
+    if require_complete and ds.attrs.get("complete") is not True:
+        raise InputError(p, "incomplete quality output (an interrupted run); rerun `tomoqc score` to finish it")
+    return ds
+
+
+def _write_result(sink, k, lo, hi, res, run_id, bar):
+    if "error" in res:
+        raise InputError(res.get("path"), res.get("problem") or res["error"])
+    sink.write(k, lo, hi, res, run_id)
+    if bar is not None:
+        bar[0].advance(bar[1], hi - lo)
+
+
+def _run_inprocess(todo, zsel, source_for, spec, sink, run_id, bar):
+    for k, lo, hi in todo:
+        res = _run_chunk(source_for(lo, hi), k, zsel[lo:hi], spec)
+        _write_result(sink, k, lo, hi, res, run_id, bar)
+
+
+def _run_distributed(client, todo, zsel, source_for, spec, sink, run_id, bar, max_in_flight):
+    from distributed import as_completed
+
+    from tomoqc.cluster import worker_count
+
+    if not todo:
+        return
+    if max_in_flight is None:
+        max_in_flight = 2 * max(1, worker_count(client)) + 1
+    max_in_flight = max(1, int(max_in_flight))
+    queue = list(todo)
+    where = {}
+    ac = as_completed()
+
+    def submit_next():
+        k, lo, hi = queue.pop(0)
+        fut = client.submit(_run_chunk, source_for(lo, hi), k, zsel[lo:hi], spec, pure=False,
+                            key=f"tomoqc-chunk-{run_id}-{k}")
+        where[fut.key] = (k, lo, hi)
+        ac.add(fut)
+
+    for _ in range(min(max_in_flight, len(queue))):
+        submit_next()
+    try:
+        for fut in ac:
+            k, lo, hi = where.pop(fut.key)
+            res = fut.result()
+            fut.release()
+            _write_result(sink, k, lo, hi, res, run_id, bar)
+            if queue:
+                submit_next()
+    except BaseException:
+        for f in list(ac.futures):
+            f.cancel()
+        raise
