@@ -299,3 +299,37 @@ def test_killed_conversion_leaves_no_output(tmp_path):
     assert done.returncode == 0, done.stderr
     np.testing.assert_array_equal(zarr.open_array(str(out), mode="r")[:], vol)
     assert sorted(os.listdir(tmp_path)) == ["o.zarr", "v.npy"]
+
+
+def test_interrupted_conversion_cleans_up(tmp_path):
+    """Ctrl-C midway: the conversion stops, and neither the output nor its temporary remains."""
+    vol = np.random.default_rng(6).random((400, 64, 64), dtype=np.float32)
+    np.save(tmp_path / "v.npy", vol)
+    out = tmp_path / "o.zarr"
+    cmd = [sys.executable, "-c", "from tomoqc.cli import entry; entry()", "convert",
+           str(tmp_path / "v.npy"), str(out), "--chunks", "1", "--quiet"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    tmp = tmp_path / f".o.zarr.tmp-{proc.pid}"
+    deadline = time.monotonic() + 60
+    while not (tmp / "zarr.json").exists():
+        assert proc.poll() is None, "conversion finished before it could be interrupted"
+        assert time.monotonic() < deadline
+        time.sleep(0.002)
+    os.kill(proc.pid, signal.SIGINT)
+    stdout, err = proc.communicate(timeout=60)
+    assert "wrote" not in stdout, "the conversion must not complete after Ctrl-C"
+    assert sorted(os.listdir(tmp_path)) == ["v.npy"]
+
+
+def test_tiff_folder_with_a_mismatched_slice(tmp_path, capsys):
+    import tifffile
+
+    folder = tmp_path / "stack"
+    folder.mkdir()
+    for i in range(5):
+        tifffile.imwrite(folder / f"s{i}.tif", np.full((11, 13), i, np.uint16))
+    tifffile.imwrite(folder / "s2.tif", np.zeros((11, 12), np.uint16))  # one odd slice in the middle
+    code, _, err = run(capsys, "convert", folder, tmp_path / "o.zarr", "-q")
+    assert code == 1
+    assert str(folder / "s2.tif") in err and "slice 2 has shape (11, 12), expected (11, 13)" in err
+    assert sorted(os.listdir(tmp_path)) == ["stack"]

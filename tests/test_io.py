@@ -385,3 +385,55 @@ def test_atomic_path_clears_temporaries_of_dead_processes(tmp_path):
     with atomic_path(tmp_path / "out.zarr") as tmp:
         tmp.mkdir()
     assert sorted(os.listdir(tmp_path)) == ["out.zarr"]
+
+
+@pytest.mark.parametrize("kind", ["npy", "hdf5"])
+def test_big_endian_values_kept_native_order_returned(tmp_path, kind):
+    vol = reference("float32").astype(">f4")
+    if kind == "npy":
+        path = tmp_path / "be.npy"
+        np.save(path, vol)
+    else:
+        path = tmp_path / "be.h5"
+        with h5py.File(path, "w") as fh:
+            fh["v"] = vol
+    v = open_volume(path, axis="y")
+    assert v.attrs["dtype"] == ">f4"  # as stored
+    assert v.dtype == np.dtype("float32") and v.dtype.isnative
+    np.testing.assert_array_equal(v.values, oriented(vol, "y"))
+
+
+def test_sharded_zarr_chunks_follow_shards_and_name_the_shard(tmp_path):
+    vol = reference("uint16", shape=(8, 12, 10))
+    arr = zarr.create_array(
+        store=str(tmp_path / "s.zarr"), shape=vol.shape, chunks=(1, 4, 5), shards=(4, 12, 10), dtype=vol.dtype
+    )
+    arr[:] = vol
+    v = open_volume(tmp_path / "s.zarr", chunk_slices=None)
+    assert all(c % 4 == 0 for c in v.chunks[0])  # whole shards per dask chunk
+    assert_volume(v, vol, fmt="zarr-v3")
+    shard = tmp_path / "s.zarr" / "c" / "1" / "0" / "0"
+    shard.write_bytes(shard.read_bytes()[:30])
+    with pytest.raises(ChunkReadError) as err:
+        open_volume(tmp_path / "s.zarr", chunk_slices=4).values
+    assert str(shard) in str(err.value) and "slices 4..7" in str(err.value)
+
+
+def test_reads_on_a_dask_cluster_of_processes(tmp_path):
+    """HDF5 and zarr volumes compute on worker processes; a corrupt chunk's error arrives intact."""
+    distributed = pytest.importorskip("distributed")
+    vol = reference("float32", shape=(12, 11, 13))
+    with h5py.File(tmp_path / "v.h5", "w") as fh:
+        fh.create_dataset("v", data=vol, chunks=(2, 11, 13), compression="gzip")
+    path = write_zarr_array(tmp_path / "v.zarr", vol, 3, chunks=(3, 11, 13))
+    bad = path / "c" / "2" / "0" / "0"
+    with distributed.LocalCluster(n_workers=1, threads_per_worker=2, processes=True,
+                                  dashboard_address=None) as cluster, distributed.Client(cluster) as client:
+        h5 = open_volume(tmp_path / "v.h5", chunk_slices=2)
+        np.testing.assert_array_equal(client.compute(h5.data).result(), vol)
+        zv = open_volume(path, chunk_slices=3)
+        np.testing.assert_array_equal(client.compute(zv.data).result(), vol)
+        bad.write_bytes(b"\x00" * 7)
+        with pytest.raises(InputError) as err:
+            client.compute(open_volume(path, chunk_slices=3).data).result()
+    assert str(bad) in str(err.value) and "slices 6..8" in str(err.value)

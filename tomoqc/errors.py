@@ -23,6 +23,10 @@ class InputError(TomoqcError):
         self.problem = problem
         super().__init__(f"{self.path}: {problem}" if self.path is not None else problem)
 
+    def __reduce__(self):
+        # keep path and problem when the error crosses a process boundary (dask workers)
+        return (self.__class__, (self.path, self.problem))
+
 
 class OptionError(TomoqcError):
     """A bad command-line option or keyword argument."""

@@ -256,10 +256,13 @@ class _ZarrSource(_Source):
         self.stored_dtype = np.dtype(arr.dtype)
         self.two_d = arr.ndim == 2
         shape = tuple(int(s) for s in arr.shape)
-        chunks = tuple(int(c) for c in arr.chunks)
+        # the unit stored in one file: the shard when the array is sharded, else the chunk
+        shards = getattr(arr, "shards", None)
+        chunks = tuple(int(c) for c in (shards or arr.chunks))
+        self.file_chunks = chunks
         self.shape = (1, *shape) if self.two_d else shape
         self.storage_chunks = (1, *chunks) if self.two_d else chunks
-        self.dtype = self.stored_dtype
+        self.dtype = self.stored_dtype.newbyteorder("=")
         self.voxel_size = _voxel_from_attrs(arr.attrs)
         self.attrs_extra = {}
 
@@ -286,7 +289,7 @@ class _ZarrSource(_Source):
                 for iy in range(y0 // c[1], (y1 - 1) // c[1] + 1):
                     for ix in range(x0 // c[2], (x1 - 1) // c[2] + 1):
                         coords = (iy, ix) if self.two_d else (iz, iy, ix)
-                        box = tuple(slice(i * n, (i + 1) * n) for i, n in zip(coords, arr.chunks))
+                        box = tuple(slice(i * n, (i + 1) * n) for i, n in zip(coords, self.file_chunks))
                         try:
                             arr[box]
                         except Exception as chunk_err:  # noqa: BLE001
@@ -311,7 +314,7 @@ class _H5Source(_Source):
         self.two_d = dset.ndim == 2
         shape = tuple(int(s) for s in dset.shape)
         self.shape = (1, *shape) if self.two_d else shape
-        self.dtype = self.stored_dtype
+        self.dtype = self.stored_dtype.newbyteorder("=")
         if dset.chunks is not None:
             self.storage_chunks = ((1,) if self.two_d else ()) + tuple(int(c) for c in dset.chunks)
         self.voxel_size = _voxel_from_attrs(dset.attrs)
@@ -337,7 +340,7 @@ class _NpySource(_Source):
         shape = tuple(int(s) for s in mm.shape)
         _check_shape(path, shape)
         self.shape = (1, *shape) if self.two_d else shape
-        self.dtype = self.stored_dtype
+        self.dtype = self.stored_dtype.newbyteorder("=")
         del mm
 
     def _open(self):
@@ -399,7 +402,7 @@ class _TiffSource(_Source):
         _check_shape(path, squeezed)
         self.two_d = len(squeezed) == 2
         self.shape = (1, *squeezed) if self.two_d else squeezed
-        self.dtype = np.dtype(np.float32) if self.colour else self.stored_dtype
+        self.dtype = np.dtype(np.float32) if self.colour else self.stored_dtype.newbyteorder("=")
         if self.colour and not self.two_d:
             raise InputError(path, f"colour TIFF stacks (shape {shape}) are not supported; save one channel")
         if res is not None:
@@ -456,7 +459,7 @@ class _TiffStackSource(_Source):
                     f"{first_shape} and {self.stored_dtype}; all slices must match",
                 )
         self.shape = (len(self.files), *first_shape)
-        self.dtype = self.stored_dtype
+        self.dtype = self.stored_dtype.newbyteorder("=")
         self.storage_chunks = (1, *first_shape)
 
     def read(self, key):
@@ -549,7 +552,7 @@ def _open_hdf5(path: str, dataset: str | None) -> _H5Source:
         except Exception as err:  # noqa: BLE001
             raise InputError(path, f"cannot list HDF5 contents (corrupt file?): {_short(err)}") from None
         if dataset is None:
-            numeric = [c for c in cands if np.dtype(c[2]).kind in "biuf" if c[2] != "object"]
+            numeric = [c for c in cands if _dtype_ok(c[2])]
             three = [c for c in numeric if len(c[1]) == 3]
             two = [c for c in numeric if len(c[1]) == 2]
             pick = three if three else two
@@ -627,7 +630,7 @@ def _open_zarr(path: str, dataset: str | None) -> _ZarrSource:
 def _dtype_ok(dtype) -> bool:
     try:
         return np.dtype(dtype).kind in "biuf"
-    except TypeError:
+    except (TypeError, ValueError, SyntaxError):
         return False
 
 

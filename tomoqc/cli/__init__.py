@@ -40,7 +40,10 @@ from tomoqc.cli import score_cmds  # noqa: E402,F401
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; a :class:`TomoqcError` becomes one line on stderr and its exit code."""
     try:
-        app(args=argv, standalone_mode=False)
+        rv = app(args=argv, standalone_mode=False)
+        # with standalone_mode=False an interrupt or typer.Exit comes back as a return value
+        if isinstance(rv, int):
+            return rv
     except TomoqcError as err:
         print(f"tomoqc: error: {err}", file=sys.stderr)
         return err.exit_code

@@ -60,7 +60,7 @@ def info(
     if meta["voxel_size"]:
         table.add_row("voxel size (z, y, x)", ", ".join(_fmt_num(v) for v in meta["voxel_size"]))
     n = len(meta["sample_slices"])
-    table.add_row(f"value range ({n} slices)", f"{_fmt_num(meta['min'])} .. {_fmt_num(meta['max'])}")
+    table.add_row(f"value range ({n} slice{'s' if n != 1 else ''})", f"{_fmt_num(meta['min'])} .. {_fmt_num(meta['max'])}")
     table.add_row("mean +- std", f"{_fmt_num(meta['mean'])} +- {_fmt_num(meta['std'])}")
     if meta["nonfinite"]:
         table.add_row("non-finite values", f"[red]{meta['nonfinite']}[/red] in the sample")
