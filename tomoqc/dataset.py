@@ -266,13 +266,29 @@ def _build_one(task: dict) -> list[dict]:
     return rows
 
 
+def _mp_context():
+    """Process start method for the workers.
+
+    Forking a process that already runs TensorFlow's (or another runtime's) threads can
+    deadlock the child, so such a process starts its workers from a clean server
+    process instead; otherwise the platform default is used.
+    """
+    import multiprocessing as mp
+    import sys
+
+    threaded = ("tensorflow", "torch", "jax", "distributed")
+    if os.name == "posix" and any(m in sys.modules for m in threaded):
+        return mp.get_context("forkserver")
+    return None
+
+
 def build_dataset(
     out,
     *,
     source="phantom",
     references: int = 10,
     domain: str = "both",
-    size: int = 256,
+    size: int | None = None,
     seed: int = 0,
     mixtures: bool = True,
     workers: int | None = None,
@@ -297,8 +313,9 @@ def build_dataset(
         Number of reference slices.
     domain : {"image", "physics", "both"}
         Which distortion domains to produce.
-    size : int
-        Phantom side, or the crop side for ``fit="report"`` (224 in the report).
+    size : int, optional
+        Phantom side (default 256), or the crop side for ``fit="report"`` (default 224,
+        as in the report).
     seed : int
         Dataset seed; per-reference child seeds make the result independent of
         ``workers``.
@@ -331,6 +348,8 @@ def build_dataset(
     if fit not in ("report", "full"):
         raise OptionError(f"fit must be report or full, not {fit!r}")
     references = int(references)
+    if size is None:
+        size = 256 if str(source) == "phantom" or fit == "full" else 224
     if references < 1:
         raise OptionError(f"references must be at least 1, not {references}")
     size = int(size)
@@ -390,7 +409,7 @@ def build_dataset(
                     results[i] = _build_one(t)
                     update(1)
             else:
-                with ProcessPoolExecutor(max_workers=n_workers) as ex:
+                with ProcessPoolExecutor(max_workers=n_workers, mp_context=_mp_context()) as ex:
                     futs = {ex.submit(_build_one, t): i for i, t in enumerate(tasks)}
                     from concurrent.futures import as_completed
 
@@ -497,6 +516,7 @@ def preview(directory, out=None, *, rows: int = 4, domain: str | None = None) ->
     os.close(fd)
     try:
         fig.savefig(tmp, dpi=110)
+        os.chmod(tmp, 0o644)
         os.replace(tmp, target)
     finally:
         plt.close(fig)

@@ -244,7 +244,7 @@ def microstructure(shape, *, seed=0, **params) -> Microstructure:
     failures = 0
     while n_active < target_active and failures < 4:
         need = (target_active - n_active) / max(mean_vol * (1 - p_int), 1.0)
-        batch = draw_radii(int(need * 1.3) + 4)
+        batch = draw_radii(int(need) + 1)
         placed_any = False
         for r in batch:
             if n_active >= target_active:
@@ -431,8 +431,7 @@ def _phantom(shape, seed, randomize, params):
         rp = random_params(shape, seed=s_render.spawn(1)[0])
         rp.update(params)
         params = rp
-    morph = {k: v for k, v in params.items() if k in DEFAULTS}
-    ms = microstructure(shape, seed=s_struct, **morph)
+    ms = microstructure(shape, seed=s_struct, **params)
     img = render(ms, seed=s_render)
     return img, ms.labels
 
