@@ -1,6 +1,5 @@
 """tomoqc: objective, no-reference image quality assessment for X-ray tomography volumes."""
 
-from __future__ import annotations
 
 import os
 

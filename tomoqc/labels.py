@@ -115,11 +115,11 @@ def _check_names(observers) -> tuple[str, ...]:
     return names
 
 
-def goodness(name: str, values, data_range: float = 1.0) -> np.ndarray:
+def goodness(name: str, values, data_range=1.0) -> np.ndarray:
     """Observer values turned into a goodness (higher is better), see the module doc."""
     v = np.asarray(values, dtype=np.float64)
     if name == "mse":
-        return -v / (float(data_range) ** 2)
+        return -v / np.asarray(data_range, dtype=np.float64) ** 2
     if name == "psnr":
         return np.minimum(v, PSNR_CAP)
     if name in ("ssim", "ms_ssim"):
@@ -428,7 +428,11 @@ def project_dataset(
         ``mos``/``mos_ci`` (where annotated) and, in calibrated mode, ``cal_<name>`` and
         ``label_projected``.
     """
-    from tomoqc import annotations as ann
+    # not `from tomoqc import annotations`: the package's `from __future__ import
+    # annotations` binds that name to a __future__ feature until the module is imported
+    import importlib
+
+    ann = importlib.import_module("tomoqc.annotations")
 
     directory = Path(directory)
     names = list(_check_names(observers))
@@ -486,11 +490,9 @@ def project_dataset(
 
     with Progress(transient=True, disable=not progress) as bar:
         task = bar.add_task("labelling", total=len(groups))
-        min_side_seen = None
         for ri, members in groups.items():
             ref = _load(directory, manifest, rows[ri], ri + 2)
             side = min(ref.shape)
-            min_side_seen = side if min_side_seen is None else min(min_side_seen, side)
             for n in list(names):
                 need = fr.OBSERVERS[n].min_side
                 if side < need and n not in skipped:

@@ -109,7 +109,8 @@ def _as_float(a, what: str) -> np.ndarray:
     arr = np.asarray(a)
     if arr.dtype.kind == "b" or arr.dtype.kind not in "uif":
         raise MetricInputError(f"{what} must be a real-valued numeric image, got dtype {arr.dtype}")
-    out = arr.astype(np.float64, copy=False)
+    # float32 stays float32 (no copy): SSIM works in it, the others convert to float64
+    out = arr if arr.dtype == np.float32 else arr.astype(np.float64, copy=False)
     if arr.dtype.kind == "f" and not np.isfinite(out).all():
         raise MetricInputError(f"{what} contains NaN or Inf values")
     return out
@@ -178,17 +179,29 @@ _GAUSS_TRUNCATE = 3.5
 _GAUSS = _gaussian_kernel(2 * _GAUSS_RADIUS + 1, _GAUSS_SIGMA)
 
 
-def _filter_valid_inplace(stack: np.ndarray) -> np.ndarray:
-    """11x11 Gaussian (sigma 1.5, unit sum) over the last two axes, valid region only.
+def _gauss_valid_inplace(a: np.ndarray, *, inplace: bool = True) -> np.ndarray:
+    """11x11 Gaussian (sigma 1.5, unit sum) of a 2-D array; returns the valid region.
 
-    The filter runs in place on the whole image (scipy's separable C code) and the border
-    where the window would leave the image is cut off, so the boundary mode never enters
-    the result. Returns a view of ``stack``.
+    The separable filter runs on the image (scipy's C code) and the 5-pixel border where
+    the window would leave the image is cut off, so the boundary mode never enters the
+    result. The second pass runs only on the rows that are kept. With ``inplace`` the
+    array is overwritten (and a view of it returned).
     """
     r = _GAUSS_RADIUS
-    sigma = (0.0,) * (stack.ndim - 2) + (_GAUSS_SIGMA, _GAUSS_SIGMA)
-    ndimage.gaussian_filter(stack, sigma, mode="reflect", truncate=_GAUSS_TRUNCATE, output=stack)
-    return stack[..., r : stack.shape[-2] - r, r : stack.shape[-1] - r]
+    tmp = ndimage.correlate1d(a, _GAUSS, axis=0, mode="reflect", output=a if inplace else None)
+    rows = tmp[r : a.shape[0] - r]
+    ndimage.correlate1d(rows, _GAUSS, axis=1, mode="reflect", output=rows)
+    return rows[:, r : a.shape[1] - r]
+
+
+_LOW_PRECISION = {np.dtype(t) for t in (np.float16, np.float32, np.uint8, np.int8, np.uint16, np.int16)}
+
+
+def _work_dtype(*arrays) -> type:
+    """float32 when every input is float32 or narrower (as scikit-image does), else float64."""
+    if all(np.asarray(a).dtype in _LOW_PRECISION for a in arrays):
+        return np.float32
+    return np.float64
 
 
 def _block_mean(x: np.ndarray, f: int, pad_mode: str) -> np.ndarray:
@@ -214,17 +227,34 @@ _PREWITT_DIFF = np.array([1.0, 0.0, -1.0])
 _PREWITT_AVG = np.array([1.0, 1.0, 1.0]) / 3.0
 
 
-def _prewitt_magnitude(x: np.ndarray) -> np.ndarray:
-    """Gradient magnitude with Prewitt kernels divided by 3 and zero padding (conv2 'same')."""
+def _prewitt(x: np.ndarray):
+    """Prewitt gradients (kernels divided by 3) with zero padding, as MATLAB's conv2 'same'.
+
+    The sign convention does not matter: only magnitudes are used.
+    """
     gx = ndimage.correlate1d(x, _PREWITT_DIFF, axis=-1, mode="constant", cval=0.0)
-    gx = ndimage.correlate1d(gx, _PREWITT_AVG, axis=-2, mode="constant", cval=0.0)
+    ndimage.correlate1d(gx, _PREWITT_AVG, axis=-2, mode="constant", cval=0.0, output=gx)
     gy = ndimage.correlate1d(x, _PREWITT_DIFF, axis=-2, mode="constant", cval=0.0)
-    gy = ndimage.correlate1d(gy, _PREWITT_AVG, axis=-1, mode="constant", cval=0.0)
+    ndimage.correlate1d(gy, _PREWITT_AVG, axis=-1, mode="constant", cval=0.0, output=gy)
+    return gx, gy
+
+
+def _magnitude(gx, gy):
     return np.sqrt(gx * gx + gy * gy)
 
 
-def _broadcast_pair(ref, dist, shape):
-    return np.broadcast_to(ref, shape), np.broadcast_to(dist, shape)
+def _prewitt_magnitude(x: np.ndarray) -> np.ndarray:
+    """Gradient magnitude with Prewitt kernels divided by 3 and zero padding (conv2 'same')."""
+    return _magnitude(*_prewitt(x))
+
+
+def _per_image(impl, ref, dist, shape, *args) -> np.ndarray:
+    """Apply a 2-D metric to each image of a stack (one at a time stays in cache)."""
+    lead = shape[:-2]
+    rs = np.broadcast_to(ref, shape).reshape((-1,) + shape[-2:])
+    ds = np.broadcast_to(dist, shape).reshape((-1,) + shape[-2:])
+    out = np.array([impl(r, d, *args) for r, d in zip(rs, ds)], dtype=np.float64)
+    return out.reshape(lead)
 
 
 # ---------------------------------------------------------------------------------------
@@ -232,7 +262,7 @@ def _broadcast_pair(ref, dist, shape):
 # ---------------------------------------------------------------------------------------
 
 def _mse(ref, dist):
-    d = ref - dist
+    d = np.subtract(ref, dist, dtype=np.float64)
     return np.mean(d * d, axis=(-2, -1))
 
 
@@ -243,10 +273,11 @@ def _psnr(ref, dist, dr):
 
 
 def mse(reference, distorted, *, data_range=None) -> float:
-    """Mean squared error in the images' own units.
+    """Mean squared error in the images' own units, ``mean((reference - distorted)**2)``.
 
-    ``data_range`` is not used by the value; it is accepted (and checked) so that every
-    observer has the same signature.
+    ``data_range`` does not enter the value, so it may be omitted even for floating-point
+    images; it is accepted (and checked when given) so that every observer has the same
+    signature. Identical images give 0.
     """
     ref, dist, _, _ = _prepare(reference, distorted, data_range if data_range is not None else 1.0, batch=False)
     return float(_mse(ref, dist))
@@ -255,7 +286,7 @@ def mse(reference, distorted, *, data_range=None) -> float:
 def mse_batch(reference, distorted, *, data_range=None) -> np.ndarray:
     """Batched :func:`mse` over stacks shaped ``(..., H, W)``; returns shape ``(...)``."""
     ref, dist, _, shape = _prepare(reference, distorted, data_range if data_range is not None else 1.0, batch=True)
-    return np.asarray(_mse(*_broadcast_pair(ref, dist, shape)), dtype=np.float64)
+    return _per_image(_mse, ref, dist, shape)
 
 
 def psnr(reference, distorted, *, data_range=None) -> float:
@@ -270,7 +301,7 @@ def psnr(reference, distorted, *, data_range=None) -> float:
 def psnr_batch(reference, distorted, *, data_range=None) -> np.ndarray:
     """Batched :func:`psnr` over stacks shaped ``(..., H, W)``; returns shape ``(...)``."""
     ref, dist, dr, shape = _prepare(reference, distorted, data_range, batch=True)
-    return np.asarray(_psnr(*_broadcast_pair(ref, dist, shape), dr), dtype=np.float64)
+    return _per_image(_psnr, ref, dist, shape, dr)
 
 
 # ---------------------------------------------------------------------------------------
@@ -280,53 +311,87 @@ def psnr_batch(reference, distorted, *, data_range=None) -> np.ndarray:
 K1, K2 = 0.01, 0.03
 
 
-def _ssim_cs(x, y, dr):
-    """Mean SSIM and mean contrast-structure term over the valid region, per image."""
-    c1 = (K1 * dr) ** 2
-    c2 = (K2 * dr) ** 2
-    if x.shape != y.shape:
-        x, y = np.broadcast_arrays(x, y)
-    # one work array for the five local moments; every later step writes into it
-    stack = np.empty((5,) + x.shape, dtype=np.float64)
-    stack[0] = x
-    stack[1] = y
-    np.multiply(x, x, out=stack[2])
-    np.multiply(y, y, out=stack[3])
-    np.multiply(x, y, out=stack[4])
-    mx, my, mxx, myy, mxy = _filter_valid_inplace(stack)
-    mxmy = mx * my
-    mx2 = np.multiply(mx, mx, out=mx)
-    my2 = np.multiply(my, my, out=my)
-    # cs = (2 cov + C2) / (var_x + var_y + C2), population (biased) local moments
+def _moments(img: np.ndarray, center: float, dr: float, wd) -> tuple:
+    """Local mean and mean square (valid region) of ``(img - center) / dr``."""
+    x = np.subtract(img, center, dtype=wd)
+    x *= 1.0 / dr
+    xx = x * x
+    return x, _gauss_valid_inplace(x, inplace=False), _gauss_valid_inplace(xx)
+
+
+def _ssim_cs_2d(rm, dm, cn: float):
+    """Mean SSIM and mean contrast-structure term from the moments of two images."""
+    x, mx, mxx = rm
+    y, my, myy = dm
+    mxy = _gauss_valid_inplace(x * y)
+    c1, c2 = K1 * K1, K2 * K2  # data range 1 after scaling
+    # cs = (2 cov + C2) / (var_x + var_y + C2), population (biased) local moments; the
+    # moments are of centred values, which keeps float32 free of cancellation
+    # written so that identical inputs give exactly 1 in any precision: var_x + var_y is
+    # then computed as 2 cov
+    vx = mxx - mx * mx  # new array: the reference's moments may be reused for a stack
+    vy = myy
+    vy -= my * my
     num = mxy
-    num -= mxmy
+    num -= mx * my
     num *= 2.0
     num += c2
-    den = mxx
-    den += myy
-    den -= mx2
-    den -= my2
-    den += c2
-    cs = np.divide(num, den, out=num)
-    # luminance = (2 mu_x mu_y + C1) / (mu_x^2 + mu_y^2 + C1)
-    lum = mxmy
+    vx += vy
+    vx += c2
+    cs = np.divide(num, vx, out=num)
+    # luminance = (2 mu_x mu_y + C1) / (mu_x^2 + mu_y^2 + C1) with the centre added back
+    ux = mx + cn
+    uy = my + cn
+    lum = ux * uy
     lum *= 2.0
     lum += c1
-    mx2 += my2
-    mx2 += c1
-    lum /= mx2
+    ux *= ux
+    uy *= uy
+    ux += uy
+    ux += c1
+    lum /= ux
     lum *= cs
-    return np.mean(lum, axis=(-2, -1)), np.mean(cs, axis=(-2, -1))
+    return float(np.mean(lum, dtype=np.float64)), float(np.mean(cs, dtype=np.float64))
 
 
-def _ssim_impl(ref, dist, dr, shape, downsample):
+def _ssim_cs(x, y, dr, wd=np.float64):
+    """Mean SSIM and mean contrast-structure term over the valid region, per image.
+
+    ``x`` (reference) and ``y`` are ``(..., H, W)`` and broadcast against each other. Images
+    are processed one at a time (a stack filtered at once runs out of cache and is slower);
+    a reference shared by a stack is filtered once.
+    """
+    shape = np.broadcast_shapes(x.shape, y.shape)
+    lead = shape[:-2]
+    n = int(np.prod(lead)) if lead else 1
+    shared = x.ndim == 2 or int(np.prod(x.shape[:-2])) == 1
+    if shared:
+        xs = x.reshape((1,) + x.shape[-2:])
+    else:
+        xs = np.broadcast_to(x, shape).reshape((-1,) + shape[-2:])
+    ys = np.broadcast_to(y, shape).reshape((-1,) + shape[-2:])
+    ssim_out = np.empty(n)
+    cs_out = np.empty(n)
+    cache = None
+    for i in range(n):
+        xi = xs[0] if shared else xs[i]
+        if cache is None or not shared:
+            center = float(np.mean(xi))
+            cache = (center, _moments(xi, center, dr, wd))
+        center, rm = cache
+        dm = _moments(ys[i], center, dr, wd)
+        ssim_out[i], cs_out[i] = _ssim_cs_2d(rm, dm, center / dr)
+    return ssim_out.reshape(lead), cs_out.reshape(lead)
+
+
+def _ssim_impl(ref, dist, dr, shape, downsample, wd=np.float64):
     if downsample:
         f = max(1, matlab_round(min(shape[-2:]) / 256.0))
         if f > 1:
             ref = _block_mean(ref, f, "symmetric")
             dist = _block_mean(dist, f, "symmetric")
     _check_min_side(ref.shape, 11, "SSIM (11x11 window)")
-    return _ssim_cs(ref, dist, dr)[0]
+    return _ssim_cs(ref, dist, dr, wd)[0]
 
 
 def ssim(reference, distorted, *, data_range=None, downsample: bool = False) -> float:
@@ -359,6 +424,12 @@ def ssim(reference, distorted, *, data_range=None, downsample: bool = False) -> 
     use_sample_covariance=False)``; its defaults (7x7 uniform window, sample covariance)
     are not the paper's. SSIM is symmetric in its arguments.
 
+    Precision: like scikit-image, images whose dtype is float32 or narrower (including
+    8- and 16-bit integers) are filtered in float32, others in float64. Local moments are
+    taken of values centred on the reference's mean and divided by the data range, which
+    keeps float32 free of cancellation: results differ from a float64 computation by
+    about 1e-6.
+
     References
     ----------
     Z. Wang, A. C. Bovik, H. R. Sheikh and E. P. Simoncelli, "Image quality assessment: from
@@ -366,17 +437,18 @@ def ssim(reference, distorted, *, data_range=None, downsample: bool = False) -> 
     2004. https://doi.org/10.1109/TIP.2003.819861
     """
     ref, dist, dr, shape = _prepare(reference, distorted, data_range, batch=False)
-    return float(_ssim_impl(ref, dist, dr, shape, downsample))
+    return float(_ssim_impl(ref, dist, dr, shape, downsample, _work_dtype(reference, distorted)))
 
 
 def ssim_batch(reference, distorted, *, data_range=None, downsample: bool = False) -> np.ndarray:
     """Batched :func:`ssim` over stacks shaped ``(..., H, W)``; returns shape ``(...)``."""
     ref, dist, dr, shape = _prepare(reference, distorted, data_range, batch=True)
-    return np.asarray(_ssim_impl(ref, dist, dr, shape, downsample), dtype=np.float64)
+    return np.asarray(_ssim_impl(ref, dist, dr, shape, downsample, _work_dtype(reference, distorted)), dtype=np.float64)
 
 
 def _halve_replicate(x):
     """Pad one replicated row and column at the top/left when a side is odd, then 2x2 mean."""
+    x = np.asarray(x, dtype=np.float64)
     p = max(x.shape[-2] % 2, x.shape[-1] % 2)
     if p:
         pad = [(0, 0)] * (x.ndim - 2) + [(p, 0), (p, 0)]
@@ -386,10 +458,8 @@ def _halve_replicate(x):
     return x.reshape(x.shape[:-2] + (h // 2, 2, w // 2, 2)).mean(axis=(-3, -1))
 
 
-def _ms_ssim_impl(ref, dist, dr, shape):
+def _ms_ssim_impl(ref, dist, dr, shape, wd=np.float64):
     _check_min_side(shape, MS_SSIM_MIN_SIDE, "MS-SSIM (5 scales, 11x11 window)")
-    if ref.shape != dist.shape:
-        ref, dist = np.broadcast_arrays(ref, dist)
     weights = np.asarray(MS_SSIM_WEIGHTS)
     values = []
     x, y = ref, dist
@@ -397,7 +467,7 @@ def _ms_ssim_impl(ref, dist, dr, shape):
         if level > 0:
             x = _halve_replicate(x)
             y = _halve_replicate(y)
-        s, cs = _ssim_cs(x, y, dr)
+        s, cs = _ssim_cs(x, y, dr, wd)
         values.append(s if level == len(weights) - 1 else cs)
     v = np.maximum(np.stack(values), 0.0)
     return np.prod(v ** weights.reshape((-1,) + (1,) * (v.ndim - 1)), axis=0)
@@ -434,13 +504,13 @@ def ms_ssim(reference, distorted, *, data_range=None) -> float:
     1398-1402. https://doi.org/10.1109/ACSSC.2003.1292216
     """
     ref, dist, dr, shape = _prepare(reference, distorted, data_range, batch=False)
-    return float(_ms_ssim_impl(ref, dist, dr, shape))
+    return float(_ms_ssim_impl(ref, dist, dr, shape, _work_dtype(reference, distorted)))
 
 
 def ms_ssim_batch(reference, distorted, *, data_range=None) -> np.ndarray:
     """Batched :func:`ms_ssim` over stacks shaped ``(..., H, W)``; returns shape ``(...)``."""
     ref, dist, dr, shape = _prepare(reference, distorted, data_range, batch=True)
-    return np.asarray(_ms_ssim_impl(ref, dist, dr, shape), dtype=np.float64)
+    return np.asarray(_ms_ssim_impl(ref, dist, dr, shape, _work_dtype(reference, distorted)), dtype=np.float64)
 
 
 # ---------------------------------------------------------------------------------------
@@ -451,6 +521,8 @@ GMSD_T = 170.0
 
 
 def _gmsd_impl(ref, dist, dr):
+    ref = np.asarray(ref, dtype=np.float64)
+    dist = np.asarray(dist, dtype=np.float64)
     scale = 255.0 / dr
     x = _block_mean(ref * scale, 2, "constant")
     y = _block_mean(dist * scale, 2, "constant")
@@ -496,7 +568,7 @@ def gmsd(reference, distorted, *, data_range=None) -> float:
 def gmsd_batch(reference, distorted, *, data_range=None) -> np.ndarray:
     """Batched :func:`gmsd` over stacks shaped ``(..., H, W)``; returns shape ``(...)``."""
     ref, dist, dr, shape = _prepare(reference, distorted, data_range, batch=True)
-    return np.asarray(_gmsd_impl(*_broadcast_pair(ref, dist, shape), dr), dtype=np.float64)
+    return _per_image(_gmsd_impl, ref, dist, shape, dr)
 
 
 # ---------------------------------------------------------------------------------------
@@ -517,15 +589,21 @@ def _sim(a, b, c):
 
 def _mdsi_impl(ref, dist, dr, shape):
     f = max(1, matlab_round(min(shape[-2:]) / 256.0))
+    ref = np.asarray(ref, dtype=np.float64)
+    dist = np.asarray(dist, dtype=np.float64)
     scale = 255.0 / dr
     r = _block_mean(ref * scale, f, "constant")
     d = _block_mean(dist * scale, f, "constant")
     if r.shape != d.shape:
         r, d = np.broadcast_arrays(r, d)
     l1, l2 = _L_GAIN * r, _L_GAIN * d
-    g_r = _prewitt_magnitude(l1)
-    g_d = _prewitt_magnitude(l2)
-    g_f = _prewitt_magnitude(0.5 * (l1 + l2))
+    rx, ry = _prewitt(l1)
+    dx, dy = _prewitt(l2)
+    g_r = _magnitude(rx, ry)
+    g_d = _magnitude(dx, dy)
+    # the gradient of the fused image (L1 + L2) / 2 is the mean of the two gradients (linear
+    # filter, zero padding); equal to filtering the fused image up to rounding
+    g_f = _magnitude(0.5 * (rx + dx), 0.5 * (ry + dy))
     gs = _sim(g_r, g_d, MDSI_C1) + _sim(g_d, g_f, MDSI_C2) - _sim(g_r, g_f, MDSI_C2)
     # chroma: H = h*r, M = m*r for replicated gray, so H1 H2 + M1 M2 = (h^2 + m^2) r d
     k = _H_GAIN**2 + _M_GAIN**2
@@ -580,7 +658,7 @@ def mdsi(reference, distorted, *, data_range=None) -> float:
 def mdsi_batch(reference, distorted, *, data_range=None) -> np.ndarray:
     """Batched :func:`mdsi` over stacks shaped ``(..., H, W)``; returns shape ``(...)``."""
     ref, dist, dr, shape = _prepare(reference, distorted, data_range, batch=True)
-    return np.asarray(_mdsi_impl(ref, dist, dr, shape), dtype=np.float64)
+    return _per_image(_mdsi_impl, ref, dist, shape, dr, shape)
 
 
 # ---------------------------------------------------------------------------------------
