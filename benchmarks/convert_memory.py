@@ -12,9 +12,14 @@ of the process it was started from).
 It prints one row per volume and fails (exit code 1) when the largest volume needs
 more than ``--max-ratio`` (default 1.5) times the smallest one's peak.
 
+``--input`` picks the stored format (``npy``, ``hdf5`` or ``tiff-folder``) and
+``--axis`` the slicing axis of the conversion, so the same check covers reading across
+slices (``--axis y``), where every input page contributes a few rows to each output chunk.
+
 Usage::
 
     python benchmarks/convert_memory.py [--slices 256 1024] [--size 512] [--workdir DIR]
+                                        [--input npy|hdf5|tiff-folder] [--axis z|y|x]
 """
 
 from __future__ import annotations
@@ -31,25 +36,49 @@ from pathlib import Path
 import numpy as np
 
 
-def make_volume(path: Path, slices: int, size: int, seed: int = 0) -> int:
-    """Write a float32 volume slab by slab (never all in memory); return its size in bytes."""
+INPUTS = {"npy": ".npy", "hdf5": ".h5", "tiff-folder": ""}
+
+
+def _slabs(slices: int, size: int, seed: int, slab: int = 32):
     rng = np.random.default_rng(seed)
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) / size
-    vol = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=(slices, size, size))
-    slab = 32
     for z0 in range(0, slices, slab):
         z1 = min(slices, z0 + slab)
         z = (np.arange(z0, z1, dtype=np.float32) / max(1, slices))[:, None, None]
         block = 0.5 + 0.3 * np.sin(12 * xx + 5 * z) * np.cos(9 * yy - 3 * z)
         block += rng.normal(0.0, 0.05, block.shape).astype(np.float32)
-        vol[z0:z1] = block
-    vol.flush()
-    nbytes = vol.nbytes
-    del vol
-    return nbytes
+        yield z0, z1, block
 
 
-def make_volume_in_child(path: Path, slices: int, size: int) -> int:
+def make_volume(path: Path, slices: int, size: int, seed: int = 0, kind: str = "npy") -> int:
+    """Write a float32 volume slab by slab (never all in memory); return its size in bytes."""
+    shape = (slices, size, size)
+    if kind == "npy":
+        vol = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=shape)
+        for z0, z1, block in _slabs(slices, size, seed):
+            vol[z0:z1] = block
+        vol.flush()
+        del vol
+    elif kind == "hdf5":
+        import h5py
+
+        with h5py.File(path, "w") as fh:
+            dset = fh.create_dataset("exchange/data", shape=shape, dtype=np.float32, chunks=(1, size, size))
+            for z0, z1, block in _slabs(slices, size, seed):
+                dset[z0:z1] = block
+    elif kind == "tiff-folder":
+        import tifffile
+
+        path.mkdir()
+        for z0, z1, block in _slabs(slices, size, seed):
+            for i in range(z0, z1):
+                tifffile.imwrite(path / f"slice_{i:05d}.tif", block[i - z0])
+    else:
+        raise ValueError(f"unknown input kind {kind!r}")
+    return int(np.prod(shape)) * 4
+
+
+def make_volume_in_child(path: Path, slices: int, size: int, kind: str = "npy") -> int:
     """Write the volume from a separate process.
 
     On Linux a child's ``ru_maxrss`` starts from the high-water mark of the memory image
@@ -57,16 +86,17 @@ def make_volume_in_child(path: Path, slices: int, size: int) -> int:
     """
     code = (
         "import sys; sys.path.insert(0, sys.argv[1]); from convert_memory import make_volume; "
-        "from pathlib import Path; print(make_volume(Path(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])))"
+        "from pathlib import Path; "
+        "print(make_volume(Path(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), kind=sys.argv[5]))"
     )
     out = subprocess.run(
-        [sys.executable, "-c", code, str(Path(__file__).parent), str(path), str(slices), str(size)],
+        [sys.executable, "-c", code, str(Path(__file__).parent), str(path), str(slices), str(size), kind],
         check=True, capture_output=True, text=True,
     )
     return int(out.stdout.strip())
 
 
-def run_convert(src: Path, out: Path) -> tuple[float, float, float, int]:
+def run_convert(src: Path, out: Path, axis: str = "z") -> tuple[float, float, float, int]:
     """Run ``tomoqc convert`` in a child.
 
     Returns seconds, the kernel's peak RSS of the child (``wait4``, MiB), the largest
@@ -74,7 +104,8 @@ def run_convert(src: Path, out: Path) -> tuple[float, float, float, int]:
     """
     import psutil
 
-    cmd = [sys.executable, "-c", "from tomoqc.cli import entry; entry()", "convert", str(src), str(out), "--quiet"]
+    cmd = [sys.executable, "-c", "from tomoqc.cli import entry; entry()", "convert", str(src), str(out),
+           "--axis", axis, "--quiet"]
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     polled = 0
@@ -107,27 +138,30 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--workdir", type=Path, default=None, help="where to write the volumes (default: a temp dir)")
     ap.add_argument("--max-ratio", type=float, default=1.5)
     ap.add_argument("--keep", action="store_true", help="keep the volumes and outputs")
+    ap.add_argument("--input", choices=sorted(INPUTS), default="npy", help="stored format of the volumes")
+    ap.add_argument("--axis", choices=("z", "y", "x"), default="z", help="slicing axis of the conversion")
     args = ap.parse_args(argv)
 
     work = Path(tempfile.mkdtemp(prefix="tomoqc-bench-", dir=args.workdir))
     rows = []
     try:
         for n in sorted(args.slices):
-            src = work / f"vol_{n}.npy"
-            nbytes = make_volume_in_child(src, n, args.size)
-            seconds, peak, polled, code = run_convert(src, work / f"vol_{n}.zarr")
+            src = work / f"vol_{n}{INPUTS[args.input]}"
+            nbytes = make_volume_in_child(src, n, args.size, args.input)
+            seconds, peak, polled, code = run_convert(src, work / f"vol_{n}.zarr", args.axis)
             if code:
                 print(f"tomoqc convert failed on {n} slices (exit {code})", file=sys.stderr)
                 return 1
             rows.append((n, nbytes / 2**20, seconds, peak, polled))
-            src.unlink() if not args.keep else None
+            if not args.keep:
+                shutil.rmtree(src) if src.is_dir() else src.unlink()
             shutil.rmtree(work / f"vol_{n}.zarr") if not args.keep else None
     finally:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
 
     base = rows[0][3]
-    print(f"tomoqc convert, float32 slices of {args.size} x {args.size}, .npy -> zarr v3")
+    print(f"tomoqc convert --axis {args.axis}, float32 slices of {args.size} x {args.size}, {args.input} -> zarr v3")
     print(f"{'slices':>7} {'size MiB':>9} {'seconds':>8} {'MiB/s':>7} {'peak RSS MiB':>13} {'polled MiB':>11} {'ratio':>6}")
     for n, mib, sec, peak, polled in rows:
         print(f"{n:>7} {mib:>9.0f} {sec:>8.2f} {mib / sec:>7.0f} {peak:>13.0f} {polled:>11.0f} {peak / base:>6.2f}")

@@ -163,6 +163,29 @@ def test_multipage_tiff_compressed_pages(tmp_path):
     assert_volume(open_volume(path, axis="y"), oriented(vol, "y"), fmt="tiff")
 
 
+def test_multipage_tiff_appended_page_by_page(tmp_path):
+    """Slices appended one at a time (one TIFF series per page) are all read, in page order."""
+    vol = reference("uint16", shape=(6, 11, 13))
+    path = tmp_path / "appended.tif"
+    for img in vol:
+        tifffile.imwrite(path, img, append=True)
+    with tifffile.TiffFile(path) as tif:
+        assert len(tif.series) == 6  # the layout this test is about
+    assert_volume(open_volume(path), vol, fmt="tiff")
+    assert_volume(open_volume(path, axis="x", chunk_slices=4), oriented(vol, "x"), fmt="tiff")
+
+
+def test_imagej_tiff_voxel_size(tmp_path):
+    vol = reference("uint8")
+    path = tmp_path / "ij.tif"
+    # 0.5 um pixels (2 pixels per unit), 2 um between slices
+    tifffile.imwrite(path, vol, imagej=True, resolution=(2.0, 2.0), metadata={"spacing": 2.0, "unit": "um"})
+    v = open_volume(path)
+    assert_volume(v, vol, fmt="tiff")
+    assert v.attrs["voxel_size"] == [2.0, 0.5, 0.5]
+    assert open_volume(path, axis="y").attrs["voxel_size"] == [0.5, 2.0, 0.5]
+
+
 @pytest.mark.parametrize("dtype", ["uint8", "int16", "float32", "float64", "bool"])
 @pytest.mark.parametrize("axis", ["z", "x"])
 def test_npy(tmp_path, dtype, axis):
@@ -437,3 +460,57 @@ def test_reads_on_a_dask_cluster_of_processes(tmp_path):
         with pytest.raises(InputError) as err:
             client.compute(open_volume(path, chunk_slices=3).data).result()
     assert str(bad) in str(err.value) and "slices 6..8" in str(err.value)
+
+
+def test_hdf5_without_a_clear_choice_explains_why(tmp_path):
+    two = tmp_path / "two.h5"
+    with h5py.File(two, "w") as fh:
+        fh["dark"] = np.zeros((11, 13), np.uint16)
+        fh["flat"] = np.ones((11, 13), np.uint16)
+    with pytest.raises(InputError) as err:
+        open_volume(two)
+    msg = str(err.value)
+    assert msg.startswith(f"{two}: no 3-D dataset but several 2-D ones")
+    assert "dark (11, 13)" in msg and "flat (11, 13)" in msg
+    none = tmp_path / "none.h5"
+    with h5py.File(none, "w") as fh:
+        fh["angles"] = np.linspace(0.0, 180.0, 5)
+        fh["names"] = np.full((2, 3, 4), b"ab")
+    with pytest.raises(InputError, match=r"no numeric 3-D or 2-D dataset.*angles \(5,\).*names \(2, 3, 4\)"):
+        open_volume(none)
+    # a single 2-D dataset is a volume of one slice
+    with h5py.File(two, "a") as fh:
+        del fh["flat"]
+    img = np.arange(11 * 13, dtype=np.uint16).reshape(11, 13)
+    with h5py.File(two, "a") as fh:
+        fh["dark"][...] = img
+    assert_volume(open_volume(two), img[None], fmt="hdf5")
+
+
+@pytest.mark.parametrize("layout", ["folder", "multipage", "appended"])
+def test_tiff_slicing_along_y_reads_page_by_page(tmp_path, layout):
+    """Opening a TIFF stack along y must not hold every page of a chunk's box in memory."""
+    import tracemalloc
+
+    vol = reference("float32", shape=(64, 96, 256))  # 6 MiB in all, 96 KiB a page
+    if layout == "folder":
+        path = tmp_path / "stack"
+        path.mkdir()
+        for i, img in enumerate(vol):
+            tifffile.imwrite(path / f"s{i}.tif", img)
+    else:
+        path = tmp_path / "stack.tif"
+        if layout == "multipage":
+            tifffile.imwrite(path, vol)
+        else:
+            for img in vol:
+                tifffile.imwrite(path, img, append=True)
+    v = open_volume(path, axis="y", chunk_slices=4)  # a chunk: 4 rows of every page, 256 KiB
+    tracemalloc.start()
+    try:
+        got = v.data[8:12].compute(scheduler="synchronous")
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    np.testing.assert_array_equal(got, oriented(vol, "y")[8:12])
+    assert peak < 2 * 2**20, f"peak {peak / 2**20:.1f} MiB while reading a 0.25 MiB chunk of a 6 MiB volume"

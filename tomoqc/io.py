@@ -371,6 +371,11 @@ def _is_colour(shape: tuple[int, ...], axes: str | None) -> bool:
     return len(shape) == 3 and shape[-1] in (3, 4)
 
 
+def _box_shape(key: tuple[slice, ...], shape: tuple[int, ...]) -> tuple[int, ...]:
+    """Shape of ``np.empty(shape)[key]`` for a tuple of slices."""
+    return tuple(len(range(*k.indices(n))) for k, n in zip(key, shape))
+
+
 class _TiffSource(_Source):
     """One TIFF file: a multi-page stack or one 2-D (possibly colour) image."""
 
@@ -381,10 +386,27 @@ class _TiffSource(_Source):
 
         super().__init__(path)
         with tifffile.TiffFile(path) as tif:
-            series = tif.series[0]
+            all_series = tif.series
+            series = all_series[0]
             shape = tuple(int(s) for s in series.shape)
             axes = series.axes
             self.stored_dtype = np.dtype(series.dtype)
+            # Slices appended one at a time are often stored as one series per page;
+            # read such a file as a stack of its pages rather than as its first image.
+            self.page_stack = (
+                len(all_series) > 1
+                and len(tif.pages) == len(all_series)
+                and not _is_colour(shape, axes)
+                and all(
+                    tuple(int(n) for n in s.shape if n != 1) == tuple(n for n in shape if n != 1)
+                    and len(tuple(n for n in shape if n != 1)) == 2
+                    and np.dtype(s.dtype) == self.stored_dtype
+                    for s in all_series
+                )
+            )
+            if self.page_stack:
+                plane = tuple(n for n in shape if n != 1)
+                shape, axes = (len(all_series), *plane), "QYX"
             ij = tif.imagej_metadata or {}
             page = tif.pages[0]
             res = None
@@ -418,10 +440,20 @@ class _TiffSource(_Source):
             if self.colour:
                 img = _reduce_channels(img)
             return img[None][key]
+        # page by page, keeping only the requested rows and columns of each page, so
+        # that a box across all pages (slicing along y or x) never holds every page
         z0, z1 = key[0].start, key[0].stop
-        pages = tifffile.imread(self.path, key=range(z0, z1), series=0)
-        pages = np.asarray(pages).reshape(z1 - z0, self.shape[1], self.shape[2])
-        return pages[:, key[1], key[2]]
+        box = _box_shape(key[1:], self.shape[1:])
+        if box == self.shape[1:] and not self.page_stack:
+            # whole pages: the box is all that is held, read it in one call
+            pages = tifffile.imread(self.path, key=range(z0, z1), series=0)
+            return np.asarray(pages).reshape(z1 - z0, *box)
+        out = np.empty((z1 - z0, *box), dtype=self.dtype)
+        with tifffile.TiffFile(self.path) as tif:
+            for i in range(z0, z1):
+                img = tif.pages[i].asarray() if self.page_stack else tif.asarray(key=i, series=0)
+                out[i - z0] = np.asarray(img).reshape(self.shape[1:])[key[1], key[2]]
+        return out
 
 
 class _TiffStackSource(_Source):
@@ -466,7 +498,7 @@ class _TiffStackSource(_Source):
         import tifffile
 
         z0, z1 = key[0].start, key[0].stop
-        out = np.empty((z1 - z0, self.shape[1], self.shape[2]), dtype=self.dtype)
+        out = np.empty((z1 - z0, *_box_shape(key[1:], self.shape[1:])), dtype=self.dtype)
         for i in range(z0, z1):
             f = self.files[i]
             try:
@@ -476,8 +508,8 @@ class _TiffStackSource(_Source):
                 raise ChunkReadError(f, f"cannot read slice {i} of TIFF folder: {_short(err)}") from None
             if img.shape != self.shape[1:]:
                 raise ChunkReadError(f, f"slice {i} has shape {img.shape}, expected {self.shape[1:]}")
-            out[i - z0] = img
-        return out[:, key[1], key[2]]
+            out[i - z0] = img[key[1], key[2]]
+        return out
 
     def token(self):
         return super().token() + (tuple(self.files),)
@@ -532,6 +564,15 @@ def _hdf5_candidates(fh) -> list[tuple[str, tuple[int, ...], str]]:
     return found
 
 
+def _ambiguity(n3: int, n2: int, noun: str) -> str:
+    """Why no dataset could be chosen automatically, given the numbers of 3-D and 2-D candidates."""
+    if n3 > 1:
+        return f"several 3-D {noun}s"
+    if n2 > 1:
+        return f"no 3-D {noun} but several 2-D ones"
+    return f"no numeric 3-D or 2-D {noun}"
+
+
 def _describe(cands) -> str:
     if not cands:
         return "none"
@@ -557,7 +598,7 @@ def _open_hdf5(path: str, dataset: str | None) -> _H5Source:
             two = [c for c in numeric if len(c[1]) == 2]
             pick = three if three else two
             if len(pick) != 1:
-                what = "several 3-D datasets" if len(three) > 1 else "no single 3-D dataset"
+                what = _ambiguity(len(three), len(two), "dataset")
                 raise InputError(
                     path,
                     f"{what}; choose one with --dataset (dataset=...). Datasets: {_describe(cands)}",
@@ -600,9 +641,10 @@ def _open_zarr(path: str, dataset: str | None) -> _ZarrSource:
         if dataset is None:
             numeric = [c for c in cands if _dtype_ok(c[2])]
             three = [c for c in numeric if len(c[1]) == 3]
-            pick = three if three else [c for c in numeric if len(c[1]) == 2]
+            two = [c for c in numeric if len(c[1]) == 2]
+            pick = three if three else two
             if len(pick) != 1:
-                what = "several 3-D arrays" if len(three) > 1 else "no single 3-D array"
+                what = _ambiguity(len(three), len(two), "array")
                 raise InputError(
                     path, f"zarr group with {what}; choose one with --dataset (dataset=...). Arrays: {_describe(cands)}"
                 )
