@@ -167,7 +167,7 @@ def _memory(value: Any, key: str, source: str | None) -> str:
         _fail(source, f"{key}: expected a size such as '16GB', got {value!r}")
     if nbytes < 2**20:
         _fail(source, f"{key}: {value!r} is less than 1 MiB; give a unit, e.g. '16GB'")
-    return value.strip() if isinstance(value, str) else format_bytes(nbytes).replace(" ", "")
+    return value.strip().replace(" ", "") if isinstance(value, str) else format_bytes(nbytes).replace(" ", "")
 
 
 def _unknown_key(key: str, source: str | None):
@@ -398,6 +398,28 @@ def _default_log_directory() -> str:
     return os.path.join(base, "tomoqc", "slurm-logs")
 
 
+def _import_slurm_cluster():
+    """Import :class:`dask_jobqueue.SLURMCluster`, keeping Ctrl-C a KeyboardInterrupt.
+
+    Importing ``dask_jobqueue`` (its ``runner`` module) replaces the process-wide SIGINT
+    handler by one that calls ``sys.exit()``, which would turn Ctrl-C into a silent,
+    successful exit (status 0). The handler in place before the import is put back.
+    """
+    import signal
+    import threading
+
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.getsignal(signal.SIGINT) if main_thread else None
+    try:
+        from dask_jobqueue import SLURMCluster
+    except ImportError as err:  # pragma: no cover - depends on the installation
+        raise OptionError("--cluster slurm needs dask-jobqueue: pip install 'tomoqc[slurm]'") from err
+    finally:
+        if main_thread and previous is not None and signal.getsignal(signal.SIGINT) is not previous:
+            signal.signal(signal.SIGINT, previous)
+    return SLURMCluster
+
+
 def make_slurm_cluster(options: dict | None = None):
     """Start a dask scheduler here whose workers are SLURM batch jobs.
 
@@ -421,10 +443,7 @@ def make_slurm_cluster(options: dict | None = None):
     shared virtual environment is used as is).
     """
     opts = validate_slurm_options(options)
-    try:
-        from dask_jobqueue import SLURMCluster
-    except ImportError as err:  # pragma: no cover - depends on the installation
-        raise OptionError("--cluster slurm needs dask-jobqueue: pip install 'tomoqc[slurm]'") from err
+    SLURMCluster = _import_slurm_cluster()
 
     directives = list(opts["job_extra_directives"])
     if opts["gpus"]:
@@ -432,7 +451,14 @@ def make_slurm_cluster(options: dict | None = None):
         directives.append(f"--gres={gres}")
     log_directory = opts["log_directory"] or _default_log_directory()
     os.makedirs(log_directory, exist_ok=True)
-    prologue = ["export TF_CPP_MIN_LOG_LEVEL=${TF_CPP_MIN_LOG_LEVEL:-2}"]
+    from tomoqc.cluster import tf_thread_env
+
+    # each worker process gets its share of the job's cores, not the whole node's
+    threads = max(1, opts["cores"] // opts["processes"])
+    prologue = [f"export {k}={v}" for k, v in tf_thread_env(threads).items()]
+    if opts["gpus"]:
+        # TensorFlow takes GPU memory as it needs it instead of all of it at start-up
+        prologue += ["export TF_FORCE_GPU_ALLOW_GROWTH=true", "export TOMOQC_TF_GPU_GROWTH=1"]
     prologue += list(opts["job_script_prologue"])
     scheduler_options = {}
     if opts["dashboard_address"] is not None:
