@@ -10,11 +10,15 @@ Steps (each skipped when its output already exists, so a rerun continues):
    image, field-of-view disc, intensity offset and scale; :func:`tomoqc.phantom.random_params`)
    and distorts each reference with noise, blur and rings at levels 1-5 in both the image
    domain (the TIQA report's recipes) and the sinogram domain (simulated scans), plus
-   mixtures. A second, independent set from fresh seeds is kept for evaluation only.
+   mixtures. A second set is cut from scikit-image's sample images (natural and
+   microscopy scenes at two scales) and distorted the same way, so that fine-tuning sees
+   more than one look of a clean image. A third, independent phantom set from fresh
+   seeds is kept for evaluation only.
 2. labels: ``tomoqc.labels.project_dataset`` adds the generated 1-5 ``label`` column.
 3. rank: :func:`tomoqc.train.rank.train_rank` (hinge rank loss on blocks of levels).
-4. finetune: :func:`tomoqc.train.finetune.train_finetune` from the rank checkpoint (MSE on
-   labels, severity head on levels; early stopping on validation SROCC).
+4. finetune: :func:`tomoqc.train.finetune.train_finetune` from the rank checkpoint on the
+   phantoms and the sample-image set together (MSE on labels, severity head on levels;
+   early stopping on validation SROCC).
 5. evaluation on the fresh-seed set with the default test-time sampling (grid of 224
    patches, mean of the valid ones); the weights and the model card (with the evaluation
    table) are written to ``tomoqc/models/weights/tiqa_default.{keras,json}``.
@@ -51,6 +55,67 @@ def has_labels(data: Path) -> bool:
     return row.get("label") not in (None, "")
 
 
+SAMPLE_IMAGES = ("astronaut", "brick", "camera", "cat", "cell", "chelsea", "clock", "coffee", "coins", "grass",
+                 "gravel", "hubble_deep_field", "immunohistochemistry", "moon", "page", "retina", "rocket",
+                 "shepp_logan_phantom", "text")
+
+
+def sample_image_volume(path: Path, *, size: int, per_image: int, seed: int) -> int:
+    """Stack random ``size`` crops of scikit-image's bundled sample images (gray, at two scales).
+
+    Natural and microscopy images add smooth regions, edges and textures that electrode
+    phantoms lack, so the network meets more than one look of a "clean" image. The CT
+    slice used by the transfer test (pydicom's ``CT_small.dcm``) is not among them.
+    """
+    import numpy as np
+    import skimage.data
+    from skimage.color import rgb2gray
+    from skimage.transform import rescale
+
+    rng = np.random.default_rng(seed)
+    crops = []
+    for name in SAMPLE_IMAGES:
+        img = np.asarray(getattr(skimage.data, name)(), dtype=np.float32)
+        if img.ndim == 3:
+            img = rgb2gray(img[..., :3]).astype(np.float32)
+        for k in range(per_image):
+            scale = 1.0 if k % 2 == 0 else 0.5
+            im = rescale(img, scale, anti_aliasing=True).astype(np.float32) if scale != 1.0 else img
+            if min(im.shape) < size:
+                im = rescale(img, size / min(img.shape) + 1e-3, anti_aliasing=False).astype(np.float32)
+            y = int(rng.integers(0, im.shape[0] - size + 1))
+            x = int(rng.integers(0, im.shape[1] - size + 1))
+            crops.append(im[y : y + size, x : x + size])
+    vol = np.stack(crops).astype(np.float32)
+    np.save(path, vol)
+    return len(vol)
+
+
+def merge_datasets(out: Path, parts) -> None:
+    """A dataset folder whose manifest lists the images of several others (paths relative to ``out``)."""
+    from tomoqc.train.common import atomic_write_text
+
+    rows, cols = [], []
+    for prefix, d in parts:
+        with open(d / "manifest.csv", newline="") as fh:
+            rd = csv.DictReader(fh)
+            for c in rd.fieldnames or []:
+                if c not in cols:
+                    cols.append(c)
+            for r in rd:
+                r["reference"] = prefix + r["reference"]
+                r["file"] = os.path.relpath(d / r["file"], out)
+                rows.append(r)
+    out.mkdir(parents=True, exist_ok=True)
+    import io
+
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=cols, lineterminator="\n")
+    w.writeheader()
+    w.writerows(rows)
+    atomic_write_text(out / "manifest.csv", buf.getvalue())
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -60,6 +125,7 @@ def main(argv=None) -> int:
     ap.add_argument("--references", type=int, default=160, help="training phantoms")
     ap.add_argument("--eval-references", type=int, default=24, help="evaluation phantoms")
     ap.add_argument("--size", type=int, default=256, help="phantom side in pixels")
+    ap.add_argument("--sample-crops", type=int, default=4, help="crops per scikit-image sample image")
     ap.add_argument("--margin", type=float, default=6.0, help="rank hinge margin")
     ap.add_argument("--rank-crop", type=int, default=128)
     ap.add_argument("--rank-lr", type=float, default=3e-4)
@@ -85,6 +151,8 @@ def main(argv=None) -> int:
     command = "python scripts/train_default_model.py " + " ".join(sys.argv[1:] if argv is None else argv)
     train_dir = work / "data_train"
     eval_dir = work / "data_eval"
+    extra_dir = work / "data_extra"
+    merged_dir = work / "data_merged"
 
     # 1. data
     for d, n, seed in ((train_dir, args.references, args.seed), (eval_dir, args.eval_references, args.eval_seed)):
@@ -93,16 +161,25 @@ def main(argv=None) -> int:
             log(f"building {d} ({n} phantom references, both domains, mixtures, seed {seed})")
             build_dataset(d, references=n, domain="both", size=args.size, seed=seed, workers=1, progress=False)
             log(f"built in {time.time() - t:.0f} s")
+    if not (extra_dir / "manifest.csv").is_file():
+        vol = work / "sample_images.npy"
+        n = sample_image_volume(vol, size=args.size, per_image=args.sample_crops, seed=args.seed)
+        log(f"building {extra_dir} ({n} references cut from scikit-image sample images)")
+        build_dataset(extra_dir, source=vol, references=n, domain="both", size=args.size, seed=args.seed + 1,
+                      fit="full", workers=1, progress=False)
     # 2. labels
-    for d in (train_dir, eval_dir):
+    for d in (train_dir, eval_dir, extra_dir):
         if not has_labels(d):
             t = time.time()
             log(f"labelling {d}")
             project_dataset(d, progress=False)
             log(f"labelled in {time.time() - t:.0f} s")
 
+    if not (merged_dir / "manifest.csv").is_file():
+        merge_datasets(merged_dir, [("", train_dir), ("img_", extra_dir)])
+
     rank_out = work / "rank"
-    ft_out = work / "finetune"
+    ft_out = work / "finetune_merged"
     if not args.skip_train:
         from tomoqc.train.common import has_state
         from tomoqc.train.finetune import train_finetune
@@ -122,10 +199,10 @@ def main(argv=None) -> int:
         # 4. finetune
         if not (ft_out / "DONE").exists():
             log("finetune stage")
-            res = train_finetune(train_dir, ft_out, init=rank_out / "best.keras", epochs=args.finetune_epochs,
+            res = train_finetune(merged_dir, ft_out, init=rank_out / "best.keras", epochs=args.finetune_epochs,
                                  steps_per_epoch=args.finetune_steps, batch_size=16, crop=args.finetune_crop,
                                  lr=args.finetune_lr, decay_epochs=4, lr_decay=0.5, seed=args.seed,
-                                 resume=args.resume and has_state(ft_out), patience=6,
+                                 resume=args.resume and has_state(ft_out), patience=6, val_fraction=0.08,
                                  time_limit_s=args.finetune_minutes * 60, val_size=224, val_crops=1,
                                  progress=False, command=command)
             if res["interrupted"]:
@@ -163,7 +240,11 @@ def main(argv=None) -> int:
         "data": {
             "train": {"references": args.references, "size": args.size, "seed": args.seed,
                       "manifest_sha256": manifest_sha256(train_dir), "domains": ["image", "physics"],
-                      "mixtures": True, "domain_randomisation": "tomoqc.phantom.random_params"},
+                      "mixtures": True, "domain_randomisation": "tomoqc.phantom.random_params",
+                      "used_by": ["rank", "finetune"]},
+            "train_sample_images": {"source": "scikit-image sample images " + ", ".join(SAMPLE_IMAGES),
+                                    "crops_per_image": args.sample_crops,
+                                    "manifest_sha256": manifest_sha256(extra_dir), "used_by": ["finetune"]},
             "evaluation": {"references": args.eval_references, "seed": args.eval_seed,
                            "manifest_sha256": manifest_sha256(eval_dir)},
         },
