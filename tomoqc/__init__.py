@@ -15,7 +15,6 @@ _API = {
     "volume_info": "tomoqc.io",
     "write_zarr": "tomoqc.io",
     "score": "tomoqc.pipeline",
-    "report": "tomoqc.report",
     "load_model": "tomoqc.models.tiqa",
     "electrode_slice": "tomoqc.phantom",
     "electrode_volume": "tomoqc.phantom",
@@ -24,10 +23,16 @@ _API = {
     "project_dataset": "tomoqc.labels",
 }
 
-__all__ = ["__version__", *_API]
+__all__ = ["__version__", "report", *_API]
 
 
 def __getattr__(name: str):
+    if name == "report":
+        # the submodule is itself callable as report(paths, out, ...), so the module and
+        # the function never shadow each other
+        import importlib
+
+        return importlib.import_module("tomoqc.report")
     if name in _API:
         import importlib
 

@@ -228,23 +228,14 @@ def _slurm(workers, options):
     try:
         from tomoqc.slurm import make_slurm_cluster
     except ImportError as err:
-        raise OptionError(
-            f"--cluster slurm needs dask-jobqueue: install tomoqc[slurm] ({err})"
-        ) from None
+        raise OptionError(f"--cluster slurm needs dask-jobqueue: install tomoqc[slurm] ({err})") from None
     from distributed import Client
 
     opts = dict(options)
     if workers:
-        opts.setdefault("jobs", int(workers))
-    cluster = make_slurm_cluster(opts)
+        opts["max_jobs"] = int(workers)
+    cluster = make_slurm_cluster(opts)  # adaptive: jobs come and go with the tasks
     try:
-        if workers:
-            cluster.scale(jobs=int(workers)) if _accepts_jobs(cluster) else cluster.scale(int(workers))
-        elif not getattr(cluster, "_tomoqc_scaled", False):
-            maximum = int(opts.get("maximum_jobs", opts.get("max_jobs", 4)))
-            cluster.adapt(minimum_jobs=0, maximum_jobs=maximum) if _accepts_jobs(cluster) else cluster.adapt(
-                minimum=0, maximum=maximum
-            )
         client = Client(cluster)
         try:
             yield client
@@ -252,12 +243,3 @@ def _slurm(workers, options):
             client.close()
     finally:
         cluster.close()
-
-
-def _accepts_jobs(cluster) -> bool:
-    import inspect
-
-    try:
-        return "jobs" in inspect.signature(cluster.scale).parameters
-    except (TypeError, ValueError):
-        return False

@@ -546,6 +546,7 @@ def score(
     part = None
     if final is not None:
         part = partial_path(final)
+        _check_owner(part)
         old = _read_attrs(part) if part.exists() else {}
         if part.exists() and old.get("tomoqc_params") == json.dumps(params, sort_keys=True):
             chunk = int(old.get("chunk_slices", chunk_slices or DEFAULT_CHUNK_SLICES))
@@ -577,6 +578,7 @@ def score(
             tmpl = _template(zsel, py, px, starts, chunk, attrs)
             tmpl.to_zarr(str(part), mode="w", compute=False, consolidated=False)
         sink = _ZarrSink(part)
+        (part / _DONE_DIR / "owner").write_text(str(os.getpid()))
     else:
         chunk = int(chunk_slices or DEFAULT_CHUNK_SLICES)
         sink = _MemorySink(len(zsel), py, px, len(DISTORTIONS))
@@ -608,7 +610,10 @@ def score(
         elif todo:
             from tomoqc.cluster import start_cluster
 
-            with start_cluster(cluster, workers=workers, options=cluster_options) as cl:
+            opts = dict(cluster_options or {})
+            if cluster == "slurm":
+                opts.setdefault("n_chunks", len(todo))
+            with start_cluster(cluster, workers=workers, options=opts) as cl:
                 if cl is None:
                     _run_inprocess(todo, zsel, source_for, spec, sink, run_id, bar)
                 else:
@@ -675,10 +680,46 @@ def score(
         }
     )
     shutil.rmtree(part / _DONE_DIR, ignore_errors=True)
+    _consolidate(part)
     if final.exists():
         _remove(final)
     os.replace(part, final)
     return open_quality(final)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _check_owner(part: Path) -> None:
+    """Refuse to share a partial output with another live scoring process on this host."""
+    owner = part / _DONE_DIR / "owner"
+    try:
+        pid = int(owner.read_text().strip())
+    except (OSError, ValueError):
+        return
+    if pid != os.getpid() and _pid_alive(pid):
+        raise InputError(part, f"is being written by another tomoqc process (pid {pid}); wait for it or stop it")
+
+
+def _consolidate(path: Path) -> None:
+    """Write consolidated metadata so that ``xarray.open_zarr(path)`` opens it quietly."""
+    import warnings
+
+    import zarr
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            zarr.consolidate_metadata(str(path))
+        except Exception:  # optional: the output is complete without it
+            pass
 
 
 def _now() -> str:
@@ -722,6 +763,7 @@ def open_quality(path, *, require_complete: bool = True):
         raise InputError(p, "not a quality output (no 'score' variable along z)")
     if require_complete and ds.attrs.get("complete") is not True:
         raise InputError(p, "incomplete quality output (an interrupted run); rerun `tomoqc score` to finish it")
+    ds.encoding["source"] = str(p.resolve())
     return ds
 
 
@@ -739,16 +781,26 @@ def _run_inprocess(todo, zsel, source_for, spec, sink, run_id, bar):
         _write_result(sink, k, lo, hi, res, run_id, bar)
 
 
+def _in_flight_limit(client, given):
+    """Chunks to keep submitted: twice the workers plus one, counting the workers an
+    adaptive cluster (e.g. SLURM) may still start, so that it sees enough work to scale up."""
+    if given is not None:
+        return max(1, int(given))
+    from tomoqc.cluster import worker_count
+
+    n = worker_count(client)
+    adaptive = getattr(getattr(client, "cluster", None), "_adaptive", None)
+    maximum = getattr(adaptive, "maximum", None)
+    if maximum is not None and np.isfinite(maximum):
+        n = max(n, int(maximum))
+    return 2 * max(1, n) + 1
+
+
 def _run_distributed(client, todo, zsel, source_for, spec, sink, run_id, bar, max_in_flight):
     from distributed import as_completed
 
-    from tomoqc.cluster import worker_count
-
     if not todo:
         return
-    if max_in_flight is None:
-        max_in_flight = 2 * max(1, worker_count(client)) + 1
-    max_in_flight = max(1, int(max_in_flight))
     queue = list(todo)
     where = {}
     ac = as_completed()
@@ -760,7 +812,7 @@ def _run_distributed(client, todo, zsel, source_for, spec, sink, run_id, bar, ma
         where[fut.key] = (k, lo, hi)
         ac.add(fut)
 
-    for _ in range(min(max_in_flight, len(queue))):
+    for _ in range(min(_in_flight_limit(client, max_in_flight), len(queue))):
         submit_next()
     try:
         for fut in ac:
@@ -768,7 +820,8 @@ def _run_distributed(client, todo, zsel, source_for, spec, sink, run_id, bar, ma
             res = fut.result()
             fut.release()
             _write_result(sink, k, lo, hi, res, run_id, bar)
-            if queue:
+            # top up to the limit (it grows when an adaptive cluster gains workers)
+            while queue and len(where) < _in_flight_limit(client, max_in_flight):
                 submit_next()
     except BaseException:
         for f in list(ac.futures):

@@ -19,8 +19,11 @@ from __future__ import annotations
 
 import csv
 import html
+import io
 import json
 import os
+import sys
+import types
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -130,7 +133,8 @@ def summarize(ds_or_path, *, fail_below: float | None = None) -> dict:
         (slices with a score), ``slices_total``, ``flagged`` (slices with a flag),
         ``median_score``, ``p5_score``, ``min_score``, ``worst_slices`` (list of
         [first, last] slice ranges), ``dominant_distortion`` (``noise``, ``blur``,
-        ``ring`` or ``none``), ``severity`` (median per distortion), ``verdict``
+        ``ring`` or ``none``: the highest median severity over the slices below the
+        threshold, or over all scored slices when none is), ``severity`` (median per distortion), ``verdict``
         (``pass``, ``fail`` or ``unknown``), ``threshold``, ``model_id``.
     """
     ds, where = _open(ds_or_path)
@@ -139,15 +143,21 @@ def summarize(ds_or_path, *, fail_below: float | None = None) -> dict:
     z = np.asarray(ds["z"].values)
     flag = np.asarray(ds["flag"].values) if "flag" in ds else np.zeros(len(s), np.int8)
     ok = np.isfinite(s)
-    sev = {}
+    # which distortion drives the low scores: severities of the slices below the
+    # threshold when there are any, else of every scored slice
+    low = ok & (s < threshold)
+    focus = low if low.any() else ok
+    sev, sev_focus = {}, {}
     if "severity" in ds:
         sv = np.asarray(ds["severity"].values, dtype=np.float64)
         names = [str(d) for d in ds["distortion"].values]
         for j, name in enumerate(names):
             col = sv[:, j][ok & np.isfinite(sv[:, j])]
             sev[name] = _r(np.median(col)) if col.size else None
+            colf = sv[:, j][focus & np.isfinite(sv[:, j])]
+            sev_focus[name] = float(np.median(colf)) if colf.size else None
     dominant = "none"
-    valid = {k: v for k, v in sev.items() if v is not None}
+    valid = {k: v for k, v in sev_focus.items() if v is not None}
     if valid:
         k = max(valid, key=valid.get)
         if valid[k] >= SEVERITY_FLOOR:
@@ -236,7 +246,8 @@ def plot_volume(ds_or_path, png, *, summary: dict | None = None) -> Path:
 
     fig = Figure(figsize=(11, 8.5), dpi=100)
     FigureCanvasAgg(fig)
-    gs = fig.add_gridspec(3, max(1, N_THUMBNAILS), height_ratios=[3, 2, 2.4], hspace=0.45, wspace=0.15)
+    gs = fig.add_gridspec(3, max(1, N_THUMBNAILS), height_ratios=[3, 2, 2.4], hspace=0.4, wspace=0.15,
+                          top=0.95, bottom=0.03, left=0.07, right=0.98)
     ax = fig.add_subplot(gs[0, :])
     thr = summary["threshold"]
     ax.plot(z, s, "-", color="#1f5fa8", lw=1.5, marker="o" if len(z) <= 80 else None, ms=3, label="slice score")
@@ -248,7 +259,7 @@ def plot_volume(ds_or_path, png, *, summary: dict | None = None) -> Path:
         ax.fill_between(z, 1, 5, where=low, color="#c0392b", alpha=0.12, step="mid", label="below threshold")
     flagged = flag != 0
     if flagged.any():
-        ax.plot(z[flagged], np.full(int(flagged.sum()), 1.1), "x", color="k", ms=6, label="flagged (not scored)")
+        ax.plot(z[flagged], np.full(int(flagged.sum()), 1.1), "x", color="k", ms=6, label="flagged slice")
     ax.set_ylim(1, 5)
     ax.set_xlim(z.min() - 0.5, z.max() + 0.5)
     ax.set_ylabel("score (1-5)")
@@ -339,6 +350,10 @@ section{margin:18px 0 28px 0} section h2{font-size:16px;margin-bottom:6px} img{m
 """
 
 
+def _num(x) -> str:
+    return "" if x is None else f"{x:.2f}"
+
+
 def _html(summaries, pngs, fail_below, created) -> str:
     from tomoqc import __version__
 
@@ -351,8 +366,8 @@ def _html(summaries, pngs, fail_below, created) -> str:
             f"<td class=l><a href='#{e(png)}'>{e(name)}</a></td>"
             f"<td>{s['slices']} / {s['slices_total']}</td>"
             f"<td>{s['flagged']}</td>"
-            f"<td>{'' if s['median_score'] is None else f'{s[chr(109)+"edian_score"]:.2f}'}</td>"
-            f"<td>{'' if s['p5_score'] is None else f'{s[chr(112)+"5_score"]:.2f}'}</td>"
+            f"<td>{_num(s['median_score'])}</td>"
+            f"<td>{_num(s['p5_score'])}</td>"
             f"<td class=l>{e(_fmt_ranges(s['worst_slices']))}</td>"
             f"<td class=l>{e(s['dominant_distortion'])}</td>"
             f"<td class='{e(s['verdict'])}'>{e(s['verdict'])}</td>"
@@ -443,7 +458,7 @@ def report(paths, out, *, fail_below: float | None = None, plots: bool = True) -
         summaries.append(s)
         pngs.append(png)
     files = []
-    buf = _CsvBuffer()
+    buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=CSV_FIELDS)
     w.writeheader()
     for s in summaries:
@@ -474,12 +489,13 @@ def report(paths, out, *, fail_below: float | None = None, plots: bool = True) -
     return result
 
 
-class _CsvBuffer:
-    def __init__(self):
-        self.parts = []
 
-    def write(self, s):
-        self.parts.append(s)
+class _CallableModule(types.ModuleType):
+    """Lets ``tomoqc.report(paths, out)`` call :func:`report` while ``tomoqc.report``
+    stays this module (so ``tomoqc.report.summarize`` and ``import tomoqc.report`` work)."""
 
-    def getvalue(self):
-        return "".join(self.parts)
+    def __call__(self, paths, out, *, fail_below: float | None = None, plots: bool = True) -> dict:
+        return report(paths, out, fail_below=fail_below, plots=plots)
+
+
+sys.modules[__name__].__class__ = _CallableModule

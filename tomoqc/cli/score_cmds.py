@@ -1,3 +1,159 @@
-"""CLI commands (score)."""
+"""CLI commands ``tomoqc score`` and ``tomoqc report``."""
 
-from tomoqc.cli import app  # noqa: F401
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from tomoqc.cli import app
+
+_SLURM = "SLURM (--cluster slurm)"
+
+
+def _print_summaries(summaries, as_json: bool) -> None:
+    if as_json:
+        for s in summaries:
+            row = {k: s[k] for k in ("path", "output", "slices", "median_score", "p5_score",
+                                     "dominant_distortion", "verdict")}
+            row.update({k: s[k] for k in ("slices_total", "flagged", "min_score", "worst_slices",
+                                          "severity", "threshold", "model_id")})
+            print(json.dumps(row), flush=True)
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="slice quality (1 terrible - 5 excellent)", title_justify="left")
+    for col in ("volume", "slices", "median", "5th pct", "worst slices", "dominant", "verdict"):
+        table.add_column(col, justify="left" if col in ("volume", "worst slices", "dominant") else "right")
+    colours = {"pass": "green", "fail": "bold red", "unknown": "yellow"}
+    for s in summaries:
+        worst = " ".join(f"{a}" if a == b else f"{a}-{b}" for a, b in s["worst_slices"])
+        table.add_row(
+            Path(s["path"]).name or s["output"],
+            f"{s['slices']}/{s['slices_total']}",
+            "-" if s["median_score"] is None else f"{s['median_score']:.2f}",
+            "-" if s["p5_score"] is None else f"{s['p5_score']:.2f}",
+            worst,
+            s["dominant_distortion"],
+            f"[{colours[s['verdict']]}]{s['verdict']}[/]",
+        )
+    Console().print(table)
+
+
+def _fail_if_needed(summaries, fail_below) -> None:
+    from tomoqc.errors import QCFailed
+
+    if fail_below is None:
+        return
+    failed = [s for s in summaries if s["verdict"] == "fail"]
+    if failed:
+        names = ", ".join(Path(s["path"]).name or s["output"] for s in failed)
+        raise QCFailed(f"{len(failed)} of {len(summaries)} volume(s) below --fail-below {fail_below:g}: {names}")
+
+
+@app.command()
+def score(
+    volumes: List[Path] = typer.Argument(..., help="Volumes to score (zarr, HDF5, TIFF, .npy)."),
+    model: Optional[Path] = typer.Option(None, "--model", "-m", help="TIQA model (.keras); default: the bundled one."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Folder for <volume>.quality.zarr (default: beside each input)."),
+    dataset: Optional[str] = typer.Option(None, "--dataset", "-d", help="Array path inside an HDF5 file or zarr group."),
+    axis: str = typer.Option("z", "--axis", help="Axis to slice along: z, y or x."),
+    step: int = typer.Option(1, "--step", help="Score every N-th slice."),
+    batch_size: int = typer.Option(16, "--batch-size", help="Patches per network call."),
+    chunk_slices: Optional[int] = typer.Option(None, "--chunk-slices", help="Slices per task and output chunk (default 8)."),
+    cluster: str = typer.Option(
+        "local", "--cluster", help="local | local-cuda | slurm | none | a scheduler address (tcp://HOST:PORT)."
+    ),
+    workers: Optional[int] = typer.Option(None, "--workers", help="Number of workers (0: no cluster, score in this process)."),
+    cluster_config: Optional[Path] = typer.Option(None, "--cluster-config", help="YAML file of SLURM options.", rich_help_panel=_SLURM),
+    queue: Optional[str] = typer.Option(None, "--queue", help="SLURM partition.", rich_help_panel=_SLURM),
+    account: Optional[str] = typer.Option(None, "--account", help="SLURM account.", rich_help_panel=_SLURM),
+    walltime: Optional[str] = typer.Option(None, "--walltime", help="Time limit per worker job, e.g. 01:00:00.", rich_help_panel=_SLURM),
+    cores: Optional[int] = typer.Option(None, "--cores", help="Cores per worker job.", rich_help_panel=_SLURM),
+    memory: Optional[str] = typer.Option(None, "--memory", help="Memory per worker job, e.g. 16GB.", rich_help_panel=_SLURM),
+    processes: Optional[int] = typer.Option(None, "--processes", help="Worker processes per job.", rich_help_panel=_SLURM),
+    gpus: Optional[int] = typer.Option(None, "--gpus", help="GPUs per worker job.", rich_help_panel=_SLURM),
+    interface: Optional[str] = typer.Option(None, "--interface", help="Network interface, e.g. ib0.", rich_help_panel=_SLURM),
+    local_directory: Optional[str] = typer.Option(None, "--local-directory", help="Node-local scratch folder.", rich_help_panel=_SLURM),
+    fail_below: Optional[float] = typer.Option(None, "--fail-below", help="Exit 3 when a volume's median score is below S."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing quality outputs."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object per volume per line."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+) -> None:
+    """Score every slice of each volume; write <volume>.quality.zarr and print a summary.
+
+    A run that is interrupted resumes where it stopped when started again.
+    """
+    from tomoqc.errors import OptionError
+
+    slurm_cli = dict(queue=queue, account=account, walltime=walltime, cores=cores, memory=memory,
+                     processes=processes, gpus=gpus, interface=interface, local_directory=local_directory)
+    options: dict = {}
+    if cluster == "slurm":
+        from tomoqc.slurm import slurm_options_from_cli
+
+        options = slurm_options_from_cli(cluster_config, **slurm_cli)
+    else:
+        others = {k: v for k, v in slurm_cli.items() if k != "local_directory" and v is not None}
+        if cluster_config is not None or others:
+            raise OptionError("--cluster-config and the SLURM options need --cluster slurm")
+        if local_directory is not None:
+            options = {"local_directory": local_directory}
+    if fail_below is not None and not (1.0 <= fail_below <= 5.0):
+        raise OptionError(f"--fail-below must be between 1 and 5, got {fail_below}")
+    if not volumes:
+        raise OptionError("no volume given")
+
+    from tomoqc.cluster import start_cluster
+    from tomoqc.pipeline import score as score_volume
+    from tomoqc.report import summarize
+
+    for v in volumes:  # fail on a missing input before starting any cluster
+        if not Path(v).exists():
+            from tomoqc.errors import InputError
+
+            raise InputError(v, "no such file or folder")
+    summaries = []
+    with start_cluster(cluster, workers=workers, options=options) as client:
+        for v in volumes:
+            kwargs = dict(model=model, out=out, dataset=dataset, axis=axis, step=step, batch_size=batch_size,
+                          overwrite=overwrite, chunk_slices=chunk_slices, progress=not quiet)
+            if client is None:
+                ds = score_volume(v, cluster="none", **kwargs)
+            else:
+                ds = score_volume(v, client=client, **kwargs)
+            s = summarize(ds, fail_below=fail_below)
+            summaries.append(s)
+            if as_json:
+                _print_summaries([s], True)
+    if not as_json:
+        _print_summaries(summaries, False)
+    _fail_if_needed(summaries, fail_below)
+
+
+@app.command()
+def report(
+    paths: List[Path] = typer.Argument(..., help="Quality outputs (*.quality.zarr) to aggregate."),
+    out: Path = typer.Option(..., "--out", "-o", help="Folder for report.csv, report.json, PNGs and index.html."),
+    fail_below: Optional[float] = typer.Option(None, "--fail-below", help="Exit 3 when a volume's median score is below S."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object per volume per line."),
+) -> None:
+    """Aggregate quality outputs into a report (CSV, JSON, PNG plots and index.html)."""
+    from tomoqc.errors import OptionError, QCFailed
+    from tomoqc.report import report as make_report
+
+    if fail_below is not None and not (1.0 <= fail_below <= 5.0):
+        raise OptionError(f"--fail-below must be between 1 and 5, got {fail_below}")
+    try:
+        result = make_report(paths, out, fail_below=fail_below)
+        failure = None
+    except QCFailed as err:
+        result, failure = err.report, err
+    _print_summaries(result["volumes"], as_json)
+    if not as_json:
+        print(f"report: {Path(out) / 'index.html'}")
+    if failure is not None:
+        raise failure

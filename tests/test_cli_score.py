@@ -1,0 +1,121 @@
+"""`tomoqc score` on the command line: outputs, JSON lines, QC exit codes, errors."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import zarr
+
+from tomoqc.cli import main
+
+
+def make_test_model(path: Path) -> Path:
+    """A random TIQA network with its score head rescaled into (1, 5) (see test_pipeline)."""
+    if path.exists():
+        return path
+    import keras
+
+    from tomoqc.models.tiqa import build_tiqa
+    from tomoqc.phantom import electrode_slice
+
+    keras.utils.set_random_seed(0)
+    m = build_tiqa(seed=0)
+    rng = np.random.default_rng(0)
+    x = np.stack([electrode_slice((224, 224), seed=i)[0] for i in range(6)])
+    x = x + rng.normal(0, 1, x.shape) * (0.05 * np.arange(6))[:, None, None]
+    x = (x - x.min(axis=(1, 2), keepdims=True)) / np.ptp(x, axis=(1, 2), keepdims=True)
+    s = np.asarray(m(x[..., None].astype("float32"), training=False)["score"])[:, 0]
+    w, b = m.get_layer("score").get_weights()
+    a = 0.5 / max(float(s.std()), 1e-9)  # scores about 3 +- 0.5 on these slices
+    m.get_layer("score").set_weights([w * a, (b - s.mean()) * a + 3.0])
+    tmp = path.with_name(path.stem + ".tmp.keras")
+    m.save(tmp)
+    os.replace(tmp, path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def model_path(tmp_path_factory):
+    return make_test_model(tmp_path_factory.getbasetemp() / "tiqa-test-model.keras")
+
+
+@pytest.fixture(scope="module")
+def volumes(tmp_path_factory):
+    from tomoqc.phantom import electrode_volume
+
+    d = tmp_path_factory.mktemp("cli")
+    paths = []
+    for i in range(2):
+        vol, _ = electrode_volume((8, 224, 224), seed=10 + i)
+        p = d / f"vol{i}.zarr"
+        z = zarr.create_array(str(p), shape=vol.shape, chunks=(1, 224, 224), dtype="float32")
+        z[:] = vol.astype(np.float32)
+        paths.append(p)
+    return paths
+
+
+def test_score_two_volumes_json_lines(volumes, model_path, tmp_path, capsys):
+    rc = main(["score", *map(str, volumes), "--model", str(model_path), "--out", str(tmp_path), "--workers", "0",
+               "--json", "--quiet", "--step", "2"])
+    assert rc == 0
+    lines = [json.loads(x) for x in capsys.readouterr().out.strip().splitlines()]
+    assert len(lines) == 2
+    for line, vol in zip(lines, volumes):
+        assert line["path"] == str(vol.resolve())
+        assert line["output"] == str((tmp_path / f"{vol.name}.quality.zarr").resolve())
+        assert Path(line["output"]).is_dir()
+        assert line["slices"] == 4  # slices 0, 2, 4, 6
+        assert 1 <= line["p5_score"] <= line["median_score"] <= 5
+        assert line["dominant_distortion"] in ("noise", "blur", "ring", "none")
+        assert line["verdict"] in ("pass", "fail")
+        import xarray as xr
+
+        ds = xr.open_zarr(line["output"], consolidated=False)
+        assert float(np.nanmedian(ds["score"].values)) == pytest.approx(line["median_score"], abs=1e-3)
+
+
+def test_fail_below_exit_codes(volumes, model_path, tmp_path, capsys):
+    base = ["score", str(volumes[0]), "--model", str(model_path), "--workers", "0", "--json", "--quiet"]
+    assert main(base + ["--out", str(tmp_path / "a"), "--fail-below", "1"]) == 0  # no median is below 1
+    median = json.loads(capsys.readouterr().out.splitlines()[0])["median_score"]
+    assert median < 4.99
+    rc = main(base + ["--out", str(tmp_path / "b"), "--fail-below", f"{min(5.0, median + 0.01):.3f}"])
+    out, err = capsys.readouterr()
+    assert rc == 3
+    assert json.loads(out.splitlines()[0])["verdict"] == "fail"  # the result is still printed
+    assert err.strip().startswith("tomoqc: error: 1 of 1 volume(s) below --fail-below")
+    assert (tmp_path / "b" / f"{volumes[0].name}.quality.zarr").is_dir()  # and written
+
+
+def test_errors_are_one_line_exit_1(volumes, model_path, tmp_path, capsys):
+    assert main(["score", str(tmp_path / "missing.zarr"), "--model", str(model_path), "--workers", "0"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("tomoqc: error: ") and "missing.zarr" in err[0]
+    assert main(["score", str(volumes[0]), "--model", str(model_path), "--workers", "0", "--step", "0"]) == 1
+    assert main(["score", str(volumes[0]), "--queue", "gpu", "--workers", "0"]) == 1
+    assert "--cluster slurm" in capsys.readouterr().err
+    assert main(["score", str(volumes[0]), "--fail-below", "7", "--workers", "0"]) == 1
+    import importlib.util
+
+    if importlib.util.find_spec("dask_cuda") is None:
+        assert main(["score", str(volumes[0]), "--cluster", "local-cuda", "--model", str(model_path),
+                     "--out", str(tmp_path)]) == 1
+        assert "tomoqc[gpu]" in capsys.readouterr().err
+
+
+def test_score_then_report_cli(volumes, model_path, tmp_path, capsys):
+    assert main(["score", str(volumes[1]), "--model", str(model_path), "--out", str(tmp_path / "q"), "--workers", "0",
+                 "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "vol1.zarr" in out and "verdict" in out  # the summary table
+    q = tmp_path / "q" / "vol1.zarr.quality.zarr"
+    assert main(["report", str(q), "--out", str(tmp_path / "r")]) == 0
+    assert (tmp_path / "r" / "index.html").is_file()
+    assert main(["score", str(volumes[1]), "--model", str(model_path), "--out", str(tmp_path / "q"), "--workers", "0",
+                 "--quiet"]) == 1  # exists
+    assert main(["score", str(volumes[1]), "--model", str(model_path), "--out", str(tmp_path / "q"), "--workers", "0",
+                 "--quiet", "--overwrite"]) == 0

@@ -1,0 +1,208 @@
+"""Per-volume summaries, aggregated reports, plots and the QC gate."""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+import xarray as xr
+import zarr
+from PIL import Image
+
+from tomoqc.errors import InputError, QCFailed
+from tomoqc.report import report, summarize, worst_ranges
+
+
+def write_quality(path: Path, scores, *, z=None, severity=None, flags=None, input_path="", complete=True):
+    """A quality output with known numbers, in the layout `tomoqc score` writes."""
+    scores = np.asarray(scores, np.float32)
+    n = len(scores)
+    z = np.arange(n) if z is None else np.asarray(z)
+    sev = np.full((n, 3), 0.1, np.float32) if severity is None else np.asarray(severity, np.float32)
+    flags = np.zeros(n, np.int8) if flags is None else np.asarray(flags, np.int8)
+    ds = xr.Dataset(
+        {
+            "score": (("z",), scores),
+            "flag": (("z",), flags),
+            "valid_fraction": (("z",), np.ones(n, np.float32)),
+            "patch_score": (("z", "py", "px"), np.repeat(scores[:, None, None], 4, 1).reshape(n, 2, 2)),
+            "severity": (("z", "distortion"), sev),
+        },
+        coords={"z": z, "distortion": np.array(["noise", "blur", "ring"], dtype=object)},
+        attrs={"complete": complete, "input": str(input_path), "axis": "z", "dataset": "", "model_id": "m-test"},
+    )
+    ds.to_zarr(str(path), mode="w", consolidated=False)
+    return path
+
+
+def scores_20():
+    s = np.full(20, 4.0, np.float32)
+    s[5:8] = 1.5
+    s[12] = 2.0
+    s[15] = np.nan
+    return s
+
+
+def test_summary_numbers(tmp_path):
+    sev = np.zeros((20, 3), np.float32)
+    sev[:, 0], sev[:, 1], sev[:, 2] = 0.1, 0.2, 0.6
+    flags = np.zeros(20, np.int8)
+    flags[15] = 1
+    p = write_quality(tmp_path / "a.quality.zarr", scores_20(), severity=sev, flags=flags, input_path="/data/a.zarr")
+    s = summarize(p)
+    # 19 finite scores: 15 x 4.0, 3 x 1.5, 1 x 2.0
+    assert s["slices"] == 19 and s["slices_total"] == 20 and s["flagged"] == 1
+    assert s["median_score"] == 4.0
+    assert s["p5_score"] == 1.5 and s["min_score"] == 1.5
+    assert s["worst_slices"] == [[5, 7], [12, 12]]  # runs below 3, worst first
+    assert s["dominant_distortion"] == "ring"
+    assert s["severity"] == {"noise": 0.1, "blur": 0.2, "ring": 0.6}
+    assert s["verdict"] == "pass" and s["threshold"] == 3.0
+    assert s["path"] == "/data/a.zarr" and s["output"] == str(p.resolve())
+    assert summarize(p, fail_below=4.5)["verdict"] == "fail"
+
+
+def test_summary_without_scores_or_distortion(tmp_path):
+    p = write_quality(tmp_path / "n.quality.zarr", [np.nan] * 4, flags=[1, 2, 2, 3])
+    s = summarize(p)
+    assert s["verdict"] == "unknown" and s["slices"] == 0 and s["median_score"] is None
+    assert s["worst_slices"] == [] and s["flagged"] == 4
+    q = write_quality(tmp_path / "q.quality.zarr", [4.0, 4.2, 3.9], severity=np.full((3, 3), 0.05))
+    assert summarize(q)["dominant_distortion"] == "none"
+
+
+def test_worst_ranges_follow_scored_neighbours():
+    z = np.arange(0, 20, 2)
+    s = np.array([4, 4, 2, 2.5, 2, 4, 4, 4, 1, 4], float)
+    assert worst_ranges(z, s, 3.0) == [[16, 16], [4, 8]]
+    # nothing below the threshold: the 5th percentile is pointed at instead
+    assert worst_ranges(np.arange(5), np.array([4.0, 4.5, 3.5, 4.8, 4.9]), 3.0) == [[2, 2]]
+
+
+def _input_volume(path: Path):
+    from tomoqc.phantom import electrode_volume
+
+    vol, _ = electrode_volume((20, 96, 96), seed=2)
+    z = zarr.create_array(str(path), shape=vol.shape, chunks=(1, 96, 96), dtype="float32")
+    z[:] = vol.astype(np.float32)
+    return path
+
+
+def _image_ok(path: Path):
+    im = Image.open(path)
+    im.load()
+    assert im.format == "PNG"
+    assert im.size[0] >= 800 and im.size[1] >= 600
+    a = np.asarray(im.convert("L"), dtype=np.float64)
+    assert a.std() > 10  # not blank
+    assert len(np.unique(a)) > 20
+    return a
+
+
+def test_report_files_and_html_references(tmp_path):
+    vol = _input_volume(tmp_path / "a.zarr")
+    a = write_quality(tmp_path / "a.zarr.quality.zarr", scores_20(), input_path=vol.resolve())
+    (tmp_path / "other").mkdir()
+    b = write_quality(tmp_path / "other" / "a.zarr.quality.zarr", np.linspace(1.2, 2.8, 10), input_path="/gone/a.zarr")
+    out = tmp_path / "rep"
+    r = report([a, b], out)
+    assert [v["verdict"] for v in r["volumes"]] == ["pass", "fail"]
+    for name in ("report.csv", "report.json", "index.html"):
+        assert (out / name).is_file()
+    rows = list(csv.DictReader(open(out / "report.csv")))
+    assert len(rows) == 2
+    assert rows[0]["median_score"] == "4.0" and rows[0]["worst_slices"] == "5-7 12"
+    assert rows[1]["verdict"] == "fail"
+    j = json.loads((out / "report.json").read_text())
+    assert j["volumes"][0]["worst_slices"] == [[5, 7], [12, 12]]
+    html = (out / "index.html").read_text()
+    srcs = re.findall(r"<img src='([^']+)'", html)
+    assert len(srcs) == 2 and len(set(srcs)) == 2  # same file name, two distinct plots
+    imgs = [_image_ok(out / s) for s in srcs]
+    # the first volume's plot carries thumbnails read from its input; the other says it is gone
+    assert imgs[0].shape == imgs[1].shape
+    assert not np.array_equal(imgs[0], imgs[1])
+    assert "fail" in html and "pass" in html
+
+
+def test_report_refuses_incomplete_or_foreign_outputs(tmp_path):
+    inc = write_quality(tmp_path / "i.quality.zarr", [3.0, 3.0], complete=False)
+    with pytest.raises(InputError, match="incomplete"):
+        report([inc], tmp_path / "r")
+    assert not (tmp_path / "r").exists()  # nothing written
+    zarr.create_array(str(tmp_path / "x.zarr"), shape=(4, 4), dtype="float32")
+    with pytest.raises(InputError):
+        report([tmp_path / "x.zarr"], tmp_path / "r")
+    with pytest.raises(InputError):
+        report([tmp_path / "missing.quality.zarr"], tmp_path / "r")
+
+
+def test_fail_below_raises_after_writing(tmp_path):
+    a = write_quality(tmp_path / "a.quality.zarr", [2.0, 2.5, 2.2])
+    with pytest.raises(QCFailed) as info:
+        report([a], tmp_path / "r", fail_below=3.0)
+    assert info.value.exit_code == 3
+    assert (tmp_path / "r" / "index.html").is_file()
+    assert info.value.report["volumes"][0]["verdict"] == "fail"
+    assert report([a], tmp_path / "r2", fail_below=2.0)["volumes"][0]["verdict"] == "pass"
+
+
+def test_report_cli_exit_codes_and_json(tmp_path, capsys):
+    from tomoqc.cli import main
+
+    a = write_quality(tmp_path / "a.quality.zarr", [2.0, 2.5, 2.2], input_path="/x/a.zarr")
+    assert main(["report", str(a), "--out", str(tmp_path / "r"), "--fail-below", "2.0", "--json"]) == 0
+    line = json.loads(capsys.readouterr().out.strip().splitlines()[0])
+    assert line["path"] == "/x/a.zarr" and line["slices"] == 3 and line["median_score"] == 2.2
+    assert line["p5_score"] == pytest.approx(2.02) and line["verdict"] == "pass"
+    assert set(line) >= {"path", "output", "slices", "median_score", "p5_score", "dominant_distortion", "verdict"}
+    assert main(["report", str(a), "--out", str(tmp_path / "r"), "--fail-below", "2.3"]) == 3
+    err = capsys.readouterr().err
+    assert err.startswith("tomoqc: error: 1 of 1 volume(s) below --fail-below 2.3")
+    assert main(["report", str(tmp_path / "nope.quality.zarr"), "--out", str(tmp_path / "r")]) == 1
+
+
+def test_dominant_distortion_follows_the_bad_slices(tmp_path):
+    n = 20
+    sev = np.full((n, 3), 0.1, np.float32)
+    s = np.full(n, 4.0, np.float32)
+    s[10:13] = 1.8
+    sev[10:13, 1] = 0.9  # blur only where the scores drop
+    p = write_quality(tmp_path / "b.quality.zarr", s, severity=sev)
+    out = summarize(p)
+    assert out["severity"]["blur"] == pytest.approx(0.1)  # the volume-wide median is low
+    assert out["dominant_distortion"] == "blur"
+
+
+def test_screenshot_of_index_html_is_not_blank(tmp_path):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "report_screenshot", Path(__file__).resolve().parents[1] / "benchmarks" / "report_screenshot.py"
+    )
+    shot = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(shot)
+    if shot.find_chromium() is None:
+        pytest.skip("chromium is not installed (apt-get install -y chromium)")
+    vol = _input_volume(tmp_path / "a.zarr")
+    q = write_quality(tmp_path / "a.zarr.quality.zarr", scores_20(), input_path=vol.resolve())
+    report([q], tmp_path / "rep")
+    png = shot.screenshot(tmp_path / "rep" / "index.html", tmp_path / "shot.png")
+    facts = shot.check_screenshot(png)
+    assert facts["ok"], facts
+    # an empty page renders as a blank screenshot that the check rejects
+    (tmp_path / "blank.html").write_text("<html><body></body></html>")
+    assert not shot.check_screenshot(shot.screenshot(tmp_path / "blank.html", tmp_path / "blank.png"))["ok"]
+
+
+def test_module_is_callable_like_the_function(tmp_path):
+    import tomoqc.report as rep_module
+
+    a = write_quality(tmp_path / "a.quality.zarr", [2.0, 4.0, 4.5])
+    r = rep_module(a, tmp_path / "r")  # tomoqc.report(...) mirrors `tomoqc report`
+    assert r["volumes"][0]["median_score"] == 4.0
+    assert rep_module.summarize(a)["median_score"] == 4.0
