@@ -119,6 +119,22 @@ def evaluate_samples(model_or_fn, samples, store, *, size: int = 224, crops: int
     }
 
 
+def _calibrate_score_head(model, samples, store, crop: int, seed: int, n: int = 192):
+    """Least-squares map raw score -> label over ``n`` training crops, folded into layer ``score``."""
+    rng = np.random.default_rng(seed + 5)
+    pick = rng.choice(len(samples), size=min(n, len(samples)), replace=False)
+    x, y, _ = sample_batch([samples[i] for i in pick], store, crop, rng, augment=False)
+    predict = make_predict(model)
+    raw = np.concatenate([np.asarray(predict(x[i : i + 32])) for i in range(0, len(x), 32)])
+    if np.std(raw) < 1e-8:
+        return 1.0, 0.0
+    a, c = np.polyfit(raw.astype(float), y.astype(float), 1)
+    layer = model.get_layer("score")
+    w, b = layer.get_weights()
+    layer.set_weights([w * a, b * a + c])
+    return float(a), float(c)
+
+
 def train_finetune(
     data_dir,
     out_dir,
@@ -136,6 +152,10 @@ def train_finetune(
     resume: bool = False,
     bn_momentum: float = 0.9,
     recalibrate_batches: int = 8,
+    calibrate_head: bool = True,
+    rank_weight: float = 0.0,
+    rank_margin: float = 0.25,
+    rank_block_count: int = 2,
     val_fraction: float = 0.15,
     val_references=None,
     val_size: int = 224,
@@ -163,6 +183,17 @@ def train_finetune(
         Weight of the severity loss relative to the score MSE.
     patience : int
         Stop after this many epochs without a better validation SROCC.
+    calibrate_head : bool
+        When starting from a rank model, whose score has an arbitrary scale, first map its
+        raw score linearly onto the labels (least squares over training crops) and fold
+        the map into the last dense layer: the order learnt in the rank stage is kept and
+        the regression starts from a small error instead of destroying it with large
+        initial gradients.
+    rank_weight, rank_margin, rank_block_count : float, float, int
+        With ``rank_weight > 0`` every step also draws ``rank_blocks`` rank blocks
+        (reference and levels 1-5 of one distortion) and adds ``rank_weight`` times the
+        hinge rank loss with margin ``rank_margin`` (in label units) on their scores: the
+        regression keeps ordering levels on every kind of reference.
     Other parameters as in :func:`tomoqc.train.rank.train_rank`.
 
     Returns
@@ -236,16 +267,35 @@ def train_finetune(
         for v, a in zip(optimizer.variables, opt_arrays):
             v.assign(a)
 
+    if calibrate_head and init is not None and opt_arrays is None:
+        a, c = _calibrate_score_head(model, train, store, crop, seed)
+        prog_msg = f"score head calibrated onto the labels: label ~ {a:.4g} * raw + {c:.4g}"
+    else:
+        prog_msg = None
+
     sev_w = float(severity_weight)
+    use_rank = rank_weight > 0 and len(train_blocks) >= rank_block_count
+    if use_rank:
+        from tomoqc.train.data import rank_pairs
+        from tomoqc.train.rank import rank_loss
+
+        rb, rw = rank_pairs(rank_block_count, train_blocks[0].levels)
+        rb_t = tf.constant(rb + batch_size)
+        rw_t = tf.constant(rw + batch_size)
+    rank_w = float(rank_weight)
+    rank_m = float(rank_margin)
 
     @tf.function
     def train_step(x, y, sev):
         with tf.GradientTape() as tape:
             out = model(x, training=True)
-            mse = tf.reduce_mean(tf.square(out["score"][:, 0] - y))
-            p = tf.clip_by_value(out["severity"], 1e-6, 1 - 1e-6)
+            score = out["score"][:, 0]
+            mse = tf.reduce_mean(tf.square(score[:batch_size] - y))
+            p = tf.clip_by_value(out["severity"][:batch_size], 1e-6, 1 - 1e-6)
             bce = -tf.reduce_mean(sev * tf.math.log(p) + (1 - sev) * tf.math.log(1 - p))
             loss = mse + sev_w * bce
+            if use_rank:
+                loss = loss + rank_w * rank_loss(score, rb_t, rw_t, rank_m)
         grads = tape.gradient(loss, train_vars)
         optimizer.apply_gradients(zip(grads, train_vars))
         return loss, mse, bce
@@ -277,6 +327,8 @@ def train_finetune(
     interrupted = False
     prog = _Progress(progress)
     with common.StopFlag() as stop, prog:
+        if prog_msg:
+            prog.note(prog_msg)
         for epoch in range(start_epoch + 1, epochs + 1):
             if since_best >= patience:
                 prog.note(f"early stop: no better validation SROCC for {patience} epochs")
@@ -291,6 +343,10 @@ def train_finetune(
             for k in range(n_batches):
                 chosen = [train[i] for i in order[k * batch_size : (k + 1) * batch_size]]
                 x, y, sv = sample_batch(chosen, store, crop, rng)
+                if use_rank:
+                    picks = rng.choice(len(train_blocks), size=rank_block_count, replace=False)
+                    xr = block_batch([train_blocks[i] for i in picks], store, crop, rng)
+                    x = np.concatenate([x, xr])
                 loss, mse, bce = train_step(x, y, sv)
                 ls.append(float(loss))
                 ms.append(float(mse))
@@ -355,6 +411,7 @@ def train_finetune(
         "hyperparameters": {"epochs": epochs, "batch_size": batch_size, "crop": crop, "lr": lr,
                             "lr_decay": lr_decay, "decay_epochs": decay_epochs,
                             "severity_weight": severity_weight, "patience": patience,
+                            "rank_weight": rank_weight, "rank_margin": rank_margin, "rank_block_count": rank_block_count,
                             "bn_momentum": bn_momentum, "recalibrate_batches": recalibrate_batches,
                             "val_size": val_size, "val_crops": val_crops, "steps_per_epoch": n_batches},
         "validation": {"best": best_row, "history": history},

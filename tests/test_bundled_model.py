@@ -1,0 +1,98 @@
+"""The bundled default model on data it never saw: fresh phantom seeds and a real CT slice.
+
+A smaller version of the targets of the default model (its model card lists the full
+evaluation): on freshly generated phantoms, in both distortion domains, the predicted score
+orders each reference's distortion levels, agrees with the label-projected scores, and the
+severity head names the dominant distortion. On a real CT slice that ships with pydicom,
+the score falls as noise, blur and rings of increasing level are added.
+"""
+
+import json
+
+import numpy as np
+import pytest
+
+from tomoqc.models.tiqa import default_weights_path, load_model
+
+FRESH_SEED = 424242  # neither the training (2026) nor the evaluation (9001) seed of the card
+
+
+@pytest.fixture(scope="module")
+def bundled():
+    return load_model(None)
+
+
+def test_bundled_model_is_small_and_documented(bundled):
+    path = default_weights_path()
+    assert path.stat().st_size < 25e6
+    card = json.loads(path.with_suffix(".json").read_text())
+    assert card["weights_sha256"] == bundled.sha256
+    assert card["test_time_sampling"]["mode"] == bundled.sampling == "grid"
+    assert card["evaluation"]["table"], "the model card lists its evaluation"
+
+
+@pytest.fixture(scope="module")
+def fresh_eval(bundled, tmp_path_factory):
+    from tomoqc.dataset import build_dataset
+    from tomoqc.labels import project_dataset
+    from tomoqc.train.finetune import evaluate_dataset
+
+    d = tmp_path_factory.mktemp("fresh") / "data"
+    build_dataset(d, references=3, domain="both", size=256, seed=FRESH_SEED, workers=1, progress=False)
+    project_dataset(d, progress=False)
+    ev = evaluate_dataset(bundled, d)
+    return {(r["domain"], r["distortion"]): r for r in ev["table"]}
+
+
+@pytest.mark.parametrize("domain", ["image", "physics"])
+@pytest.mark.parametrize("distortion", ["noise", "blur", "ring"])
+def test_orders_levels_on_fresh_phantoms(fresh_eval, domain, distortion):
+    row = fresh_eval[(domain, distortion)]
+    assert row["level_srocc"] >= 0.90, row
+
+
+def test_agrees_with_labels_and_names_the_distortion(fresh_eval):
+    row = fresh_eval[("ALL", "ALL")]
+    assert row["srocc"] >= 0.85, row
+    assert row["plcc"] >= 0.85, row
+    assert row["severity_acc"] >= 0.80, row
+
+
+def _ct_small():
+    pydicom = pytest.importorskip("pydicom")
+    from pydicom.data import get_testdata_file
+
+    ds = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+    hu = ds.pixel_array.astype(np.float32) * float(ds.RescaleSlope) + float(ds.RescaleIntercept)
+    lo, hi = np.percentile(hu, [0.5, 99.5])
+    return np.clip((hu - lo) / (hi - lo), 0, 1).astype(np.float32)
+
+
+# Known limitation of the bundled model (measured, see its model card and the README):
+# on this small, smooth clinical slice, added noise at levels 1-2 and rings at every level
+# raise the score instead of lowering it. Strict xfail: the day a retrained model passes,
+# these markers must go.
+_CT_KNOWN_FAILURES = {
+    "noise": "bundled model: noise levels 1-2 score above the clean CT slice",
+    "ring": "bundled model: ring artifacts do not lower the score of the CT slice",
+}
+
+
+@pytest.mark.parametrize(
+    "distortion",
+    [
+        pytest.param(d, marks=pytest.mark.xfail(reason=_CT_KNOWN_FAILURES[d], strict=True))
+        if d in _CT_KNOWN_FAILURES
+        else d
+        for d in ["noise", "blur", "ring"]
+    ],
+)
+def test_score_falls_with_level_on_a_real_ct_slice(bundled, distortion):
+    from tomoqc.distort.image import apply
+
+    img = _ct_small()
+    stack = [img] + [apply(img, distortion, lv, rng=np.random.default_rng(lv)) for lv in range(1, 6)]
+    res = bundled.score_slices(np.stack(stack), raw=True)
+    s = res["score"]
+    assert np.isfinite(s).all()
+    assert (np.diff(s) < 0).all(), f"{distortion}: scores by level {np.round(s, 3).tolist()}"
