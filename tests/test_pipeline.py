@@ -31,37 +31,6 @@ from tomoqc.pipeline import (
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def make_test_model(path: Path) -> Path:
-    """A randomly initialised TIQA network whose score head is rescaled so that electrode
-    slices get scores spread inside (1, 5) instead of all clipped to one end."""
-    if path.exists():
-        return path
-    import keras
-
-    from tomoqc.models.tiqa import build_tiqa
-    from tomoqc.phantom import electrode_slice
-
-    keras.utils.set_random_seed(0)
-    m = build_tiqa(seed=0)
-    rng = np.random.default_rng(0)
-    x = np.stack([electrode_slice((224, 224), seed=i)[0] for i in range(6)])
-    x = x + rng.normal(0, 1, x.shape) * (0.05 * np.arange(6))[:, None, None]
-    x = (x - x.min(axis=(1, 2), keepdims=True)) / np.ptp(x, axis=(1, 2), keepdims=True)
-    s = np.asarray(m(x[..., None].astype("float32"), training=False)["score"])[:, 0]
-    w, b = m.get_layer("score").get_weights()
-    a = 0.5 / max(float(s.std()), 1e-9)  # scores about 3 +- 0.5 on these slices
-    m.get_layer("score").set_weights([w * a, (b - s.mean()) * a + 3.0])
-    tmp = path.with_name(path.stem + ".tmp.keras")
-    m.save(tmp)
-    os.replace(tmp, path)
-    return path
-
-
-@pytest.fixture(scope="session")
-def model_path(tmp_path_factory):
-    return make_test_model(tmp_path_factory.getbasetemp() / "tiqa-test-model.keras")
-
-
 @pytest.fixture(scope="session")
 def model(model_path):
     from tomoqc.models.tiqa import load_model
