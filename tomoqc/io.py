@@ -968,7 +968,8 @@ def check_output_path(
     return final
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """True when a process with this id exists (used to tell stale temporaries from live ones)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -1010,7 +1011,7 @@ def atomic_path(final_path: str | os.PathLike, overwrite: bool = False) -> Itera
     pattern = re.compile(r"^\." + re.escape(final.name) + r"\.(?:tmp|old)-(\d+)$")
     for name in os.listdir(parent):
         m = pattern.match(name)
-        if m and int(m.group(1)) != os.getpid() and not _pid_alive(int(m.group(1))):
+        if m and int(m.group(1)) != os.getpid() and not pid_alive(int(m.group(1))):
             _remove(parent / name)
     tmp = parent / f".{final.name}.tmp-{os.getpid()}"
     _remove(tmp)

@@ -56,6 +56,7 @@ from pathlib import Path
 import numpy as np
 
 from tomoqc.errors import InputError, OptionError, TomoqcError
+from tomoqc.io import pid_alive
 
 __all__ = [
     "FLAG_OK",
@@ -687,16 +688,6 @@ def score(
     return open_quality(final)
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def _check_owner(part: Path) -> None:
     """Refuse to share a partial output with another live scoring process on this host."""
     owner = part / _DONE_DIR / "owner"
@@ -704,7 +695,7 @@ def _check_owner(part: Path) -> None:
         pid = int(owner.read_text().strip())
     except (OSError, ValueError):
         return
-    if pid != os.getpid() and _pid_alive(pid):
+    if pid != os.getpid() and pid_alive(pid):
         raise InputError(part, f"is being written by another tomoqc process (pid {pid}); wait for it or stop it")
 
 

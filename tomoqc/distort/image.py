@@ -74,7 +74,8 @@ def _as_image(img) -> np.ndarray:
     return a
 
 
-def _level(level) -> int:
+def check_level(level) -> int:
+    """``level`` as an int in 0..5, or an OptionError (shared by both distortion domains)."""
     try:
         lv = int(level)
     except (TypeError, ValueError) as err:
@@ -88,7 +89,7 @@ def level_params(distortion: str, level: int) -> dict:
     """The parameter of ``distortion`` at ``level`` (1..5), as a dict for manifests."""
     if distortion not in _TABLE:
         raise OptionError(f"unknown distortion {distortion!r}; choose from noise, blur, ring")
-    lv = _level(level)
+    lv = check_level(level)
     if lv == 0:
         return {}
     key = {"noise": "variance", "blur": "sigma", "ring": "coeff"}[distortion]
@@ -222,7 +223,7 @@ def apply(img, distortion: str, level: int, *, rng=None, center=None) -> np.ndar
     """
     if distortion not in _TABLE:
         raise OptionError(f"unknown distortion {distortion!r}; choose from noise, blur, ring")
-    lv = _level(level)
+    lv = check_level(level)
     a = _as_image(img)
     if lv == 0:
         return a.copy()

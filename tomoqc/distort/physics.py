@@ -45,6 +45,7 @@ import math
 import numpy as np
 from scipy import ndimage as ndi
 
+from tomoqc.distort.image import check_level
 from tomoqc.errors import InputError, OptionError
 
 __all__ = [
@@ -365,19 +366,9 @@ def reference(img, *, attenuation=ATTENUATION, filter="ramp") -> np.ndarray:
     return simulate_scan(img, attenuation=attenuation, filter=filter)
 
 
-def _level(level) -> int:
-    try:
-        lv = int(level)
-    except (TypeError, ValueError) as err:
-        raise OptionError(f"level must be an integer 0..5, got {level!r}") from err
-    if lv != level or not 0 <= lv <= 5:
-        raise OptionError(f"level must be an integer 0..5, got {level!r}")
-    return lv
-
-
 def level_params(distortion: str, level: int) -> dict:
     """Scan parameters of ``distortion`` at ``level`` (1..5), for manifests."""
-    lv = _level(level)
+    lv = check_level(level)
     if distortion not in ("noise", "blur", "ring"):
         raise OptionError(f"unknown distortion {distortion!r}; choose from noise, blur, ring")
     if lv == 0:
@@ -433,7 +424,7 @@ def apply_many(img, specs, *, rng=None, attenuation=ATTENUATION, filter="ramp",
     p = p_ref if sc is sc_ref else sc.project(a) * k
     sinos = [p_ref]
     for spec in specs:
-        lv = {d: _level(v) for d, v in spec.items()}
+        lv = {d: check_level(v) for d, v in spec.items()}
         for d in lv:
             if d not in ("noise", "blur", "ring"):
                 raise OptionError(f"unknown distortion {d!r}; choose from noise, blur, ring")
@@ -459,7 +450,7 @@ def apply(img, distortion: str, level: int, *, rng=None, center=None, **kwargs):
         raise OptionError(f"unknown distortion {distortion!r}; choose from noise, blur, ring")
     if center is not None:
         raise OptionError("the physics domain rotates about the image centre; center is not supported")
-    _, (out,) = apply_many(img, [{distortion: _level(level)}], rng=rng, **kwargs)
+    _, (out,) = apply_many(img, [{distortion: check_level(level)}], rng=rng, **kwargs)
     return out
 
 
