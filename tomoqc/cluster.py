@@ -165,8 +165,22 @@ def start_cluster(
         )
 
 
+def _client_of(cluster):
+    """Yield a client of ``cluster``; close the client, then the cluster, however the block ends."""
+    from distributed import Client
+
+    try:
+        client = Client(cluster)
+        try:
+            yield client
+        finally:
+            client.close()
+    finally:
+        cluster.close()
+
+
 def _local(workers, threads_per_worker, options):
-    from distributed import Client, LocalCluster
+    from distributed import LocalCluster
 
     cores = available_cores()
     n = int(workers) if workers else cores
@@ -183,14 +197,7 @@ def _local(workers, threads_per_worker, options):
     if options.get("local_directory"):
         kwargs["local_directory"] = options["local_directory"]
     cluster = LocalCluster(**kwargs)
-    try:
-        client = Client(cluster)
-        try:
-            yield client
-        finally:
-            client.close()
-    finally:
-        cluster.close()
+    yield from _client_of(cluster)
 
 
 def _local_cuda(options):
@@ -200,7 +207,6 @@ def _local_cuda(options):
         raise OptionError(
             "--cluster local-cuda needs dask-cuda and TensorFlow with CUDA: install tomoqc[gpu]"
         ) from None
-    from distributed import Client
 
     env = tf_thread_env(options.get("threads", 2))
     env["TF_FORCE_GPU_ALLOW_GROWTH"] = "true"
@@ -214,14 +220,7 @@ def _local_cuda(options):
         cluster = LocalCUDACluster(**kwargs)
     except Exception as err:  # no GPU, no driver
         raise OptionError(f"--cluster local-cuda could not start: {err}") from None
-    try:
-        client = Client(cluster)
-        try:
-            yield client
-        finally:
-            client.close()
-    finally:
-        cluster.close()
+    yield from _client_of(cluster)
 
 
 def _slurm(workers, options):
@@ -229,17 +228,9 @@ def _slurm(workers, options):
         from tomoqc.slurm import make_slurm_cluster
     except ImportError as err:
         raise OptionError(f"--cluster slurm needs dask-jobqueue: install tomoqc[slurm] ({err})") from None
-    from distributed import Client
 
     opts = dict(options)
     if workers:
         opts["max_jobs"] = int(workers)
     cluster = make_slurm_cluster(opts)  # adaptive: jobs come and go with the tasks
-    try:
-        client = Client(cluster)
-        try:
-            yield client
-        finally:
-            client.close()
-    finally:
-        cluster.close()
+    yield from _client_of(cluster)
