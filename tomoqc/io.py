@@ -593,17 +593,7 @@ def _open_hdf5(path: str, dataset: str | None) -> _H5Source:
         except Exception as err:  # noqa: BLE001
             raise InputError(path, f"cannot list HDF5 contents (corrupt file?): {_short(err)}") from None
         if dataset is None:
-            numeric = [c for c in cands if _dtype_ok(c[2])]
-            three = [c for c in numeric if len(c[1]) == 3]
-            two = [c for c in numeric if len(c[1]) == 2]
-            pick = three if three else two
-            if len(pick) != 1:
-                what = _ambiguity(len(three), len(two), "dataset")
-                raise InputError(
-                    path,
-                    f"{what}; choose one with --dataset (dataset=...). Datasets: {_describe(cands)}",
-                )
-            dataset = pick[0][0]
+            dataset = _default_member(path, cands, "dataset", "", "Datasets")
         key = dataset.strip("/")
         if not key or key not in fh:
             raise InputError(path, f"no dataset '{dataset}' in file. Datasets: {_describe(cands)}")
@@ -614,6 +604,21 @@ def _open_hdf5(path: str, dataset: str | None) -> _H5Source:
         _check_dtype(path, obj.dtype, f"dataset '{key}'")
         _check_shape(path, tuple(obj.shape), f"dataset '{key}'")
         return _H5Source(path, key, obj)
+
+
+def _default_member(path, cands, noun: str, prefix: str, listing: str) -> str:
+    """The one numeric 3-D member of a container (else the one 2-D member), or a clear error
+    listing every candidate. ``cands`` holds (name, shape, dtype) tuples."""
+    numeric = [c for c in cands if _dtype_ok(c[2])]
+    three = [c for c in numeric if len(c[1]) == 3]
+    two = [c for c in numeric if len(c[1]) == 2]
+    pick = three if three else two
+    if len(pick) != 1:
+        what = _ambiguity(len(three), len(two), noun)
+        raise InputError(
+            path, f"{prefix}{what}; choose one with --dataset (dataset=...). {listing}: {_describe(cands)}"
+        )
+    return pick[0][0]
 
 
 def _zarr_candidates(group) -> list[tuple[str, tuple[int, ...], str]]:
@@ -639,16 +644,7 @@ def _open_zarr(path: str, dataset: str | None) -> _ZarrSource:
         except Exception as err:  # noqa: BLE001
             raise InputError(path, f"cannot list zarr group (corrupt metadata?): {_short(err)}") from None
         if dataset is None:
-            numeric = [c for c in cands if _dtype_ok(c[2])]
-            three = [c for c in numeric if len(c[1]) == 3]
-            two = [c for c in numeric if len(c[1]) == 2]
-            pick = three if three else two
-            if len(pick) != 1:
-                what = _ambiguity(len(three), len(two), "array")
-                raise InputError(
-                    path, f"zarr group with {what}; choose one with --dataset (dataset=...). Arrays: {_describe(cands)}"
-                )
-            dataset = pick[0][0]
+            dataset = _default_member(path, cands, "array", "zarr group with ", "Arrays")
         key = dataset.strip("/")
         try:
             arr = node[key] if key else None
