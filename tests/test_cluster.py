@@ -51,6 +51,14 @@ def test_local_cluster_processes_one_thread_each_with_capped_tf_threads():
         share = str(max(1, available_cores() // 2))
         assert all(e == {"OMP_NUM_THREADS": share, "TF_NUM_INTRAOP_THREADS": share} for e in env.values())
         assert client.submit(sum, [1, 2, 3]).result() == 6
+        # no statistical profiler and no aggressive malloc trimming in the workers
+        cfg = client.run(lambda: (os.environ.get("MALLOC_TRIM_THRESHOLD_"),
+                                  __import__("dask").config.get("distributed.worker.profile.enabled")))
+        assert all(c == (None, False) for c in cfg.values())
+    # ... and the settings did not leak into this process's dask configuration
+    import dask
+
+    assert dask.config.get("distributed.worker.profile.enabled") is True
 
 
 def test_join_existing_scheduler_by_address():

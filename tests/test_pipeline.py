@@ -109,6 +109,49 @@ def test_scores_equal_direct_model_any_chunking(special_volume, model, model_pat
     assert sorted(p.name for p in tmp_path.iterdir()) == ["special.zarr.quality.zarr"]
 
 
+@pytest.mark.parametrize(
+    "shape, stored, step, expected",
+    [
+        # 1000 x 1000 slices: 5 x 5 = 25 patches, so 8 slices already hold 200 >= 64 patches
+        ((300, 1000, 1000), 0, 1, 8),
+        ((300, 1000, 1000), 16, 1, 16),  # whole stored chunks of 16 slices
+        ((300, 1000, 1000), 3, 1, 9),  # 3 stored chunks of 3 slices
+        ((300, 1000, 1000), 16, 2, 8),  # every 2nd slice: stored chunks are read partly anyway
+        ((300, 1000, 1000), 128, 1, 8),  # a 128-slice stored chunk is longer than the 64-slice cap
+        # 256 x 256 slices: 2 x 2 = 4 patches, so 16 slices make 64 patches
+        ((300, 256, 256), 0, 1, 16),
+        ((300, 256, 256), 0, 3, 16),
+        ((300, 256, 256), 12, 1, 24),
+        ((300, 256, 256), 48, 1, 48),
+        # 8000 x 8000 float32 slices are 244 MiB each: the 256 MiB cap forbids rounding 8
+        # slices up to 9 (three stored chunks of 3) and never goes below the default 8
+        ((10, 8000, 8000), 3, 1, 8),
+    ],
+)
+def test_default_chunk_rules(shape, stored, step, expected):
+    import dask.array as da
+    import xarray as xr
+
+    from tomoqc.models.tiqa import patch_grid
+    from tomoqc.pipeline import _default_chunk
+
+    vol = xr.DataArray(da.zeros(shape, dtype=np.float32, chunks=(1,) + shape[1:]), dims=("z", "y", "x"),
+                       attrs={"storage_depth": stored})
+    py, px, _ = patch_grid(shape[1:])
+    assert _default_chunk(vol, step, py * px) == expected
+
+
+@pytest.mark.parametrize("stored", [5, 12])
+def test_chunks_aligned_on_stored_chunks_give_the_same_scores(model, model_path, tmp_path, stored):
+    vol = _volume(26, seed=4)
+    p = tmp_path / f"c{stored}.zarr"
+    z = zarr.create_array(str(p), shape=vol.shape, chunks=(stored, 256, 256), dtype="float32")
+    z[:] = vol
+    ds = score(p, model=model_path, out=tmp_path / "out", workers=0, progress=False)
+    assert ds.attrs["chunk_slices"] == {5: 20, 12: 24}[stored]  # >= 16 slices, whole stored chunks
+    assert_same(ds, direct(model, vol, range(26)))
+
+
 def test_flags_for_constant_nan_and_empty_slices(special_volume, model_path, tmp_path):
     path, _ = special_volume
     ds = score(path, model=model_path, out=tmp_path, workers=0, progress=False)

@@ -11,7 +11,12 @@ Kinds
     thread each, as many as the cores this process may use. Every worker gets
     ``OMP_NUM_THREADS`` and TensorFlow's intra/inter-op thread counts in its
     environment before TensorFlow is imported, so that ``n`` workers use ``n``
-    cores instead of ``n * n``.
+    cores instead of ``n * n``. Two dask defaults that cost a CPU-bound network
+    time are turned off for these workers (measured by
+    ``benchmarks/score_throughput.py``): the statistical profiler that samples
+    every worker thread 100 times a second, and ``MALLOC_TRIM_THRESHOLD_=65536``,
+    which makes glibc hand TensorFlow's large temporary buffers back to the
+    system after every call only to map them again on the next.
 ``"local-cuda"``
     :class:`dask_cuda.LocalCUDACluster`, one worker per visible GPU, with
     TensorFlow's GPU memory growth enabled so that workers never fight over one
@@ -37,6 +42,12 @@ from tomoqc.errors import OptionError
 __all__ = ["KINDS", "available_cores", "start_cluster", "tf_thread_env", "worker_count"]
 
 KINDS = ("local", "local-cuda", "slurm", "none")
+
+#: dask settings for the worker processes tomoqc starts on this machine (see above).
+_WORKER_CONFIG = {
+    "distributed.worker.profile.enabled": False,
+    "distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None,
+}
 
 
 def available_cores() -> int:
@@ -180,6 +191,7 @@ def _client_of(cluster):
 
 
 def _local(workers, threads_per_worker, options):
+    import dask
     from distributed import LocalCluster
 
     cores = available_cores()
@@ -196,11 +208,14 @@ def _local(workers, threads_per_worker, options):
     )
     if options.get("local_directory"):
         kwargs["local_directory"] = options["local_directory"]
-    cluster = LocalCluster(**kwargs)
+    with dask.config.set(_WORKER_CONFIG):
+        cluster = LocalCluster(**kwargs)
     yield from _client_of(cluster)
 
 
 def _local_cuda(options):
+    import dask
+
     try:
         from dask_cuda import LocalCUDACluster
     except ImportError:
@@ -217,7 +232,8 @@ def _local_cuda(options):
     if options.get("local_directory"):
         kwargs["local_directory"] = options["local_directory"]
     try:
-        cluster = LocalCUDACluster(**kwargs)
+        with dask.config.set(_WORKER_CONFIG):
+            cluster = LocalCUDACluster(**kwargs)
     except Exception as err:  # no GPU, no driver
         raise OptionError(f"--cluster local-cuda could not start: {err}") from None
     yield from _client_of(cluster)

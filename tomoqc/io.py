@@ -797,8 +797,9 @@ def open_volume(
         Dims ``("z", "y", "x")``, dask-backed, chunks of whole slices. attrs:
         ``source`` (absolute path), ``format``, ``dtype`` (stored dtype), ``dataset``
         (``""`` when not applicable), ``axis`` (the stored axis that became ``z``),
-        ``stored_shape`` and, when the metadata give it, ``voxel_size`` (z, y, x of the
-        result, in the file's unit).
+        ``stored_shape``, ``storage_depth`` (slices per stored chunk along the slicing
+        axis; 0 when the file is not chunked) and, when the metadata give it,
+        ``voxel_size`` (z, y, x of the result, in the file's unit).
 
     Raises
     ------
@@ -845,6 +846,7 @@ def open_volume(
         "dataset": src.dataset or "",
         "axis": axis,
         "stored_shape": [int(s) for s in src.shape],
+        "storage_depth": int(storage or 0),
     }
     if src.voxel_size:
         attrs["voxel_size"] = [float(src.voxel_size[p]) for p in perm]

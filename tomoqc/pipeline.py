@@ -78,6 +78,11 @@ FLAG_NO_VALID_PATCH = 3
 FLAG_MEANINGS = "ok constant nonfinite no_valid_patch"
 
 DEFAULT_CHUNK_SLICES = 8
+#: Longest task chunk (slices, input bytes) chosen automatically.
+MAX_ALIGNED_CHUNK = 64
+MAX_ALIGNED_BYTES = 256 * 2**20
+#: Fewest patches a task should hold (see ``_default_chunk``).
+MIN_TASK_PATCHES = 64
 OUTPUT_SUFFIX = ".quality.zarr"
 _DONE_DIR = "_done"
 _FORMAT_VERSION = 1
@@ -131,16 +136,34 @@ def _get_model(path: str, sha256: str, batch_size: int):
     return model
 
 
-def _get_volume(path: str, dataset: str | None, axis: str):
-    key = (path, dataset or "", axis)
+def _get_volume(path: str, dataset: str | None, axis: str, depth: int = 1):
+    """The volume at ``path`` opened in this process with dask chunks of ``depth`` slices."""
+    key = (path, dataset or "", axis, int(depth))
     vol = _VOLUMES.get(key)
     if vol is None:
         from tomoqc.io import open_volume
 
-        vol = open_volume(path, dataset=dataset or None, axis=axis, chunk_slices=1, check=False)
+        vol = open_volume(path, dataset=dataset or None, axis=axis, chunk_slices=int(depth), check=False)
         with _CACHE_LOCK:
             _VOLUMES[key] = vol
     return vol
+
+
+def _read_slices(vol, indices) -> np.ndarray:
+    """Read the slices ``indices`` of a lazily opened volume in this thread.
+
+    Consecutive indices are read as one range, which is one read of the file when the
+    volume was opened with dask chunks aligned on the pipeline's chunks.
+    """
+    import dask
+
+    idx = np.asarray(indices, dtype=np.int64)
+    if len(idx) and np.array_equal(idx, np.arange(idx[0], idx[0] + len(idx))):
+        sel = slice(int(idx[0]), int(idx[0]) + len(idx))
+    else:
+        sel = idx
+    with dask.config.set(scheduler="synchronous"):
+        return np.asarray(vol.data[sel].compute())
 
 
 def _encode_flags(bits: np.ndarray) -> np.ndarray:
@@ -183,20 +206,17 @@ def score_block(model, block: np.ndarray) -> dict:
 def _run_chunk(source, k: int, indices, model_spec) -> dict:
     """One dask task: read chunk ``k`` (slices ``indices``), score it, return the results.
 
-    ``source`` is either ``("path", path, dataset, axis)``, read here on the worker,
-    or an in-memory block of slices. Errors caused by the input come back as a record
+    ``source`` is either ``("path", path, dataset, axis, depth)``, read here on the
+    worker (``depth``: slices per read, the chunk length when the chunks are made of
+    consecutive slices, else 1), or an in-memory block of slices. Errors caused by the input come back as a record
     (``{"error": ...}``) so that the client can raise them with the file's name.
     """
-    import dask
-
     t0 = time.perf_counter()
     try:
         path, sha, batch_size = model_spec
         if isinstance(source, tuple) and source and source[0] == "path":
-            _, vpath, dataset, axis = source
-            vol = _get_volume(vpath, dataset, axis)
-            with dask.config.set(scheduler="synchronous"):
-                block = np.asarray(vol.isel(z=np.asarray(indices)).values)
+            _, vpath, dataset, axis, depth = source
+            block = _read_slices(_get_volume(vpath, dataset, axis, depth), indices)
         else:
             block = np.asarray(source)
         model = _get_model(path, sha, batch_size)
@@ -474,8 +494,10 @@ def score(
     overwrite : bool
         Replace an existing complete output.
     chunk_slices : int, optional
-        Scored slices per task and per output chunk (default 8). A resumed run keeps
-        the chunking of the interrupted one.
+        Scored slices per task and per output chunk. Default: 8, more for small slices
+        (at least 64 patches per task), rounded up to whole stored chunks of the input
+        along the slicing axis when every slice is scored; never more than 64 slices or
+        256 MiB of input. A resumed run keeps the chunking of the interrupted one.
     client : distributed.Client, optional
         An existing client to run on (e.g. to score several volumes on one cluster).
     cluster_options : dict, optional
@@ -554,7 +576,7 @@ def score(
         else:
             if part.exists():
                 shutil.rmtree(part)
-            chunk = int(chunk_slices or DEFAULT_CHUNK_SLICES)
+            chunk = int(chunk_slices or _default_chunk(vol, step, py * px))
             attrs = {
                 "title": "tomoqc slice quality",
                 "tomoqc_version": __version__,
@@ -581,7 +603,7 @@ def score(
         sink = _ZarrSink(part)
         (part / _DONE_DIR / "owner").write_text(str(os.getpid()))
     else:
-        chunk = int(chunk_slices or DEFAULT_CHUNK_SLICES)
+        chunk = int(chunk_slices or _default_chunk(vol, step, py * px))
         sink = _MemorySink(len(zsel), py, px, len(DISTORTIONS))
 
     bounds = [(k, lo, min(lo + chunk, len(zsel))) for k, lo in enumerate(range(0, len(zsel), chunk))]
@@ -594,7 +616,7 @@ def score(
     def source_for(lo, hi):
         idx = zsel[lo:hi]
         if src_path is not None:
-            return ("path", src_path, params["dataset"] or None, axis)
+            return ("path", src_path, params["dataset"] or None, axis, chunk if step == 1 else 1)
         import dask
 
         with dask.config.set(scheduler="synchronous"):
@@ -686,6 +708,28 @@ def score(
         _remove(final)
     os.replace(part, final)
     return open_quality(final)
+
+
+def _default_chunk(vol, step: int, patches_per_slice: int) -> int:
+    """Scored slices per task.
+
+    At least DEFAULT_CHUNK_SLICES, and enough slices for MIN_TASK_PATCHES patches so that
+    the fixed cost of a task (scheduling, result transfer, output write) stays small next
+    to its inference when slices are small. When every slice is scored, the count is
+    rounded up to whole stored chunks along the slicing axis, so that each stored chunk is
+    decoded by one task only. Neither rule may take a task past MAX_ALIGNED_CHUNK slices or
+    MAX_ALIGNED_BYTES of input.
+    """
+    slice_bytes = int(np.prod(vol.shape[1:])) * vol.dtype.itemsize
+    fits = max(1, min(MAX_ALIGNED_CHUNK, MAX_ALIGNED_BYTES // max(1, slice_bytes)))
+    chunk = max(DEFAULT_CHUNK_SLICES, -(-MIN_TASK_PATCHES // max(1, int(patches_per_slice))))
+    chunk = min(chunk, max(DEFAULT_CHUNK_SLICES, fits))
+    depth = int(vol.attrs.get("storage_depth", 0) or 0)
+    if step == 1 and depth > 1:
+        aligned = depth * -(-chunk // depth)
+        if aligned <= fits:
+            chunk = aligned
+    return int(chunk)
 
 
 def _check_owner(part: Path) -> None:
