@@ -19,8 +19,11 @@ Steps (each skipped when its output already exists, so a rerun continues):
 4. finetune: :func:`tomoqc.train.finetune.train_finetune` from the rank checkpoint on the
    phantoms and the sample-image set together (MSE on labels, severity head on levels;
    early stopping on validation SROCC).
-   Optionally (``--joint-minutes``), a last phase continues fine-tuning with a hinge rank
-   term on blocks of levels added to the loss; the bundled model does not use it.
+4b. refine: fine-tuning goes on with a distortion-group term (each type's ordering across
+   references counts alike, rings included), a severity margin (the dominant impairment
+   is named even at level 1) and a small-margin rank term on blocks of levels
+   (``--refine-minutes``; ``--refine-from MODEL`` refines an already fine-tuned model,
+   e.g. the previous bundled one, instead of running stages 3-4 again).
 5. evaluation on the fresh-seed set with the default test-time sampling (grid of 224
    patches, mean of the valid ones); the weights and the model card (with the evaluation
    table) are written to ``tomoqc/models/weights/tiqa_default.{keras,json}``.
@@ -118,6 +121,15 @@ def merge_datasets(out: Path, parts) -> None:
     atomic_write_text(out / "manifest.csv", buf.getvalue())
 
 
+def _card_model_id(path: Path):
+    """The model id in the card beside a ``.keras`` file (``<stem>.json``), if any."""
+    card = Path(path).with_suffix(".json")
+    try:
+        return json.loads(card.read_text()).get("model_id")
+    except (OSError, ValueError):
+        return None
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -139,10 +151,13 @@ def main(argv=None) -> int:
     ap.add_argument("--finetune-epochs", type=int, default=20)
     ap.add_argument("--finetune-steps", type=int, default=120, help="batches per finetune epoch")
     ap.add_argument("--finetune-minutes", type=float, default=45.0)
-    ap.add_argument("--joint-minutes", type=float, default=0.0,
-                    help="minutes of an optional last fine-tuning phase with an added rank term (0: skip; "
-                         "measured: +0.008 SROCC vs labels, -0.013 level SROCC, -0.018 severity accuracy)")
-    ap.add_argument("--joint-epochs", type=int, default=12)
+    ap.add_argument("--refine-minutes", type=float, default=35.0,
+                    help="minutes of the last fine-tuning stage with distortion-group, severity-margin and rank "
+                         "terms (0: skip it)")
+    ap.add_argument("--refine-epochs", type=int, default=20)
+    ap.add_argument("--refine-steps", type=int, default=100, help="batches per refine epoch")
+    ap.add_argument("--refine-from", type=Path, default=None,
+                    help="refine this fine-tuned model (.keras) instead of running the rank and finetune stages")
     ap.add_argument("--install", type=Path, default=REPO / "tomoqc" / "models" / "weights",
                     help="where the finished model and its card go")
     ap.add_argument("--resume", action="store_true", help="continue interrupted training stages")
@@ -186,7 +201,7 @@ def main(argv=None) -> int:
 
     rank_out = work / "rank"
     ft_out = work / "finetune_merged"
-    if not args.skip_train:
+    if not args.skip_train and args.refine_from is None:
         from tomoqc.train.common import has_state
         from tomoqc.train.finetune import train_finetune
         from tomoqc.train.rank import train_rank
@@ -215,20 +230,28 @@ def main(argv=None) -> int:
                 return 0
             (ft_out / "DONE").write_text("done\n")
 
-        # 4b. fine-tuning with a rank term on blocks of every kind of reference
-        joint_out = work / "finetune_joint"
-        if args.joint_minutes > 0 and not (joint_out / "DONE").exists():
-            log("finetune stage with a rank term")
-            res = train_finetune(merged_dir, joint_out, init=ft_out / "best.keras", calibrate_head=False,
-                                 epochs=args.joint_epochs, steps_per_epoch=100, batch_size=16,
-                                 crop=args.finetune_crop, lr=5e-5, decay_epochs=4, lr_decay=0.5, seed=args.seed,
-                                 resume=args.resume and has_state(joint_out), patience=6, val_fraction=0.08,
-                                 time_limit_s=args.joint_minutes * 60, val_size=224, val_crops=1,
-                                 rank_weight=1.0, rank_margin=0.25, rank_block_count=2,
-                                 progress=False, command=command)
-            if res["interrupted"]:
-                return 0
-            (joint_out / "DONE").write_text("done\n")
+    # 4b. refine: fine-tuning goes on with three more terms (tomoqc.train.finetune.train_finetune):
+    # distortion groups (every type's ordering across references weighs alike, rings included),
+    # a severity margin (the dominant impairment named even at level 1) and a rank term on
+    # blocks of levels with a small margin (levels stay ordered on every kind of reference)
+    refine_out = work / "refine"
+    refine_init = args.refine_from if args.refine_from is not None else ft_out / "best.keras"
+    if not args.skip_train and args.refine_minutes > 0 and not (refine_out / "DONE").exists():
+        from tomoqc.train.common import has_state
+        from tomoqc.train.finetune import train_finetune
+
+        log(f"refine stage from {refine_init}")
+        res = train_finetune(merged_dir, refine_out, init=refine_init, calibrate_head=False,
+                             epochs=args.refine_epochs, steps_per_epoch=args.refine_steps, batch_size=16,
+                             crop=args.finetune_crop, lr=5e-5, decay_epochs=4, lr_decay=0.5, seed=args.seed,
+                             resume=args.resume and has_state(refine_out), patience=6, val_fraction=0.08,
+                             time_limit_s=args.refine_minutes * 60, val_size=224, val_crops=1,
+                             rank_weight=0.5, rank_margin=0.1, rank_block_count=2,
+                             group_weight=1.0, group_size=8, severity_margin_weight=1.0, severity_margin=0.1,
+                             progress=False, command=command)
+        if res["interrupted"]:
+            return 0
+        (refine_out / "DONE").write_text("done\n")
 
     # 5. evaluate + install
     from tomoqc.models.tiqa import file_sha256, load_model
@@ -236,15 +259,22 @@ def main(argv=None) -> int:
     from tomoqc.train.data import manifest_sha256
     from tomoqc.train.finetune import evaluate_dataset, format_table
 
-    final_out = work / "finetune_joint" if args.joint_minutes > 0 else ft_out
+    final_out = refine_out if args.refine_minutes > 0 else ft_out
     best = final_out / "best.keras"
     model = load_model(best)
     t = time.time()
     ev = evaluate_dataset(model, eval_dir, mode="grid")
     log(f"evaluated on fresh phantoms in {time.time() - t:.0f} s\n" + format_table(ev["table"]))
-    ft_card = json.loads((ft_out / "model_card.json").read_text())
-    joint_card = json.loads((final_out / "model_card.json").read_text()) if final_out != ft_out else None
+    ft_card = json.loads((ft_out / "model_card.json").read_text()) if (ft_out / "model_card.json").exists() else {}
+    refine_card = json.loads((final_out / "model_card.json").read_text()) if final_out != ft_out else None
     rank_card = json.loads((rank_out / "model_card.json").read_text()) if (rank_out / "model_card.json").exists() else {}
+    if args.refine_from is not None:  # stages 3-4 ran earlier: their record is in the card of the model refined
+        try:
+            earlier = json.loads(Path(args.refine_from).with_suffix(".json").read_text()).get("training", {})
+        except (OSError, ValueError):
+            earlier = {}
+        rank_card = earlier.get("rank") or rank_card
+        ft_card = earlier.get("finetune") or ft_card
     args.install.mkdir(parents=True, exist_ok=True)
     dest = args.install / "tiqa_default.keras"
     tmp = args.install / ".tiqa_default.partial.keras"
@@ -274,8 +304,11 @@ def main(argv=None) -> int:
         },
         "training": {"rank": {k: rank_card.get(k) for k in ("hyperparameters", "validation")},
                      "finetune": {k: ft_card.get(k) for k in ("hyperparameters", "validation", "init")},
-                     "finetune_with_rank_term": None if joint_card is None else
-                     {k: joint_card.get(k) for k in ("hyperparameters", "validation", "init")}},
+                     "refine": None if refine_card is None else
+                     {k: refine_card.get(k) for k in ("hyperparameters", "validation", "init")},
+                     "refine_from": None if args.refine_from is None else
+                     {"path": str(args.refine_from), "sha256": file_sha256(args.refine_from),
+                      "model_id": _card_model_id(args.refine_from)}},
         "evaluation": {"sampling": "grid", "table": ev["table"]},
         "test_time_sampling": {"mode": "grid", "patch": 224,
                                "aggregate": "mean of patches inside the field of view and not only air",

@@ -110,6 +110,66 @@ def test_finetune_regresses_labels(tiny_labelled, tmp_path):
     assert np.isfinite(r2["history"][-1]["loss"])
     card2 = json.loads((tmp_path / "ft2" / "model_card.json").read_text())
     assert card2["hyperparameters"]["rank_weight"] == 0.5
+    # ... and so do the distortion-group and severity-margin terms, together with it
+    r3 = train_finetune(tiny_labelled, tmp_path / "ft3", init=res["best"], epochs=1, batch_size=8, crop=64,
+                        lr=1e-4, val_size=96, val_crops=1, recalibrate_batches=1, seed=3, progress=False,
+                        val_references=["r00002"], rank_weight=0.5, group_weight=1.0, group_size=4,
+                        severity_margin_weight=1.0)
+    assert np.isfinite(r3["history"][-1]["loss"])
+    hp = json.loads((tmp_path / "ft3" / "model_card.json").read_text())["hyperparameters"]
+    assert hp["group_weight"] == 1.0 and hp["group_size"] == 4 and hp["severity_margin_weight"] == 1.0
+
+
+def test_severity_margin_loss_matches_a_plain_loop():
+    from tomoqc.train.finetune import severity_margin_loss
+
+    rng = np.random.default_rng(0)
+    p = rng.random((40, 3)).astype(np.float32)
+    target = np.zeros((40, 3), np.float32)
+    for i in range(40):
+        kind = i % 5  # 0-2: one distortion, 3: clean, 4: a mixture of two
+        if kind < 3:
+            target[i, kind] = rng.integers(1, 6) / 5
+        elif kind == 4:
+            target[i, [0, 2]] = 0.4
+    m = 0.1
+    terms = []
+    for pi, ti in zip(p, target):
+        nz = np.flatnonzero(ti)
+        if len(nz) == 1:
+            others = [pi[j] for j in range(3) if j != nz[0]]
+            terms.append(max(0.0, m - (pi[nz[0]] - max(others))))
+    expected = np.mean(terms)
+    assert float(severity_margin_loss(p, target, m)) == pytest.approx(expected, rel=1e-5)
+    # the right distortion far ahead everywhere: no loss; no single-distortion row: 0
+    good = np.where(target > 0, 0.9, 0.1).astype(np.float32)
+    assert float(severity_margin_loss(good, target, m)) == 0.0
+    assert float(severity_margin_loss(p[3:4], target[3:4], m)) == 0.0
+
+
+def test_distortion_groups_are_one_type_from_distinct_references():
+    from tomoqc.train.data import Sample
+    from tomoqc.train.finetune import _draw_group, _group_pools
+
+    samples = []
+    for r in range(12):
+        samples.append(Sample(f"r{r}.npy", f"r{r}", 5.0, np.zeros(3, np.float32), "none", 0, "image"))
+        for d in ("noise", "blur", "ring"):
+            for lv in range(1, 6):
+                samples.append(Sample(f"r{r}_{d}{lv}.npy", f"r{r}", 5.0 - lv / 2, np.zeros(3, np.float32), d, lv,
+                                      "image"))
+    pools = _group_pools(samples)
+    rng = np.random.default_rng(1)
+    n_clean = 0
+    for _ in range(200):
+        g = _draw_group(pools, "ring", 8, rng)
+        assert len(g) == 8 and {s.distortion for s in g} <= {"ring", "none"}
+        ring_refs = [s.reference for s in g if s.distortion == "ring"]
+        assert len(ring_refs) == len(set(ring_refs))  # 12 references: never one twice
+        n_clean += sum(s.distortion == "none" for s in g)
+    assert 0.10 < n_clean / 1600 < 0.24  # about 1 slot in 6
+    # without clean references or without one of the types there are no groups
+    assert _group_pools([s for s in samples if s.distortion != "none"]) == {}
 
 
 def test_bad_data(tmp_path):

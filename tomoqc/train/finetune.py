@@ -135,6 +135,58 @@ def _calibrate_score_head(model, samples, store, crop: int, seed: int, n: int = 
     return float(a), float(c)
 
 
+GROUP_KINDS = ("noise", "blur", "ring")
+
+
+def severity_margin_loss(p, target, margin: float):
+    """Hinge on the dominant distortion of single-distortion images.
+
+    ``p`` and ``target`` are (n, 3) severities; rows whose target has exactly one
+    non-zero entry count: ``max(0, margin - (p[true] - max(p[others])))``, averaged over
+    those rows (0 when there are none).
+    """
+    import tensorflow as tf
+
+    present = tf.cast(target > 0, p.dtype)
+    single = tf.cast(tf.equal(tf.reduce_sum(present, axis=1), 1.0), p.dtype)
+    p_true = tf.reduce_sum(p * present, axis=1)
+    p_other = tf.reduce_max(p - 2.0 * present, axis=1)  # the true entry pushed below any other
+    hinge = tf.nn.relu(margin - (p_true - p_other)) * single
+    return tf.reduce_sum(hinge) / tf.maximum(tf.reduce_sum(single), 1.0)
+
+
+def _group_pools(samples) -> dict:
+    """Training images by distortion type (single distortions only) and the clean references."""
+    pools: dict[str, list] = {k: [] for k in GROUP_KINDS}
+    pools["none"] = []
+    for s in samples:
+        if s.distortion in pools:
+            pools[s.distortion].append(s)
+    if not pools["none"] or not all(pools[k] for k in GROUP_KINDS):
+        return {}
+    return pools
+
+
+def _draw_group(pools: dict, kind: str, n: int, rng) -> list:
+    """``n`` images of distortion ``kind`` from distinct references where possible; each slot
+    is a clean reference with probability 1/6 (as in a set of references and five levels)."""
+    pool = pools[kind]
+    pick = rng.permutation(len(pool))
+    out, seen = [], set()
+    for i in pick:
+        if pool[i].reference not in seen:
+            seen.add(pool[i].reference)
+            out.append(pool[i])
+            if len(out) == n:
+                break
+    while len(out) < n:
+        out.append(pool[int(rng.integers(len(pool)))])
+    for j in range(n):
+        if rng.random() < 1.0 / 6.0:
+            out[j] = pools["none"][int(rng.integers(len(pools["none"])))]
+    return out
+
+
 def train_finetune(
     data_dir,
     out_dir,
@@ -156,6 +208,10 @@ def train_finetune(
     rank_weight: float = 0.0,
     rank_margin: float = 0.25,
     rank_block_count: int = 2,
+    group_weight: float = 0.0,
+    group_size: int = 8,
+    severity_margin_weight: float = 0.0,
+    severity_margin: float = 0.1,
     val_fraction: float = 0.15,
     val_references=None,
     val_size: int = 224,
@@ -194,6 +250,21 @@ def train_finetune(
         (reference and levels 1-5 of one distortion) and adds ``rank_weight`` times the
         hinge rank loss with margin ``rank_margin`` (in label units) on their scores: the
         regression keeps ordering levels on every kind of reference.
+    group_weight, group_size : float, int
+        With ``group_weight > 0`` every step also draws a *group* of ``group_size`` images
+        of one distortion type (noise, blur and ring in turn; any domain and level, from
+        different references where possible, a clean reference now and then) and adds
+        ``group_weight`` times the share of the group's label variance its errors leave
+        unexplained once their mean is removed,
+        ``mean((e - mean(e))**2) / max(var(label), 0.02)`` with ``e = score - label``.
+        The MSE alone lets a distortion whose labels span a narrow range (rings: about
+        0.5 of the 1-5 scale) be ordered carelessly across references; this term weighs
+        every type's ordering alike.
+    severity_margin_weight, severity_margin : float, float
+        With ``severity_margin_weight > 0``, for every image with a single distortion the
+        severity of that distortion must exceed the largest other one by
+        ``severity_margin`` (hinge), so that the dominant impairment is named correctly
+        even at level 1.
     Other parameters as in :func:`tomoqc.train.rank.train_rank`.
 
     Returns
@@ -210,6 +281,8 @@ def train_finetune(
         raise OptionError(f"epochs must be >= 1, got {epochs}")
     if batch_size < 2:
         raise OptionError(f"batch size must be >= 2, got {batch_size}")
+    if group_weight > 0 and group_size < 2:
+        raise OptionError(f"group size must be >= 2, got {group_size}")
     data_dir = Path(data_dir)
     out_dir = Path(out_dir)
     rows = read_manifest(data_dir)
@@ -284,9 +357,17 @@ def train_finetune(
         rw_t = tf.constant(rw + batch_size)
     rank_w = float(rank_weight)
     rank_m = float(rank_margin)
+    groups = _group_pools(train) if group_weight > 0 else {}
+    use_group = bool(groups)
+    group_w = float(group_weight)
+    n_group = int(group_size) if use_group else 0
+    sev_mw = float(severity_margin_weight)
+    sev_m = float(severity_margin)
+    g_lo = batch_size
+    r_lo = batch_size + n_group
 
     @tf.function
-    def train_step(x, y, sev):
+    def train_step(x, y, sev, yg):
         with tf.GradientTape() as tape:
             out = model(x, training=True)
             score = out["score"][:, 0]
@@ -294,8 +375,15 @@ def train_finetune(
             p = tf.clip_by_value(out["severity"][:batch_size], 1e-6, 1 - 1e-6)
             bce = -tf.reduce_mean(sev * tf.math.log(p) + (1 - sev) * tf.math.log(1 - p))
             loss = mse + sev_w * bce
+            if sev_mw > 0:
+                loss = loss + sev_mw * severity_margin_loss(p, sev, sev_m)
+            if use_group:
+                e = score[g_lo:r_lo] - yg
+                e = e - tf.reduce_mean(e)
+                var = tf.maximum(tf.math.reduce_variance(yg), 0.02)
+                loss = loss + group_w * tf.reduce_mean(tf.square(e)) / var
             if use_rank:
-                loss = loss + rank_w * rank_loss(score, rb_t, rw_t, rank_m)
+                loss = loss + rank_w * rank_loss(score, rb_t + n_group, rw_t + n_group, rank_m)
         grads = tape.gradient(loss, train_vars)
         optimizer.apply_gradients(zip(grads, train_vars))
         return loss, mse, bce
@@ -343,11 +431,17 @@ def train_finetune(
             for k in range(n_batches):
                 chosen = [train[i] for i in order[k * batch_size : (k + 1) * batch_size]]
                 x, y, sv = sample_batch(chosen, store, crop, rng)
+                yg = np.zeros(n_group, np.float32)
+                if use_group:
+                    kind = GROUP_KINDS[(epoch * n_batches + k) % len(GROUP_KINDS)]
+                    members = _draw_group(groups, kind, n_group, rng)
+                    xg, yg, _ = sample_batch(members, store, crop, rng)
+                    x = np.concatenate([x, xg])
                 if use_rank:
                     picks = rng.choice(len(train_blocks), size=rank_block_count, replace=False)
                     xr = block_batch([train_blocks[i] for i in picks], store, crop, rng)
                     x = np.concatenate([x, xr])
-                loss, mse, bce = train_step(x, y, sv)
+                loss, mse, bce = train_step(x, y, sv, yg)
                 ls.append(float(loss))
                 ms.append(float(mse))
                 bs.append(float(bce))
@@ -412,6 +506,8 @@ def train_finetune(
                             "lr_decay": lr_decay, "decay_epochs": decay_epochs,
                             "severity_weight": severity_weight, "patience": patience,
                             "rank_weight": rank_weight, "rank_margin": rank_margin, "rank_block_count": rank_block_count,
+                            "group_weight": group_weight, "group_size": group_size,
+                            "severity_margin_weight": severity_margin_weight, "severity_margin": severity_margin,
                             "bn_momentum": bn_momentum, "recalibrate_batches": recalibrate_batches,
                             "val_size": val_size, "val_crops": val_crops, "steps_per_epoch": n_batches},
         "validation": {"best": best_row, "history": history},
