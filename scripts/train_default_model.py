@@ -28,7 +28,7 @@ Steps (each skipped when its output already exists, so a rerun continues):
    patches, mean of the valid ones); the weights and the model card (with the evaluation
    table) are written to ``tomoqc/models/weights/tiqa_default.{keras,json}``.
 
-Training sizes are chosen for a two-core CPU and about an hour in total (the network is
+Training sizes are chosen for a two-core CPU and about an hour and a half in total (the network is
 fully convolutional: it trains on 128-160 px crops and scores 224 px patches). On a GPU,
 raise ``--references``, ``--rank-steps`` and ``--finetune-steps``.
 """
@@ -247,7 +247,8 @@ def main(argv=None) -> int:
                              resume=args.resume and has_state(refine_out), patience=6, val_fraction=0.08,
                              time_limit_s=args.refine_minutes * 60, val_size=224, val_crops=1,
                              rank_weight=0.5, rank_margin=0.1, rank_block_count=2,
-                             group_weight=1.0, group_size=8, severity_margin_weight=1.0, severity_margin=0.1,
+                             group_weight=1.0, group_size=8, severity_weight=2.0, severity_margin_weight=2.0,
+                             severity_margin=0.15, select_on="balanced",
                              progress=False, command=command)
         if res["interrupted"]:
             return 0

@@ -203,3 +203,38 @@ def test_cli_train_rank_and_errors(tiny, tmp_path, capsys):
     assert code == 1 and err.startswith("tomoqc: error:") and "label" in err and len(err.strip().splitlines()) == 1
     code = main(["train", "rank", "--data", str(tiny), "--out", str(tmp_path / "empty"), "--resume"])
     assert code == 1
+
+
+def test_validation_srocc_by_distortion_type_and_balanced_score(tmp_path):
+    """A predictor right on noise and blur and reversed on rings: SROCC +1, +1, -1 by type."""
+    from tomoqc.train.data import ImageStore, Sample
+    from tomoqc.train.finetune import evaluate_samples
+
+    samples = []
+    for i in range(24):
+        img = np.zeros((32, 32), np.float32)
+        img[:, i + 1 :] = 1.0  # the image's id is written in where the step is
+        np.save(tmp_path / f"{i}.npy", img)
+        dist = ["none", "noise", "blur", "ring"][i % 4]
+        level = 0 if dist == "none" else 1 + (i // 4) % 5
+        sev = np.zeros(3, np.float32)
+        if dist != "none":
+            sev[["noise", "blur", "ring"].index(dist)] = level / 5
+        # references on top, distorted labels spread out and distinct
+        label = 5.0 if dist == "none" else 4.5 - 0.1 * i
+        samples.append(Sample(f"{i}.npy", f"r{i // 4}", label, sev, dist, level, "image"))
+    labels = {i: s.label for i, s in enumerate(samples)}
+
+    def predict(x):
+        ids = np.rint(32 - x[..., 0].mean(axis=(1, 2)) * 32 - 1).astype(int)
+        # rings: 10 - label puts every ring image above the references, in reverse order
+        score = np.array([10 - labels[i] if samples[i].distortion == "ring" else labels[i] for i in ids], np.float32)
+        sev = np.array([samples[i].severity for i in ids], np.float32)  # always the right type
+        return score, sev
+
+    ev = evaluate_samples(predict, samples, ImageStore(tmp_path), size=32, crops=1)
+    assert ev["srocc_by_type"]["noise"] == pytest.approx(1.0)
+    assert ev["srocc_by_type"]["blur"] == pytest.approx(1.0)
+    assert ev["srocc_by_type"]["ring"] == pytest.approx(-1.0)
+    assert ev["severity_acc"] == 1.0
+    assert ev["balanced"] == pytest.approx((1 + 1 - 1 + 1) / 4)

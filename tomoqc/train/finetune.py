@@ -46,7 +46,7 @@ from tomoqc.train.rank import (
 
 FINETUNE_FIELDS = [
     "epoch", "steps", "loss", "mse", "severity_bce", "lr", "val_srocc", "val_plcc", "val_rmse",
-    "val_level_srocc", "val_severity_acc", "seconds",
+    "val_level_srocc", "val_severity_acc", "val_balanced", "seconds",
 ]
 
 
@@ -80,7 +80,10 @@ def evaluate_samples(model_or_fn, samples, store, *, size: int = 224, crops: int
     dict
         ``srocc``, ``plcc``, ``rmse`` of score vs label; ``severity_acc``: share of
         single-distortion images at level >= 2 whose largest predicted severity is their
-        distortion; ``pred`` and ``label`` arrays.
+        distortion; ``srocc_by_type``: for each of noise, blur and ring, the SROCC over
+        the images of that distortion and the clean references (as in the evaluation
+        table); ``balanced``: the mean of those three SROCCs and of ``severity_acc``;
+        ``pred`` and ``label`` arrays.
     """
     fn = model_or_fn if callable(model_or_fn) and not hasattr(model_or_fn, "layers") else _predict_both(model_or_fn)
     rng = np.random.default_rng(seed)
@@ -93,6 +96,7 @@ def evaluate_samples(model_or_fn, samples, store, *, size: int = 224, crops: int
             xs.append(img[y : y + c, x : x + c])
     if not samples:
         return {"srocc": float("nan"), "plcc": float("nan"), "rmse": float("nan"), "severity_acc": float("nan"),
+                "srocc_by_type": {d: float("nan") for d in DISTORTIONS}, "balanced": float("nan"),
                 "pred": np.zeros(0), "label": np.zeros(0), "severity": np.zeros((0, 3))}
     x = np.stack(xs)[..., None].astype(np.float32)
     sc, sv = [], []
@@ -108,11 +112,18 @@ def evaluate_samples(model_or_fn, samples, store, *, size: int = 224, crops: int
         for i, s in enumerate(samples)
         if s.distortion in DISTORTIONS and s.level >= 2
     ]
+    by_type = {}
+    for d in DISTORTIONS:
+        idx = [i for i, s in enumerate(samples) if s.distortion in (d, "none")]
+        by_type[d] = _spearman(sc[idx], lab[idx]) if len(idx) >= 3 else float("nan")
+    sev_acc = float(np.mean(hits)) if hits else float("nan")
     return {
         "srocc": _spearman(sc, lab),
         "plcc": _plcc(sc, lab),
         "rmse": float(np.sqrt(np.mean((np.clip(sc, 1, 5) - lab) ** 2))),
-        "severity_acc": float(np.mean(hits)) if hits else float("nan"),
+        "severity_acc": sev_acc,
+        "srocc_by_type": by_type,
+        "balanced": float(np.mean([*by_type.values(), sev_acc])),
         "pred": sc,
         "label": lab,
         "severity": sv,
@@ -212,6 +223,7 @@ def train_finetune(
     group_size: int = 8,
     severity_margin_weight: float = 0.0,
     severity_margin: float = 0.1,
+    select_on: str = "srocc",
     val_fraction: float = 0.15,
     val_references=None,
     val_size: int = 224,
@@ -265,6 +277,11 @@ def train_finetune(
         severity of that distortion must exceed the largest other one by
         ``severity_margin`` (hinge), so that the dominant impairment is named correctly
         even at level 1.
+    select_on : {"srocc", "balanced"}
+        What early stopping and ``best.keras`` follow on the validation references:
+        the SROCC of score vs label over all images, or ``balanced``, the mean of the
+        SROCCs within noise, blur and ring (each with the clean references) and of the
+        severity accuracy, so that no distortion type is traded for another.
     Other parameters as in :func:`tomoqc.train.rank.train_rank`.
 
     Returns
@@ -281,6 +298,8 @@ def train_finetune(
         raise OptionError(f"epochs must be >= 1, got {epochs}")
     if batch_size < 2:
         raise OptionError(f"batch size must be >= 2, got {batch_size}")
+    if select_on not in ("srocc", "balanced"):
+        raise OptionError(f"select_on must be 'srocc' or 'balanced', got {select_on!r}")
     if group_weight > 0 and group_size < 2:
         raise OptionError(f"group size must be >= 2, got {group_size}")
     data_dir = Path(data_dir)
@@ -402,7 +421,8 @@ def train_finetune(
         ev = evaluate_samples(predict2, val, store, size=val_size, crops=val_crops, seed=seed + 3)
         lv = evaluate_levels(predict1, val_blocks, val_x) if val_blocks else {"val_srocc": float("nan")}
         return {"val_srocc": ev["srocc"], "val_plcc": ev["plcc"], "val_rmse": ev["rmse"],
-                "val_level_srocc": lv["val_srocc"], "val_severity_acc": ev["severity_acc"]}
+                "val_level_srocc": lv["val_srocc"], "val_severity_acc": ev["severity_acc"],
+                "val_balanced": ev["balanced"]}
 
     log = common.CsvLog(out_dir / "log.csv", FINETUNE_FIELDS, resume_epoch=start_epoch if resume else None)
     if start_epoch == 0 and not history:
@@ -419,7 +439,8 @@ def train_finetune(
             prog.note(prog_msg)
         for epoch in range(start_epoch + 1, epochs + 1):
             if since_best >= patience:
-                prog.note(f"early stop: no better validation SROCC for {patience} epochs")
+                prog.note(f"early stop: no better validation {'SROCC' if select_on == 'srocc' else 'balanced score'} "
+                          f"for {patience} epochs")
                 break
             if time_limit_s is not None and epoch_times:
                 if time.monotonic() - t_run + np.mean(epoch_times) > time_limit_s:
@@ -470,8 +491,9 @@ def train_finetune(
                 f"severity {ev['val_severity_acc']:.3f}  ({dt:.0f} s)"
             )
             common.save_keras_atomic(model, out_dir / "last.keras")
-            if np.isfinite(ev["val_srocc"]) and ev["val_srocc"] > best:
-                best = ev["val_srocc"]
+            key = "val_srocc" if select_on == "srocc" else "val_balanced"
+            if np.isfinite(ev[key]) and ev[key] > best:
+                best = ev[key]
                 since_best = 0
                 common.save_keras_atomic(model, out_dir / "best.keras")
             else:
@@ -489,8 +511,8 @@ def train_finetune(
                        title="fine-tuning stage")
     best_path = out_dir / "best.keras"
     sha = file_sha256(best_path)
-    best_row = max((h for h in history if np.isfinite(h.get("val_srocc", np.nan))),
-                   key=lambda h: h["val_srocc"], default={})
+    sel = "val_srocc" if select_on == "srocc" else "val_balanced"
+    best_row = max((h for h in history if np.isfinite(h.get(sel, np.nan))), key=lambda h: h[sel], default={})
     card = {
         "stage": "finetune",
         "model_id": f"tiqa-{sha[:12]}",
@@ -508,6 +530,7 @@ def train_finetune(
                             "rank_weight": rank_weight, "rank_margin": rank_margin, "rank_block_count": rank_block_count,
                             "group_weight": group_weight, "group_size": group_size,
                             "severity_margin_weight": severity_margin_weight, "severity_margin": severity_margin,
+                            "select_on": select_on,
                             "bn_momentum": bn_momentum, "recalibrate_batches": recalibrate_batches,
                             "val_size": val_size, "val_crops": val_crops, "steps_per_epoch": n_batches},
         "validation": {"best": best_row, "history": history},
