@@ -255,14 +255,25 @@ def main(argv=None) -> int:
         (refine_out / "DONE").write_text("done\n")
 
     # 5. evaluate + install
-    from tomoqc.models.tiqa import file_sha256, load_model
+    import numpy as np
+
+    from tomoqc.models.tiqa import DISTORTIONS, file_sha256, load_model, severity_baseline
     from tomoqc.train.common import atomic_write_text, versions
-    from tomoqc.train.data import manifest_sha256
+    from tomoqc.train.data import manifest_sha256, read_manifest
     from tomoqc.train.finetune import evaluate_dataset, format_table
 
     final_out = refine_out if args.refine_minutes > 0 else ft_out
     best = final_out / "best.keras"
     model = load_model(best)
+    # the severities this network gives clean training references: reported severities are
+    # measured from them (tomoqc.models.tiqa.TiqaModel.severity_baseline)
+    t = time.time()
+    clean = [np.load(d / r["file"]).astype(np.float32) for d in (train_dir, extra_dir)
+             for r in read_manifest(d) if r["distortion"] == "none"]
+    baseline = severity_baseline(model, clean)
+    model.severity_baseline = np.array([baseline[k] for k in DISTORTIONS], np.float32)
+    log(f"severity baseline from {baseline['n']} clean training references in {time.time() - t:.0f} s: "
+        + ", ".join(f"{k} {baseline[k]:.3f}" for k in DISTORTIONS))
     t = time.time()
     ev = evaluate_dataset(model, eval_dir, mode="grid")
     log(f"evaluated on fresh phantoms in {time.time() - t:.0f} s\n" + format_table(ev["table"]))
@@ -276,6 +287,11 @@ def main(argv=None) -> int:
             earlier = {}
         rank_card = earlier.get("rank") or rank_card
         ft_card = earlier.get("finetune") or ft_card
+    # with --skip-train this run only evaluates: the command that trained the model is the
+    # one its last stage recorded
+    trained_by = command
+    if args.skip_train:
+        trained_by = (refine_card or ft_card or {}).get("command") or command
     args.install.mkdir(parents=True, exist_ok=True)
     dest = args.install / "tiqa_default.keras"
     tmp = args.install / ".tiqa_default.partial.keras"
@@ -290,7 +306,7 @@ def main(argv=None) -> int:
         "weights": dest.name,
         "weights_sha256": sha,
         "size_bytes": dest.stat().st_size,
-        "command": command,
+        "command": trained_by,
         "seed": args.seed,
         "data": {
             "train": {"references": args.references, "size": args.size, "seed": args.seed,
@@ -310,7 +326,9 @@ def main(argv=None) -> int:
                      "refine_from": None if args.refine_from is None else
                      {"path": str(args.refine_from), "sha256": file_sha256(args.refine_from),
                       "model_id": _card_model_id(args.refine_from)}},
-        "evaluation": {"sampling": "grid", "table": ev["table"]},
+        "severity_baseline": {**baseline, "statistic": "median raw severity over the clean training references "
+                                                      "(phantoms and sample-image crops)"},
+        "evaluation": {"sampling": "grid", "severity": "measured from severity_baseline", "table": ev["table"]},
         "test_time_sampling": {"mode": "grid", "patch": 224,
                                "aggregate": "mean of patches inside the field of view and not only air",
                                "alternatives": ["resize_crop (report IV.1)", "random (RankIQA, N=30)"]},

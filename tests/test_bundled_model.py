@@ -96,3 +96,15 @@ def test_score_falls_with_level_on_a_real_ct_slice(bundled, distortion):
     s = res["score"]
     assert np.isfinite(s).all()
     assert (np.diff(s) < 0).all(), f"{distortion}: scores by level {np.round(s, 3).tolist()}"
+
+
+def test_clean_references_read_near_zero_severity(bundled):
+    """Severities are measured from the clean baseline in the model card: fresh clean
+    phantoms (seeds neither training nor evaluation used) read about 0 for every type."""
+    from tomoqc.phantom import electrode_slice
+
+    card = json.loads(default_weights_path().with_suffix(".json").read_text())
+    assert set(card["severity_baseline"]) >= {"noise", "blur", "ring"}
+    clean = np.stack([electrode_slice((256, 256), seed=FRESH_SEED + i)[0] for i in range(8)])
+    sev = bundled.score_slices(clean)["severity"]
+    assert np.median(sev, axis=0).max() <= 0.1, np.round(sev, 3)

@@ -154,3 +154,35 @@ def test_load_errors(tmp_path, model_file):
         load_model(tmp_path)
     with pytest.raises(InputError):
         build_tiqa(backbone_weights=tmp_path / "nope.h5")
+
+
+def test_severities_are_measured_from_the_card_baseline(model_file, model, tmp_path):
+    import shutil
+
+    from tomoqc.models.tiqa import severity_baseline
+
+    rng = np.random.default_rng(5)
+    patches = rng.random((6, 224, 224)).astype(np.float32)
+    raw_s, raw_v = model.predict_patches(patches, raw=True)
+    s0, v0 = model.predict_patches(patches)
+    np.testing.assert_array_equal(v0, raw_v)  # no baseline in this card: nothing changes
+    # the same weights with a baseline in the card
+    b = {"noise": 0.2, "blur": 0.5, "ring": 0.0}
+    p = tmp_path / "with_base.keras"
+    shutil.copyfile(model_file, p)
+    p.with_suffix(".json").write_text(json.dumps({"model_id": "x", "severity_baseline": b}))
+    m2 = load_model(p, batch_size=8)
+    s2, v2 = m2.predict_patches(patches)
+    np.testing.assert_allclose(s2, s0, atol=1e-6)  # the score is untouched
+    base = np.array([0.2, 0.5, 0.0], np.float32)
+    np.testing.assert_allclose(v2, np.clip((raw_v - base) / (1 - base), 0, 1), atol=1e-6)
+    assert (v2 >= 0).all() and (v2 <= 1).all()
+    # a baseline outside [0, 1) is ignored rather than dividing by zero
+    p.with_suffix(".json").write_text(json.dumps({"severity_baseline": {"noise": 1.0, "blur": -0.1}}))
+    np.testing.assert_array_equal(load_model(p).severity_baseline, np.zeros(3, np.float32))
+    # the baseline of a set of images is the median of their raw slice severities
+    imgs = [rng.random((240, 240)).astype(np.float32) for _ in range(5)] + [rng.random((300, 260)).astype(np.float32)]
+    got = severity_baseline(m2, imgs)
+    each = np.stack([m2.score_slices(a, raw=True)["severity"][0] for a in imgs])
+    assert got["n"] == 6
+    np.testing.assert_allclose([got[k] for k in ("noise", "blur", "ring")], np.median(each, axis=0), atol=1e-5)

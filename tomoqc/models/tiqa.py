@@ -34,6 +34,7 @@ from tomoqc.errors import InputError, OptionError
 from tomoqc.preprocess import normalize_slice_flagged, patch_validity
 
 __all__ = [
+    "severity_baseline",
     "DISTORTIONS",
     "PATCH",
     "RESIZE_SHORT_SIDE",
@@ -279,6 +280,50 @@ def random_crops(img: np.ndarray, n: int, rng: np.random.Generator, patch: int =
 # --------------------------------------------------------------------------- wrapper
 
 
+def _baseline_from_card(card: dict) -> np.ndarray:
+    """``severity_baseline`` of a model card as an array in DISTORTIONS order (zeros if absent)."""
+    b = card.get("severity_baseline") if isinstance(card, dict) else None
+    out = np.zeros(len(DISTORTIONS), np.float32)
+    if isinstance(b, dict):
+        for i, d in enumerate(DISTORTIONS):
+            v = b.get(d)
+            if isinstance(v, (int, float)) and 0.0 <= float(v) < 1.0:
+                out[i] = float(v)
+    return out
+
+
+def severity_baseline(model, images, *, batch: int = 32) -> dict:
+    """Median raw severity per distortion that ``model`` gives clean ``images``.
+
+    Parameters
+    ----------
+    model : TiqaModel
+    images : sequence of 2-D arrays
+        Clean references (e.g. the training set's), any size, raw intensities.
+
+    Returns
+    -------
+    dict
+        ``{"noise": b, "blur": b, "ring": b, "n": count}`` for the model card's
+        ``severity_baseline``.
+    """
+    sev = []
+    imgs = list(images)
+    for i in range(0, len(imgs), batch):
+        group = imgs[i : i + batch]
+        if len({a.shape for a in group}) == 1:
+            res = model.score_slices(np.stack(group), raw=True)
+            sev.append(res["severity"])
+        else:
+            sev.extend(model.score_slices(a, raw=True)["severity"] for a in group)
+    sev = np.concatenate(sev) if sev else np.zeros((0, len(DISTORTIONS)), np.float32)
+    sev = sev[np.isfinite(sev).all(axis=1)]
+    if not len(sev):
+        raise InputError(None, "no clean image could be scored for the severity baseline")
+    med = np.median(sev, axis=0)
+    return {**{d: round(float(v), 6) for d, v in zip(DISTORTIONS, med)}, "n": int(len(sev))}
+
+
 class TiqaModel:
     """A loaded TIQA network with batched inference and slice scoring.
 
@@ -302,6 +347,11 @@ class TiqaModel:
     model_id, sha256, path, card, sampling
         ``sampling`` is the default test-time patch sampling (``"grid"`` unless the model
         card says otherwise).
+    severity_baseline : ndarray (3,)
+        The severities the network gives clean images, from the model card's
+        ``severity_baseline`` (zeros when absent). Reported severities are measured from
+        it: ``clip((s - b) / (1 - b), 0, 1)``, so that a clean slice reads about 0 for every
+        distortion and the dominant distortion is the one furthest above its clean level.
     """
 
     def __init__(self, keras_model, *, path=None, model_id=None, batch_size: int = 16, card=None):
@@ -321,6 +371,7 @@ class TiqaModel:
         self.sampling = self.card.get("test_time_sampling", {}).get("mode", "grid") if isinstance(
             self.card.get("test_time_sampling"), dict
         ) else "grid"
+        self.severity_baseline = _baseline_from_card(self.card)
         self._fn = None
 
     def __repr__(self) -> str:
@@ -349,8 +400,9 @@ class TiqaModel:
         patches : array_like, shape (n, s, s) or (n, s, s, 1)
             Patches normalised to [0, 1] (``s`` is usually 224).
         raw : bool
-            Return the network's raw score instead of clipping it to [1, 5] (useful for a
-            model trained only to rank, whose scale is arbitrary).
+            Return the network's raw outputs: the score not clipped to [1, 5] (useful for a
+            model trained only to rank, whose scale is arbitrary) and the severities not
+            measured from the clean baseline (``severity_baseline``).
         batch_size : int, optional
             Overrides the model's batch size.
 
@@ -384,6 +436,9 @@ class TiqaModel:
             sev[i : i + m] = np.asarray(v)[:m]
         if not raw:
             np.clip(scores, *SCORE_RANGE, out=scores)
+            b = self.severity_baseline
+            if b.any():
+                sev = np.clip((sev - b) / (1.0 - b), 0.0, 1.0).astype(np.float32)
         return scores, sev
 
     # -- slices --------------------------------------------------------------
