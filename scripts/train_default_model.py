@@ -28,9 +28,12 @@ Steps (each skipped when its output already exists, so a rerun continues):
    patches, mean of the valid ones); the weights and the model card (with the evaluation
    table) are written to ``tomoqc/models/weights/tiqa_default.{keras,json}``.
 
-Training sizes are chosen for a two-core CPU and about an hour and a half in total (the network is
-fully convolutional: it trains on 128-160 px crops and scores 224 px patches). On a GPU,
-raise ``--references``, ``--rank-steps`` and ``--finetune-steps``.
+Training sizes are chosen for a two-core CPU and about an hour and a half in total (the
+network is fully convolutional: it trains on 128-160 px crops and scores 224 px patches).
+On a GPU, raise ``--references``, ``--rank-steps`` and ``--finetune-steps``.
+
+Last, the severities the network gives the clean training references are recorded in the
+model card (``severity_baseline``); reported severities are measured from them.
 """
 
 from __future__ import annotations
