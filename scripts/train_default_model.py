@@ -99,6 +99,50 @@ def sample_image_volume(path: Path, *, size: int, per_image: int, seed: int) -> 
     return len(vol)
 
 
+def ellipse_volume(path: Path, *, n: int, size: int, seed: int) -> int:
+    """Random-ellipse "body" slices: smooth, CT-like scenes that electrode phantoms lack.
+
+    Each slice is a large soft-tissue ellipse in air holding 4-12 smaller ellipses (dark
+    lung-like and bright bone-like inclusions, soft organs), edges softened by a Gaussian of
+    0.6-2 px and a faint low-frequency texture; values in [0, 1]. A random-ellipse phantom
+    in the spirit of the Shepp-Logan head phantom; no real scan is used.
+    """
+    import numpy as np
+    from scipy.ndimage import gaussian_filter
+
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
+    yy = (yy - size / 2) / (size / 2)
+    xx = (xx - size / 2) / (size / 2)
+
+    def ellipse(cy, cx, a, b, theta):
+        c, s_ = np.cos(theta), np.sin(theta)
+        u = (xx - cx) * c + (yy - cy) * s_
+        v = -(xx - cx) * s_ + (yy - cy) * c
+        return (u / a) ** 2 + (v / b) ** 2 <= 1.0
+
+    out = np.empty((n, size, size), np.float32)
+    for i in range(n):
+        img = np.full((size, size), rng.uniform(0.0, 0.05), np.float32)
+        a, b = rng.uniform(0.55, 0.95), rng.uniform(0.45, 0.9)
+        body_cy, body_cx = rng.uniform(-0.1, 0.1, 2)
+        body = ellipse(body_cy, body_cx, a, b, rng.uniform(0, np.pi))
+        img[body] = rng.uniform(0.35, 0.6)
+        for _ in range(int(rng.integers(4, 13))):
+            kind = rng.choice(["dark", "bright", "soft"], p=[0.3, 0.3, 0.4])
+            value = {"dark": rng.uniform(0.02, 0.2), "bright": rng.uniform(0.75, 1.0),
+                     "soft": rng.uniform(0.3, 0.7)}[kind]
+            r = rng.uniform(0.04, 0.3)
+            m = ellipse(body_cy + rng.uniform(-0.5, 0.5) * b, body_cx + rng.uniform(-0.5, 0.5) * a,
+                        r * rng.uniform(0.5, 1.5), r * rng.uniform(0.5, 1.5), rng.uniform(0, np.pi)) & body
+            img[m] = value
+        texture = gaussian_filter(rng.normal(0, 1, (size, size)).astype(np.float32), rng.uniform(2, 6))
+        img += rng.uniform(0.005, 0.03) * texture / max(float(texture.std()), 1e-6) * body
+        out[i] = np.clip(gaussian_filter(img, rng.uniform(0.6, 2.0)), 0, 1)
+    np.save(path, out)
+    return n
+
+
 def merge_datasets(out: Path, parts) -> None:
     """A dataset folder whose manifest lists the images of several others (paths relative to ``out``)."""
     from tomoqc.train.common import atomic_write_text
@@ -143,6 +187,8 @@ def main(argv=None) -> int:
     ap.add_argument("--eval-references", type=int, default=24, help="evaluation phantoms")
     ap.add_argument("--size", type=int, default=256, help="phantom side in pixels")
     ap.add_argument("--sample-crops", type=int, default=4, help="crops per scikit-image sample image")
+    ap.add_argument("--ellipse-references", type=int, default=0,
+                    help="random-ellipse CT-like references added to fine-tuning (0: none)")
     ap.add_argument("--margin", type=float, default=6.0, help="rank hinge margin")
     ap.add_argument("--rank-crop", type=int, default=128)
     ap.add_argument("--rank-lr", type=float, default=3e-4)
@@ -176,7 +222,8 @@ def main(argv=None) -> int:
     train_dir = work / "data_train"
     eval_dir = work / "data_eval"
     extra_dir = work / "data_extra"
-    merged_dir = work / "data_merged"
+    ellipse_dir = work / "data_ellipses"
+    merged_dir = work / ("data_merged" if args.ellipse_references <= 0 else f"data_merged_e{args.ellipse_references}")
 
     # 1. data
     for d, n, seed in ((train_dir, args.references, args.seed), (eval_dir, args.eval_references, args.eval_seed)):
@@ -191,8 +238,14 @@ def main(argv=None) -> int:
         log(f"building {extra_dir} ({n} references cut from scikit-image sample images)")
         build_dataset(extra_dir, source=vol, references=n, domain="both", size=args.size, seed=args.seed + 1,
                       fit="full", workers=1, progress=False)
+    if args.ellipse_references > 0 and not (ellipse_dir / "manifest.csv").is_file():
+        vol = work / "ellipses.npy"
+        n = ellipse_volume(vol, n=args.ellipse_references, size=args.size, seed=args.seed + 2)
+        log(f"building {ellipse_dir} ({n} random-ellipse references)")
+        build_dataset(ellipse_dir, source=vol, references=n, domain="both", size=args.size, seed=args.seed + 3,
+                      fit="full", workers=1, progress=False)
     # 2. labels
-    for d in (train_dir, eval_dir, extra_dir):
+    for d in (train_dir, eval_dir, extra_dir) + ((ellipse_dir,) if args.ellipse_references > 0 else ()):
         if not has_labels(d):
             t = time.time()
             log(f"labelling {d}")
@@ -200,7 +253,10 @@ def main(argv=None) -> int:
             log(f"labelled in {time.time() - t:.0f} s")
 
     if not (merged_dir / "manifest.csv").is_file():
-        merge_datasets(merged_dir, [("", train_dir), ("img_", extra_dir)])
+        parts = [("", train_dir), ("img_", extra_dir)]
+        if args.ellipse_references > 0:
+            parts.append(("ell_", ellipse_dir))
+        merge_datasets(merged_dir, parts)
 
     rank_out = work / "rank"
     ft_out = work / "finetune_merged"

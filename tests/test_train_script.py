@@ -1,0 +1,54 @@
+"""Helpers of scripts/train_default_model.py that build the bundled model's extra references."""
+
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+
+SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "train_default_model.py"
+
+
+def _script():
+    spec = importlib.util.spec_from_file_location("train_default_model", SCRIPT)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_ellipse_references_are_seeded_smooth_bodies_in_air(tmp_path):
+    mod = _script()
+    a, b = tmp_path / "a.npy", tmp_path / "b.npy"
+    assert mod.ellipse_volume(a, n=6, size=128, seed=3) == 6
+    mod.ellipse_volume(b, n=6, size=128, seed=3)
+    va, vb = np.load(a), np.load(b)
+    assert va.shape == (6, 128, 128) and va.dtype == np.float32
+    np.testing.assert_array_equal(va, vb)  # same seed, same slices
+    mod.ellipse_volume(b, n=6, size=128, seed=4)
+    assert not np.array_equal(va, np.load(b))
+    assert va.min() >= 0 and va.max() <= 1
+    for img in va:
+        # air in the corners, a brighter body in the middle
+        corners = np.concatenate([img[:8, :8].ravel(), img[:8, -8:].ravel(), img[-8:, :8].ravel(), img[-8:, -8:].ravel()])
+        assert corners.mean() < 0.1 and img[48:80, 48:80].mean() > corners.mean() + 0.15
+        # smooth: neighbouring pixels differ far less than the contrast between body and air
+        assert np.abs(np.diff(img, axis=1)).mean() < 0.02
+
+
+def test_merged_manifest_lists_every_image_with_prefixed_references(tmp_path):
+    import csv
+
+    mod = _script()
+    for name, refs in (("one", ["r0", "r1"]), ("two", ["r0"])):
+        d = tmp_path / name
+        (d / "img").mkdir(parents=True)
+        with open(d / "manifest.csv", "w", newline="") as fh:
+            w = csv.writer(fh)
+            w.writerow(["reference", "file", "label"])
+            for r in refs:
+                np.save(d / "img" / f"{r}.npy", np.zeros((4, 4), np.float32))
+                w.writerow([r, f"img/{r}.npy", "5.0"])
+    out = tmp_path / "merged"
+    mod.merge_datasets(out, [("", tmp_path / "one"), ("x_", tmp_path / "two")])
+    rows = list(csv.DictReader(open(out / "manifest.csv")))
+    assert [r["reference"] for r in rows] == ["r0", "r1", "x_r0"]
+    assert all((out / r["file"]).resolve().is_file() for r in rows)
