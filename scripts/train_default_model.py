@@ -12,8 +12,9 @@ Steps (each skipped when its output already exists, so a rerun continues):
    domain (the TIQA report's recipes) and the sinogram domain (simulated scans), plus
    mixtures. A second set is cut from scikit-image's sample images (natural and
    microscopy scenes at two scales) and distorted the same way, so that fine-tuning sees
-   more than one look of a clean image. A third, independent phantom set from fresh
-   seeds is kept for evaluation only.
+   more than one look of a clean image. Optionally (``--ellipse-references N``, not used
+   for the bundled model), N random-ellipse CT-like "body" slices are added the same way.
+   A third, independent phantom set from fresh seeds is kept for evaluation only.
 2. labels: ``tomoqc.labels.project_dataset`` adds the generated 1-5 ``label`` column.
 3. rank: :func:`tomoqc.train.rank.train_rank` (hinge rank loss on blocks of levels).
 4. finetune: :func:`tomoqc.train.finetune.train_finetune` from the rank checkpoint on the
