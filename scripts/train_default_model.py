@@ -169,15 +169,6 @@ def merge_datasets(out: Path, parts) -> None:
     atomic_write_text(out / "manifest.csv", buf.getvalue())
 
 
-def _card_model_id(path: Path):
-    """The model id in the card beside a ``.keras`` file (``<stem>.json``), if any."""
-    card = Path(path).with_suffix(".json")
-    try:
-        return json.loads(card.read_text()).get("model_id")
-    except (OSError, ValueError):
-        return None
-
-
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -317,7 +308,7 @@ def main(argv=None) -> int:
     # 5. evaluate + install
     import numpy as np
 
-    from tomoqc.models.tiqa import DISTORTIONS, file_sha256, load_model, severity_baseline
+    from tomoqc.models.tiqa import DISTORTIONS, _read_card, file_sha256, load_model, severity_baseline
     from tomoqc.train.common import atomic_write_text, versions
     from tomoqc.train.data import manifest_sha256, read_manifest
     from tomoqc.train.finetune import evaluate_dataset, format_table
@@ -337,14 +328,12 @@ def main(argv=None) -> int:
     t = time.time()
     ev = evaluate_dataset(model, eval_dir, mode="grid")
     log(f"evaluated on fresh phantoms in {time.time() - t:.0f} s\n" + format_table(ev["table"]))
+    refined_card = _read_card(Path(args.refine_from)) if args.refine_from is not None else {}
     ft_card = json.loads((ft_out / "model_card.json").read_text()) if (ft_out / "model_card.json").exists() else {}
     refine_card = json.loads((final_out / "model_card.json").read_text()) if final_out != ft_out else None
     rank_card = json.loads((rank_out / "model_card.json").read_text()) if (rank_out / "model_card.json").exists() else {}
     if args.refine_from is not None:  # stages 3-4 ran earlier: their record is in the card of the model refined
-        try:
-            earlier = json.loads(Path(args.refine_from).with_suffix(".json").read_text()).get("training", {})
-        except (OSError, ValueError):
-            earlier = {}
+        earlier = refined_card.get("training") or {}
         rank_card = earlier.get("rank") or rank_card
         ft_card = earlier.get("finetune") or ft_card
     # with --skip-train this run only evaluates: the command that trained the model is the
@@ -385,7 +374,7 @@ def main(argv=None) -> int:
                      {k: refine_card.get(k) for k in ("hyperparameters", "validation", "init")},
                      "refine_from": None if args.refine_from is None else
                      {"path": str(args.refine_from), "sha256": file_sha256(args.refine_from),
-                      "model_id": _card_model_id(args.refine_from)}},
+                      "model_id": refined_card.get("model_id")}},
         "severity_baseline": {**baseline, "statistic": "median raw severity over the clean training references "
                                                       "(phantoms and sample-image crops)"},
         "evaluation": {"sampling": "grid", "severity": "measured from severity_baseline", "table": ev["table"]},
