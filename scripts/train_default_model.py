@@ -144,6 +144,35 @@ def ellipse_volume(path: Path, *, n: int, size: int, seed: int) -> int:
     return n
 
 
+def label_sets(train_dir: Path, others, *, intensity: str) -> dict:
+    """Label the training phantoms, then every other set on their anchors.
+
+    The worst observer values of the training phantoms map to 1 on every set, so that a
+    label means the same whichever set an image comes from. Sets that already carry
+    labels are kept; a training set labelled in other intensity units is an error.
+    Returns ``{observer: worst goodness}``.
+    """
+    from tomoqc.labels import project_dataset
+
+    if not has_labels(train_dir):
+        t = time.time()
+        log(f"labelling {train_dir} ({intensity} intensities)")
+        project_dataset(train_dir, intensity=intensity, progress=False)
+        log(f"labelled in {time.time() - t:.0f} s")
+    summary = json.loads((train_dir / "labels.json").read_text())
+    if summary.get("intensity", "absolute") != intensity:
+        raise SystemExit(f"{train_dir} was labelled with {summary.get('intensity', 'absolute')} intensities, "
+                         f"not {intensity}: use another --work")
+    anchors = {n: a["worst"] for n, a in summary["anchors"].items()}
+    for d in others:
+        if not has_labels(d):
+            t = time.time()
+            log(f"labelling {d} on the anchors of {train_dir.name}")
+            project_dataset(d, intensity=intensity, anchors=anchors, progress=False)
+            log(f"labelled in {time.time() - t:.0f} s")
+    return anchors
+
+
 def merge_datasets(out: Path, parts) -> None:
     """A dataset folder whose manifest lists the images of several others (paths relative to ``out``)."""
     from tomoqc.train.common import atomic_write_text
@@ -181,6 +210,10 @@ def main(argv=None) -> int:
     ap.add_argument("--sample-crops", type=int, default=4, help="crops per scikit-image sample image")
     ap.add_argument("--ellipse-references", type=int, default=0,
                     help="random-ellipse CT-like references added to fine-tuning (0: none)")
+    ap.add_argument("--label-intensity", choices=("absolute", "reference"), default="absolute",
+                    help="units the label observers compare images in (tomoqc.labels, 'Intensity scale')")
+    ap.add_argument("--rank-data", choices=("phantoms", "all"), default="phantoms",
+                    help="rank stage on the phantoms only, or on every training set (sample images, ellipses)")
     ap.add_argument("--margin", type=float, default=6.0, help="rank hinge margin")
     ap.add_argument("--rank-crop", type=int, default=128)
     ap.add_argument("--rank-lr", type=float, default=3e-4)
@@ -206,7 +239,6 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
 
     from tomoqc.dataset import build_dataset
-    from tomoqc.labels import project_dataset
 
     work = args.work
     work.mkdir(parents=True, exist_ok=True)
@@ -237,12 +269,8 @@ def main(argv=None) -> int:
         build_dataset(ellipse_dir, source=vol, references=n, domain="both", size=args.size, seed=args.seed + 3,
                       fit="full", workers=1, progress=False)
     # 2. labels
-    for d in (train_dir, eval_dir, extra_dir) + ((ellipse_dir,) if args.ellipse_references > 0 else ()):
-        if not has_labels(d):
-            t = time.time()
-            log(f"labelling {d}")
-            project_dataset(d, progress=False)
-            log(f"labelled in {time.time() - t:.0f} s")
+    label_sets(train_dir, [eval_dir, extra_dir] + ([ellipse_dir] if args.ellipse_references > 0 else []),
+               intensity=args.label_intensity)
 
     if not (merged_dir / "manifest.csv").is_file():
         parts = [("", train_dir), ("img_", extra_dir)]
@@ -260,7 +288,7 @@ def main(argv=None) -> int:
         # 3. rank
         if not (rank_out / "DONE").exists():
             log("rank stage")
-            res = train_rank(train_dir, rank_out, epochs=args.rank_epochs, steps_per_epoch=args.rank_steps,
+            res = train_rank(train_dir if args.rank_data == "phantoms" else merged_dir, rank_out, epochs=args.rank_epochs, steps_per_epoch=args.rank_steps,
                              blocks_per_batch=4, crop=args.rank_crop, margin=args.margin, lr=args.rank_lr,
                              lr_decay=0.9, seed=args.seed, resume=args.resume and has_state(rank_out),
                              time_limit_s=args.rank_minutes * 60, val_size=224, val_crops=1,
@@ -347,6 +375,7 @@ def main(argv=None) -> int:
     shutil.copyfile(best, tmp)
     os.replace(tmp, dest)
     sha = file_sha256(dest)
+    stages_extra = ["rank", "finetune"] if args.rank_data == "all" else ["finetune"]
     card = {
         "model_id": f"tiqa-default-{sha[:12]}",
         "description": "TIQA network (EfficientNet-B0 from scratch, score and severity heads) ranked on "
@@ -364,7 +393,13 @@ def main(argv=None) -> int:
                       "used_by": ["rank", "finetune"]},
             "train_sample_images": {"source": "scikit-image sample images " + ", ".join(SAMPLE_IMAGES),
                                     "crops_per_image": args.sample_crops,
-                                    "manifest_sha256": manifest_sha256(extra_dir), "used_by": ["finetune"]},
+                                    "manifest_sha256": manifest_sha256(extra_dir), "used_by": stages_extra},
+            **({"train_ellipses": {"references": args.ellipse_references, "seed": args.seed + 2,
+                                   "source": "random-ellipse CT-like slices (ellipse_volume)",
+                                   "manifest_sha256": manifest_sha256(ellipse_dir), "used_by": stages_extra}}
+               if args.ellipse_references > 0 else {}),
+            "labels": {"intensity": args.label_intensity,
+                       "anchors": "worst observer values of the training phantoms"},
             "evaluation": {"references": args.eval_references, "seed": args.eval_seed,
                            "manifest_sha256": manifest_sha256(eval_dir)},
         },

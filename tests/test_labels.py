@@ -234,3 +234,70 @@ def test_label_cli(tmp_path, capsys):
     assert main(["label", str(tmp_path / "nope")]) == 1
     assert "tomoqc: error:" in capsys.readouterr().err
     assert main(["label", str(tmp_path), "--observers", "ssim,foo", "--quiet"]) == 1
+
+
+# ---------------------------------------------------------------------------------------
+# intensity scale: labels in the units of the reference's robust percentiles
+# ---------------------------------------------------------------------------------------
+
+def _relabel(root, intensity):
+    labels.project_dataset(root, intensity=intensity, progress=False)
+    return {r["file"]: float(r["label"]) for r in read(root)}
+
+
+def test_reference_intensity_labels_ignore_gain_and_offset(tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    make_dataset(a, n_refs=2, size=64, distortions=("noise", "blur", "ring"))
+    b.mkdir()
+    (b / "manifest.csv").write_text((a / "manifest.csv").read_text())
+    for f in a.glob("*.npy"):  # the same images in other units: gain 7.5, offset -120
+        np.save(b / f.name, (7.5 * np.load(f).astype(np.float64) - 120.0).astype(np.float32))
+    la, lb = _relabel(a, "reference"), _relabel(b, "reference")
+    assert la.keys() == lb.keys()
+    np.testing.assert_allclose([la[k] for k in la], [lb[k] for k in la], atol=1e-4)
+    assert json.loads((a / "labels.json").read_text())["intensity"] == "reference"
+    # absolute units see the change of units (MSE and PSNR against a data range of 1 vs max - min)
+    aa, ab = _relabel(a, "absolute"), _relabel(b, "absolute")
+    assert max(abs(aa[k] - ab[k]) for k in aa) > 0.05
+
+
+def test_reference_mode_is_absolute_mode_when_percentiles_are_0_and_1():
+    rng = np.random.default_rng(3)
+    ref = rng.random((96, 96))
+    ref[:4] = 0.0   # 4 % of the pixels at 0 and at 1: the 0.5 / 99.5 percentiles are 0 and 1
+    ref[-4:] = 1.0
+    dist = np.stack([ref + rng.normal(0, 0.05, ref.shape), ref * 0.8])
+    assert labels.reference_affine(ref) == (0.0, 1.0)
+    a = labels.observe(ref, dist, observers=("mse", "psnr", "ssim", "gmsd", "mdsi"))
+    r = labels.observe(ref, dist, observers=("mse", "psnr", "ssim", "gmsd", "mdsi"), intensity="reference")
+    for n in a:
+        np.testing.assert_allclose(r[n], a[n], rtol=1e-9, atol=1e-12)
+
+
+def test_reference_mode_maps_percentiles_to_unit_range():
+    ref = np.linspace(10.0, 30.0, 64 * 64).reshape(64, 64)
+    lo, hi = labels.reference_affine(ref)
+    assert lo == pytest.approx(10.0 + 0.005 * 20.0) and hi == pytest.approx(30.0 - 0.005 * 20.0)
+    # an offset of 1 % of the percentile span: MSE 1e-4 in reference units, PSNR 40 dB
+    v = labels.observe(ref, (ref + 0.01 * (hi - lo))[None], observers=("mse", "psnr"), intensity="reference")
+    assert v["mse"][0] == pytest.approx(1e-4, rel=1e-9)
+    assert v["psnr"][0] == pytest.approx(40.0, abs=1e-6)
+    # a reference without spread is compared in absolute units
+    flat = np.full((32, 32), 0.3)
+    assert labels.reference_affine(flat) is None
+    d = (flat + 0.1)[None]
+    assert labels.observe(flat, d, observers=("mse",), intensity="reference")["mse"][0] == pytest.approx(0.01)
+
+
+def test_intensity_option_checked_and_in_cli(tmp_path, capsys):
+    from tomoqc.cli import main
+
+    make_dataset(tmp_path, n_refs=1, size=64, distortions=("noise",))
+    with pytest.raises(OptionError, match="intensity"):
+        labels.project_dataset(tmp_path, intensity="relative", progress=False)
+    assert not (tmp_path / "labels.json").exists()
+    assert main(["label", str(tmp_path), "--intensity", "reference", "--quiet"]) == 0
+    assert json.loads((tmp_path / "labels.json").read_text())["intensity"] == "reference"
+    capsys.readouterr()
+    assert main(["label", str(tmp_path), "--intensity", "gain", "--quiet"]) == 1
+    assert "intensity" in capsys.readouterr().err

@@ -52,3 +52,43 @@ def test_merged_manifest_lists_every_image_with_prefixed_references(tmp_path):
     rows = list(csv.DictReader(open(out / "manifest.csv")))
     assert [r["reference"] for r in rows] == ["r0", "r1", "x_r0"]
     assert all((out / r["file"]).resolve().is_file() for r in rows)
+
+
+def test_every_set_is_labelled_on_the_training_anchors(tmp_path):
+    import csv
+    import json
+
+    from tomoqc.distort.image import apply
+    from tomoqc.phantom import electrode_slice
+
+    mod = _script()
+
+    def make(root, seed, levels):
+        root.mkdir()
+        ref = electrode_slice((64, 64), seed=seed)[0]
+        rows = [("r0", "none", 0, "r0.npy")]
+        np.save(root / "r0.npy", ref)
+        for lv in levels:
+            np.save(root / f"n{lv}.npy", apply(ref, "noise", lv, rng=np.random.default_rng(lv)))
+            rows.append(("r0", "noise", lv, f"n{lv}.npy"))
+        with open(root / "manifest.csv", "w", newline="") as fh:
+            w = csv.writer(fh)
+            w.writerow(["reference", "domain", "distortion", "level", "file", "label_file", "params", "seed"])
+            w.writerows([(r, "image", d, lv, f, "", "{}", seed) for r, d, lv, f in rows])
+
+    train, other = tmp_path / "train", tmp_path / "other"
+    make(train, 1, [1, 2, 3, 4, 5])
+    make(other, 2, [1, 2])  # alone, its worst image (level 2) would map to 1
+    anchors = mod.label_sets(train, [other], intensity="reference")
+    s_train = json.loads((train / "labels.json").read_text())
+    s_other = json.loads((other / "labels.json").read_text())
+    assert s_train["intensity"] == s_other["intensity"] == "reference"
+    for n, a in s_other["anchors"].items():
+        assert a["worst"] == anchors[n] == s_train["anchors"][n]["worst"]
+    labels = [float(r["label"]) for r in csv.DictReader(open(other / "manifest.csv"))]
+    assert min(labels) > 1.5  # level 2 noise is not the worst of the training phantoms
+    # a training set labelled in other units is refused, not silently mixed
+    import pytest
+
+    with pytest.raises(SystemExit, match="intensities"):
+        mod.label_sets(train, [other], intensity="absolute")

@@ -42,6 +42,17 @@ Images are float32 arrays. The data range of a reference and its distorted versi
 1.0 when the reference lies within [0, 1] (the data engine's convention), otherwise the
 reference's ``max - min`` (1.0 if that is zero).
 
+Intensity scale
+---------------
+With ``intensity="absolute"`` (the default) the observers compare the images in their
+own units, with the data range above. With ``intensity="reference"`` both images are
+first mapped by the same affine map that sends the reference's robust percentiles
+(0.5 and 99.5, those of :func:`tomoqc.preprocess.normalize_slice`) to 0 and 1, and the
+data range is 1. Labels then do not change when a reconstruction's intensity units do
+(a gain or an offset applied to the reference and its distorted versions alike), which
+is what a no-reference network sees: it only ever gets normalised slices. The
+training command of the bundled model labels in this mode.
+
 Calibrated mode
 ---------------
 Where human annotations exist for distorted images, a monotone map (isotonic
@@ -70,6 +81,8 @@ __all__ = [
     "DEFAULT_OBSERVERS",
     "PSNR_CAP",
     "data_range_of",
+    "INTENSITY_MODES",
+    "reference_affine",
     "goodness",
     "best_goodness",
     "observe",
@@ -84,6 +97,9 @@ __all__ = [
 ]
 
 DEFAULT_OBSERVERS = ("mse", "psnr", "ssim", "ms_ssim", "gmsd", "mdsi")
+INTENSITY_MODES = ("absolute", "reference")
+#: Percentiles of the reference mapped to 0 and 1 in ``intensity="reference"`` mode.
+REFERENCE_PERCENTILES = (0.5, 99.5)
 PSNR_CAP = 60.0
 _NEW_PREFIXES = ("obs_", "proj_", "cal_")
 _NEW_COLUMNS = ("label", "label_projected", "mos", "mos_ci")
@@ -101,6 +117,26 @@ def data_range_of(reference) -> float:
         return 1.0
     span = hi - lo
     return span if span > 0 else 1.0
+
+
+def reference_affine(reference) -> tuple[float, float] | None:
+    """``(lo, hi)``: the reference's robust percentiles mapped to 0 and 1 in
+    ``intensity="reference"`` mode; None for a reference without spread (or without a
+    finite value), which is then compared in absolute units."""
+    ref = np.asarray(reference, dtype=np.float64)
+    vals = ref[np.isfinite(ref)]
+    if vals.size == 0:
+        return None
+    lo, hi = np.percentile(vals, REFERENCE_PERCENTILES)
+    if not hi > lo:
+        return None
+    return float(lo), float(hi)
+
+
+def _check_intensity(intensity) -> str:
+    if intensity not in INTENSITY_MODES:
+        raise OptionError(f"intensity must be one of {', '.join(INTENSITY_MODES)}, got {intensity!r}")
+    return intensity
 
 
 def _check_names(observers) -> tuple[str, ...]:
@@ -134,7 +170,8 @@ def best_goodness(name: str) -> float:
     return {"mse": 0.0, "psnr": PSNR_CAP, "ssim": 1.0, "ms_ssim": 1.0, "gmsd": 0.0, "mdsi": 0.0}[name]
 
 
-def observe(reference, distorted, *, data_range: float | None = None, observers=DEFAULT_OBSERVERS) -> dict:
+def observe(reference, distorted, *, data_range: float | None = None, observers=DEFAULT_OBSERVERS,
+            intensity: str = "absolute") -> dict:
     """Raw observer values of a stack of distorted images against one reference.
 
     Parameters
@@ -142,7 +179,11 @@ def observe(reference, distorted, *, data_range: float | None = None, observers=
     reference : (H, W) array
     distorted : (n, H, W) array
     data_range : float, optional
-        Defaults to :func:`data_range_of` of the reference.
+        Defaults to :func:`data_range_of` of the reference (absolute mode) or 1
+        (reference mode).
+    intensity : {"absolute", "reference"}
+        ``reference``: both images are mapped by the reference's
+        :func:`reference_affine` first (see the module doc).
 
     Returns
     -------
@@ -154,6 +195,14 @@ def observe(reference, distorted, *, data_range: float | None = None, observers=
     dist = np.asarray(distorted)
     if dist.ndim == 2:
         dist = dist[None]
+    if _check_intensity(intensity) == "reference":
+        aff = reference_affine(ref)
+        if aff is not None:
+            lo, hi = aff
+            ref = (ref.astype(np.float64) - lo) / (hi - lo)
+            dist = (dist.astype(np.float64) - lo) / (hi - lo)
+            if data_range is None:
+                data_range = 1.0
     dr = data_range_of(ref) if data_range is None else float(data_range)
     return {n: fr.OBSERVERS[n].batch(ref, dist, data_range=dr) for n in names}
 
@@ -392,6 +441,7 @@ def project_dataset(
     observers: Sequence[str] = DEFAULT_OBSERVERS,
     calibrate_method: str | None = None,
     anchors: dict | None = None,
+    intensity: str = "absolute",
     progress: bool = True,
 ) -> dict:
     """Label every image of a dataset and write the labels into its manifest.
@@ -416,6 +466,9 @@ def project_dataset(
         images; ``label`` is then the mean of the calibrated observers.
     anchors : dict, optional
         ``{observer: worst_goodness}`` to use instead of the dataset's own worst values.
+        Anchors are in goodness units of the intensity mode they were measured in.
+    intensity : {"absolute", "reference"}
+        Units the observers compare the images in (module doc, "Intensity scale").
     progress : bool
         Show a progress bar.
 
@@ -444,6 +497,7 @@ def project_dataset(
         raise OptionError(f"reference score must be in (1, 5], got {reference_score!r}")
     if calibrate_method not in (None, "isotonic", "logistic"):
         raise OptionError(f"calibration must be 'isotonic' or 'logistic', got {calibrate_method!r}")
+    _check_intensity(intensity)
     if calibrate_method and annotations is None:
         raise OptionError("calibrated mode needs human annotations (--annotations CSV)")
 
@@ -497,7 +551,13 @@ def project_dataset(
                 need = fr.OBSERVERS[n].min_side
                 if side < need and n not in skipped:
                     skipped[n] = f"images of {ref.shape[0]}x{ref.shape[1]} px are under the {need} px {n} needs"
-            dr = data_range_of(ref)
+            aff = reference_affine(ref) if intensity == "reference" else None
+            if aff is not None:
+                lo, hi = aff
+                ref = (ref.astype(np.float64) - lo) / (hi - lo)
+                dr = 1.0
+            else:
+                dr = data_range_of(ref)
             rf = rows[ri]["file"]
             s_ref = mos_by_file[rf].mos if rf in mos_by_file else s_default
             if s_ref <= 1.0:
@@ -517,7 +577,7 @@ def project_dataset(
                             directory / rows[i]["file"],
                             f"shape {img.shape} differs from its reference {rows[ri]['file']} {ref.shape}",
                         )
-                    stack[k] = img
+                    stack[k] = img if aff is None else (img - aff[0]) / (aff[1] - aff[0])
                 active = [n for n in names if n not in skipped]
                 values = observe(ref.astype(np.float64), stack, data_range=dr, observers=active)
                 for n, v in values.items():
@@ -555,6 +615,7 @@ def project_dataset(
         "observers": used,
         "skipped": skipped,
         "reference_score": s_default,
+        "intensity": intensity,
         "psnr_cap_db": PSNR_CAP,
         "anchors": {n: {"best": best_goodness(n), "worst": worst[n]} for n in used},
         "annotated_images": len(mos_by_file),

@@ -33,6 +33,11 @@ def label_cmd(
     observers: str = typer.Option(
         "mse,psnr,ssim,ms_ssim,gmsd,mdsi", "--observers", help="Comma-separated observers."
     ),
+    intensity: str = typer.Option(
+        "absolute", "--intensity",
+        help="absolute: compare in the images' units; reference: map both images by the reference's "
+             "0.5/99.5 percentiles first (labels ignore gain and offset).",
+    ),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
 ) -> None:
     """Label a dataset's images with full-reference observers (label projection)."""
@@ -50,6 +55,7 @@ def label_cmd(
         annotations=annotations,
         observers=names,
         calibrate_method=calibrate,
+        intensity=intensity,
         progress=not quiet,
     )
     con = Console()
