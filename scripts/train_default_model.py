@@ -150,7 +150,8 @@ def label_sets(train_dir: Path, others, *, intensity: str) -> dict:
     The worst observer values of the training phantoms map to 1 on every set, so that a
     label means the same whichever set an image comes from. Sets that already carry
     labels are kept; a training set labelled in other intensity units is an error.
-    Returns ``{observer: worst goodness}``.
+    Returns ``{observer: worst goodness}`` and the names of the sets whose labels use
+    those anchors (a set labelled earlier on its own anchors is kept as it was).
     """
     from tomoqc.labels import project_dataset
 
@@ -170,7 +171,13 @@ def label_sets(train_dir: Path, others, *, intensity: str) -> dict:
             log(f"labelling {d} on the anchors of {train_dir.name}")
             project_dataset(d, intensity=intensity, anchors=anchors, progress=False)
             log(f"labelled in {time.time() - t:.0f} s")
-    return anchors
+    shared = [train_dir.name]
+    for d in others:
+        theirs = json.loads((d / "labels.json").read_text())
+        if theirs.get("intensity", "absolute") == intensity and all(
+                theirs["anchors"].get(n, {}).get("worst") == w for n, w in anchors.items()):
+            shared.append(d.name)
+    return anchors, shared
 
 
 def merge_datasets(out: Path, parts) -> None:
@@ -230,6 +237,9 @@ def main(argv=None) -> int:
                          "terms (0: skip it)")
     ap.add_argument("--refine-epochs", type=int, default=20)
     ap.add_argument("--refine-steps", type=int, default=100, help="batches per refine epoch")
+    ap.add_argument("--refine-lr", type=float, default=5e-5)
+    ap.add_argument("--refine-severity-weight", type=float, default=2.0,
+                    help="weight of the severity loss (and of the severity margin) in the refine stage")
     ap.add_argument("--refine-from", type=Path, default=None,
                     help="refine this fine-tuned model (.keras) instead of running the rank and finetune stages")
     ap.add_argument("--install", type=Path, default=REPO / "tomoqc" / "models" / "weights",
@@ -269,7 +279,7 @@ def main(argv=None) -> int:
         build_dataset(ellipse_dir, source=vol, references=n, domain="both", size=args.size, seed=args.seed + 3,
                       fit="full", workers=1, progress=False)
     # 2. labels
-    label_sets(train_dir, [eval_dir, extra_dir] + ([ellipse_dir] if args.ellipse_references > 0 else []),
+    anchors, anchored_sets = label_sets(train_dir, [eval_dir, extra_dir] + ([ellipse_dir] if args.ellipse_references > 0 else []),
                intensity=args.label_intensity)
 
     if not (merged_dir / "manifest.csv").is_file():
@@ -322,11 +332,12 @@ def main(argv=None) -> int:
         log(f"refine stage from {refine_init}")
         res = train_finetune(merged_dir, refine_out, init=refine_init, calibrate_head=False,
                              epochs=args.refine_epochs, steps_per_epoch=args.refine_steps, batch_size=16,
-                             crop=args.finetune_crop, lr=5e-5, decay_epochs=4, lr_decay=0.5, seed=args.seed,
+                             crop=args.finetune_crop, lr=args.refine_lr, decay_epochs=4, lr_decay=0.5, seed=args.seed,
                              resume=args.resume and has_state(refine_out), patience=6, val_fraction=0.08,
                              time_limit_s=args.refine_minutes * 60, val_size=224, val_crops=1,
                              rank_weight=0.5, rank_margin=0.1, rank_block_count=2,
-                             group_weight=1.0, group_size=8, severity_weight=2.0, severity_margin_weight=2.0,
+                             group_weight=1.0, group_size=8, severity_weight=args.refine_severity_weight,
+                             severity_margin_weight=args.refine_severity_weight,
                              severity_margin=0.15, select_on="balanced",
                              progress=False, command=command)
         if res["interrupted"]:
@@ -399,7 +410,9 @@ def main(argv=None) -> int:
                                    "manifest_sha256": manifest_sha256(ellipse_dir), "used_by": stages_extra}}
                if args.ellipse_references > 0 else {}),
             "labels": {"intensity": args.label_intensity,
-                       "anchors": "worst observer values of the training phantoms"},
+                       "anchors": {"worst_goodness": anchors,
+                                   "from": "worst observer values of the training phantoms",
+                                   "sets_labelled_on_them": anchored_sets}},
             "evaluation": {"references": args.eval_references, "seed": args.eval_seed,
                            "manifest_sha256": manifest_sha256(eval_dir)},
         },
@@ -409,7 +422,10 @@ def main(argv=None) -> int:
                      {k: refine_card.get(k) for k in ("hyperparameters", "validation", "init")},
                      "refine_from": None if args.refine_from is None else
                      {"path": str(args.refine_from), "sha256": file_sha256(args.refine_from),
-                      "model_id": refined_card.get("model_id")}},
+                      "model_id": refined_card.get("model_id"),
+                      # how that model was made: its command and its own last stage
+                      "command": refined_card.get("command"),
+                      "refine": (refined_card.get("training") or {}).get("refine")}},
         "severity_baseline": {**baseline, "statistic": "median raw severity over the clean training references "
                                                       "(phantoms and sample-image crops)"},
         "evaluation": {"sampling": "grid", "severity": "measured from severity_baseline", "table": ev["table"]},

@@ -39,7 +39,11 @@ def fresh_eval(bundled, tmp_path_factory):
 
     d = tmp_path_factory.mktemp("fresh") / "data"
     build_dataset(d, references=3, domain="both", size=256, seed=FRESH_SEED, workers=1, progress=False)
-    project_dataset(d, progress=False)
+    # labelled as the model's training data were: same intensity units, same anchors
+    card = json.loads(default_weights_path().with_suffix(".json").read_text())
+    lab = card["data"].get("labels") or {}
+    anchors = (lab.get("anchors") or {}).get("worst_goodness")
+    project_dataset(d, intensity=lab.get("intensity", "absolute"), anchors=anchors, progress=False)
     ev = evaluate_dataset(bundled, d)
     return {(r["domain"], r["distortion"]): r for r in ev["table"]}
 

@@ -79,7 +79,8 @@ def test_every_set_is_labelled_on_the_training_anchors(tmp_path):
     train, other = tmp_path / "train", tmp_path / "other"
     make(train, 1, [1, 2, 3, 4, 5])
     make(other, 2, [1, 2])  # alone, its worst image (level 2) would map to 1
-    anchors = mod.label_sets(train, [other], intensity="reference")
+    anchors, shared = mod.label_sets(train, [other], intensity="reference")
+    assert shared == ["train", "other"]
     s_train = json.loads((train / "labels.json").read_text())
     s_other = json.loads((other / "labels.json").read_text())
     assert s_train["intensity"] == s_other["intensity"] == "reference"
@@ -87,6 +88,13 @@ def test_every_set_is_labelled_on_the_training_anchors(tmp_path):
         assert a["worst"] == anchors[n] == s_train["anchors"][n]["worst"]
     labels = [float(r["label"]) for r in csv.DictReader(open(other / "manifest.csv"))]
     assert min(labels) > 1.5  # level 2 noise is not the worst of the training phantoms
+    # a set labelled earlier on its own anchors is kept, and not listed as sharing them
+    own = tmp_path / "own"
+    make(own, 3, [1, 2])
+    from tomoqc.labels import project_dataset
+
+    project_dataset(own, intensity="reference", progress=False)
+    assert mod.label_sets(train, [other, own], intensity="reference")[1] == ["train", "other"]
     # a training set labelled in other units is refused, not silently mixed
     import pytest
 
