@@ -15,8 +15,11 @@ Steps (each skipped when its output already exists, so a rerun continues):
    more than one look of a clean image. Optionally (``--ellipse-references N``, not used
    for the bundled model), N random-ellipse CT-like "body" slices are added the same way.
    A third, independent phantom set from fresh seeds is kept for evaluation only.
-2. labels: ``tomoqc.labels.project_dataset`` adds the generated 1-5 ``label`` column.
-3. rank: :func:`tomoqc.train.rank.train_rank` (hinge rank loss on blocks of levels).
+2. labels: ``tomoqc.labels.project_dataset`` adds the generated 1-5 ``label`` column, first
+   to the training phantoms, then to every other set on the training phantoms' anchors
+   (``--label-intensity reference`` compares images in the reference's percentile units).
+3. rank: :func:`tomoqc.train.rank.train_rank` (hinge rank loss on blocks of levels) on the
+   phantoms, or on every training set with ``--rank-data all``.
 4. finetune: :func:`tomoqc.train.finetune.train_finetune` from the rank checkpoint on the
    phantoms and the sample-image set together (MSE on labels, severity head on levels;
    early stopping on validation SROCC).
