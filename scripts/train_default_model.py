@@ -147,7 +147,7 @@ def ellipse_volume(path: Path, *, n: int, size: int, seed: int) -> int:
     return n
 
 
-def label_sets(train_dir: Path, others, *, intensity: str) -> dict:
+def label_sets(train_dir: Path, others, *, intensity: str) -> tuple[dict, list[str]]:
     """Label the training phantoms, then every other set on their anchors.
 
     The worst observer values of the training phantoms map to 1 on every set, so that a
@@ -282,8 +282,8 @@ def main(argv=None) -> int:
         build_dataset(ellipse_dir, source=vol, references=n, domain="both", size=args.size, seed=args.seed + 3,
                       fit="full", workers=1, progress=False)
     # 2. labels
-    anchors, anchored_sets = label_sets(train_dir, [eval_dir, extra_dir] + ([ellipse_dir] if args.ellipse_references > 0 else []),
-               intensity=args.label_intensity)
+    others = [eval_dir, extra_dir] + ([ellipse_dir] if args.ellipse_references > 0 else [])
+    anchors, anchored_sets = label_sets(train_dir, others, intensity=args.label_intensity)
 
     if not (merged_dir / "manifest.csv").is_file():
         parts = [("", train_dir), ("img_", extra_dir)]
@@ -301,7 +301,8 @@ def main(argv=None) -> int:
         # 3. rank
         if not (rank_out / "DONE").exists():
             log("rank stage")
-            res = train_rank(train_dir if args.rank_data == "phantoms" else merged_dir, rank_out, epochs=args.rank_epochs, steps_per_epoch=args.rank_steps,
+            rank_data = train_dir if args.rank_data == "phantoms" else merged_dir
+            res = train_rank(rank_data, rank_out, epochs=args.rank_epochs, steps_per_epoch=args.rank_steps,
                              blocks_per_batch=4, crop=args.rank_crop, margin=args.margin, lr=args.rank_lr,
                              lr_decay=0.9, seed=args.seed, resume=args.resume and has_state(rank_out),
                              time_limit_s=args.rank_minutes * 60, val_size=224, val_crops=1,

@@ -51,7 +51,8 @@ first mapped by the same affine map that sends the reference's robust percentile
 data range is 1. Labels then do not change when a reconstruction's intensity units do
 (a gain or an offset applied to the reference and its distorted versions alike), which
 is what a no-reference network sees: it only ever gets normalised slices. The
-training command of the bundled model labels in this mode.
+bundled model's training script offers it (``--label-intensity reference``); the
+bundled model itself was labelled in absolute units (its model card says which).
 
 Calibrated mode
 ---------------
@@ -133,6 +134,17 @@ def reference_affine(reference) -> tuple[float, float] | None:
     return float(lo), float(hi)
 
 
+def _unit_map(reference, intensity: str, data_range: float | None = None):
+    """``(to_units, data_range)``: the map that takes the reference and its distorted
+    versions to the units the observers compare them in, and the data range there."""
+    aff = reference_affine(reference) if intensity == "reference" else None
+    if aff is None:
+        return (lambda a: a), (data_range_of(reference) if data_range is None else float(data_range))
+    lo, hi = aff
+    return (lambda a: (np.asarray(a, dtype=np.float64) - lo) / (hi - lo)), (
+        1.0 if data_range is None else float(data_range))
+
+
 def _check_intensity(intensity) -> str:
     if intensity not in INTENSITY_MODES:
         raise OptionError(f"intensity must be one of {', '.join(INTENSITY_MODES)}, got {intensity!r}")
@@ -195,15 +207,8 @@ def observe(reference, distorted, *, data_range: float | None = None, observers=
     dist = np.asarray(distorted)
     if dist.ndim == 2:
         dist = dist[None]
-    if _check_intensity(intensity) == "reference":
-        aff = reference_affine(ref)
-        if aff is not None:
-            lo, hi = aff
-            ref = (ref.astype(np.float64) - lo) / (hi - lo)
-            dist = (dist.astype(np.float64) - lo) / (hi - lo)
-            if data_range is None:
-                data_range = 1.0
-    dr = data_range_of(ref) if data_range is None else float(data_range)
+    to_units, dr = _unit_map(ref, _check_intensity(intensity), data_range)
+    ref, dist = to_units(ref), to_units(dist)
     return {n: fr.OBSERVERS[n].batch(ref, dist, data_range=dr) for n in names}
 
 
@@ -551,13 +556,8 @@ def project_dataset(
                 need = fr.OBSERVERS[n].min_side
                 if side < need and n not in skipped:
                     skipped[n] = f"images of {ref.shape[0]}x{ref.shape[1]} px are under the {need} px {n} needs"
-            aff = reference_affine(ref) if intensity == "reference" else None
-            if aff is not None:
-                lo, hi = aff
-                ref = (ref.astype(np.float64) - lo) / (hi - lo)
-                dr = 1.0
-            else:
-                dr = data_range_of(ref)
+            to_units, dr = _unit_map(ref, intensity)
+            ref = to_units(ref)
             rf = rows[ri]["file"]
             s_ref = mos_by_file[rf].mos if rf in mos_by_file else s_default
             if s_ref <= 1.0:
@@ -577,7 +577,7 @@ def project_dataset(
                             directory / rows[i]["file"],
                             f"shape {img.shape} differs from its reference {rows[ri]['file']} {ref.shape}",
                         )
-                    stack[k] = img if aff is None else (img - aff[0]) / (aff[1] - aff[0])
+                    stack[k] = to_units(img)
                 active = [n for n in names if n not in skipped]
                 values = observe(ref.astype(np.float64), stack, data_range=dr, observers=active)
                 for n, v in values.items():
