@@ -301,3 +301,79 @@ def test_intensity_option_checked_and_in_cli(tmp_path, capsys):
     capsys.readouterr()
     assert main(["label", str(tmp_path), "--intensity", "gain", "--quiet"]) == 1
     assert "intensity" in capsys.readouterr().err
+
+
+def _ring_label_ceiling(root, make, n_refs=6, size=128):
+    """Level-only SROCC of ring labels (references included) and mean label per level 0-5.
+
+    ``make(img, seed)`` gives ``(reference, [noise levels 1-5], [ring levels 1-5])`` for a
+    fresh domain-randomised phantom. Noise levels are in the set so that the worst anchors
+    (noise level 5) do not depend on the ring table.
+    """
+    from tomoqc.metrics.stats import srocc
+    from tomoqc.phantom import electrode_slice
+
+    root.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for r in range(n_refs):
+        img = electrode_slice((size, size), seed=40 + r, randomize=True)[0]
+        ref_img, noisy, ringed = make(img, 100 + r)
+        ref = f"ref{r:03d}"
+        np.save(root / f"{ref}.npy", np.asarray(ref_img, np.float32))
+        rows.append(dict(reference=ref, domain="image", distortion="none", level=0, file=f"{ref}.npy",
+                         label_file="", params="{}", seed=r))
+        for d, images in (("noise", noisy), ("ring", ringed)):
+            for lv, out in enumerate(images, start=1):
+                name = f"{ref}_{d}_{lv}.npy"
+                np.save(root / name, np.asarray(out, np.float32))
+                rows.append(dict(reference=ref, domain="image", distortion=d, level=lv, file=name,
+                                 label_file="", params="{}", seed=r))
+    with open(root / "manifest.csv", "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    labels.project_dataset(root, progress=False)
+    sel = [r for r in read(root) if r["distortion"] in ("ring", "none")]
+    lev = np.array([int(r["level"]) for r in sel], float)
+    lab = np.array([float(r["label"]) for r in sel])
+    means = [lab[lev == k].mean() for k in range(6)]
+    return float(srocc(-lev, lab)), means
+
+
+def _image_domain(ring_coeffs):
+    from tomoqc.distort.image import ring_artifact
+
+    def make(img, seed):
+        noisy = [_distort(img, "noise", lv, seed) for lv in range(1, 6)]
+        ringed = [ring_artifact(img, c, rng=np.random.default_rng(seed)) for c in ring_coeffs]
+        return img, noisy, ringed
+
+    return make
+
+
+def test_ring_levels_spread_the_labels_beyond_the_reports_table(tmp_path):
+    # with domain-randomised references a ring's label depends on the content as much as on a
+    # small change of amplitude: the report's five coefficients (0.1 to 0.2) leave the levels
+    # hard to tell apart by label, the doubling table does not
+    from tomoqc.distort.image import REPORT_RING_COEFF, RING_COEFF
+
+    ours, means = _ring_label_ceiling(tmp_path / "ours", _image_domain(RING_COEFF))
+    report, report_means = _ring_label_ceiling(tmp_path / "report", _image_domain(REPORT_RING_COEFF))
+    assert all(a > b for a, b in zip(means, means[1:])), means
+    assert all(a > b for a, b in zip(report_means, report_means[1:])), report_means
+    assert ours >= 0.9, ours
+    assert ours > report + 0.1, (ours, report, means, report_means)
+    assert means[1] - means[5] > 2 * (report_means[1] - report_means[5])
+
+
+def test_sinogram_ring_levels_spread_the_labels(tmp_path):
+    from tomoqc.distort import physics
+
+    def make(img, seed):
+        specs = [{"noise": lv} for lv in range(1, 6)] + [{"ring": lv} for lv in range(1, 6)]
+        ref, out = physics.apply_many(img, specs, rng=seed)
+        return ref, out[:5], out[5:]
+
+    ceiling, means = _ring_label_ceiling(tmp_path, make)
+    assert all(a > b for a, b in zip(means, means[1:])), means
+    assert ceiling >= 0.9, (ceiling, means)

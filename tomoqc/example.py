@@ -1,8 +1,9 @@
 """An example volume whose image quality changes along z, with the truth attached.
 
 :func:`make_example_volume` renders an electrode phantom volume
-(:func:`tomoqc.phantom.electrode_volume`) and degrades its slices with the TIQA
-report's image-domain recipes (:mod:`tomoqc.distort.image`, Table S1), so that one
+(:func:`tomoqc.phantom.electrode_volume`) and degrades its slices with the
+image-domain recipes (:mod:`tomoqc.distort.image`: the TIQA report's Table S1 for noise
+and blur, ring coefficients doubling per level), so that one
 volume holds every situation a quality score should tell apart:
 
 ==========  ===================================================================
@@ -138,7 +139,7 @@ def write_example(out, *, slices: int = 48, size: int = 256, seed: int = 0,
             "distortion": truth["distortion"],
             "level": truth["level"],
             "seed": truth["seed"],
-            "recipes": "tomoqc.distort.image (TIQA report Table S1)",
+            "recipes": "tomoqc.distort.image (TIQA report Table S1 noise and blur; rings doubling per level)",
         },
     }
     return write_zarr(vol, out, overwrite=overwrite, progress=progress, attrs=attrs)

@@ -17,7 +17,18 @@ each at five levels (1 = mildest, 5 = strongest; level 0 is the identity):
   ``center`` is given), about 2 px wide, at random radius steps; inside ring ``k`` the
   image is multiplied by ``1 + (-1)^k c`` so the offset is proportional to the local
   pixel value, with coefficient ``c`` from :data:`RING_COEFF`
-  ``= (0.1, 0.13, 0.15, 0.18, 0.2)``; the result is clipped to ``[0, 1]``.
+  ``= (0.05, 0.1, 0.2, 0.4, 0.8)``; the result is clipped to ``[0, 1]``.
+
+Ring levels depart from the report's Table S1 (``c = 0.1, 0.13, 0.15, 0.18, 0.2``, kept as
+:data:`REPORT_RING_COEFF`). The report chose its parameters so that the levels run from
+"excellent" to "terrible", but its ring coefficients span less than a factor of two. On
+fresh phantoms, the full-reference labels of those five levels move only from 4.33 to
+4.06, while the spread across references at one level is 0.13-0.19. A predictor that
+orders the levels perfectly then correlates with the ring labels at SROCC 0.72 at best.
+Doubling ``c`` from level to level, the way the noise and blur tables grow geometrically,
+spreads the labels over 4.5-3.3 and raises that ceiling to 0.96
+(``benchmarks/label_structure.py`` measures it). The report's two values 0.1 and 0.2 are
+levels 2 and 3 here.
 
 References
 ----------
@@ -36,6 +47,7 @@ __all__ = [
     "NOISE_VARIANCE",
     "BLUR_SIGMA",
     "RING_COEFF",
+    "REPORT_RING_COEFF",
     "RING_WIDTH",
     "RING_STEP",
     "apply",
@@ -50,8 +62,11 @@ __all__ = [
 NOISE_VARIANCE = (0.001, 0.006, 0.022, 0.088, 1.00)
 #: Gaussian blur standard deviation (px) per level 1..5.
 BLUR_SIGMA = (1.2, 2.5, 6.5, 15.2, 33.2)
-#: Relative ring amplitude per level 1..5 (alternating sign from ring to ring).
-RING_COEFF = (0.1, 0.13, 0.15, 0.18, 0.2)
+#: Relative ring amplitude per level 1..5 (alternating sign from ring to ring); doubles
+#: from level to level (see the module doc).
+RING_COEFF = (0.05, 0.1, 0.2, 0.4, 0.8)
+#: The report's ring coefficients (Table S1), for comparison.
+REPORT_RING_COEFF = (0.1, 0.13, 0.15, 0.18, 0.2)
 #: Ring width (px).
 RING_WIDTH = 2.0
 #: Range of the random radial step between consecutive rings (px).
