@@ -429,7 +429,9 @@ def main(argv=None) -> int:
                       "model_id": refined_card.get("model_id"),
                       # how that model was made: its command and its own last stage
                       "command": refined_card.get("command"),
-                      "refine": (refined_card.get("training") or {}).get("refine")}},
+                      "refine": (refined_card.get("training") or {}).get("refine"),
+                      # and what that model was refined from, so a chain of refines stays traceable
+                      "refine_from": (refined_card.get("training") or {}).get("refine_from")}},
         "severity_baseline": {**baseline, "statistic": "median raw severity over the clean training references "
                                                       "(phantoms and sample-image crops)"},
         "evaluation": {"sampling": "grid", "severity": "measured from severity_baseline", "table": ev["table"]},

@@ -100,3 +100,45 @@ def test_every_set_is_labelled_on_the_training_anchors(tmp_path):
 
     with pytest.raises(SystemExit, match="intensities"):
         mod.label_sets(train, [other], intensity="absolute")
+
+
+def test_one_command_trains_evaluates_installs_and_a_refine_keeps_the_lineage(tmp_path):
+    """The documented command end to end, on a tiny budget: data, labels, rank, finetune,
+    refine, evaluation and a model card whose hash is the installed file's; then a refine of
+    the installed model records what it was refined from."""
+    import hashlib
+    import json
+    import shutil
+
+    mod = _script()
+    work = tmp_path / "w"
+    tiny = ["--references", "3", "--eval-references", "2", "--size", "224", "--sample-crops", "1",
+            "--rank-epochs", "1", "--rank-steps", "2", "--finetune-epochs", "1", "--finetune-steps", "2",
+            "--refine-epochs", "1", "--refine-steps", "2", "--seed", "5", "--eval-seed", "6"]
+    first = tmp_path / "first"
+    assert mod.main(["--work", str(work), "--install", str(first), *tiny]) == 0
+    card = json.loads((first / "tiqa_default.json").read_text())
+    weights = first / "tiqa_default.keras"
+    assert card["weights_sha256"] == hashlib.sha256(weights.read_bytes()).hexdigest()
+    assert card["model_id"] == "tiqa-default-" + card["weights_sha256"][:12]
+    assert card["command"].startswith("python scripts/train_default_model.py --work")
+    assert card["data"]["train"]["references"] == 3 and card["data"]["evaluation"]["seed"] == 6
+    rows = {(r["domain"], r["distortion"]) for r in card["evaluation"]["table"]}
+    assert {(d, t) for d in ("image", "physics") for t in ("noise", "blur", "ring")} <= rows
+    for stage in ("rank", "finetune", "refine"):
+        assert card["training"][stage]["hyperparameters"]["steps_per_epoch"] == 2
+    assert card["training"]["refine_from"] is None
+
+    # refine the installed model (the data and the finished stages of the work folder are reused)
+    shutil.rmtree(work / "refine")
+    second = tmp_path / "second"
+    assert mod.main(["--work", str(work), "--refine-from", str(weights), "--install", str(second), *tiny]) == 0
+    card2 = json.loads((second / "tiqa_default.json").read_text())
+    parent = card2["training"]["refine_from"]
+    assert parent["sha256"] == card["weights_sha256"] and parent["model_id"] == card["model_id"]
+    assert parent["command"] == card["command"]
+    assert parent["refine"]["hyperparameters"] == card["training"]["refine"]["hyperparameters"]
+    assert parent["refine_from"] is None  # the first model was trained from scratch
+    # stages that ran before the refine are the parent's
+    assert card2["training"]["rank"] == card["training"]["rank"]
+    assert card2["weights_sha256"] != card["weights_sha256"]
