@@ -28,6 +28,14 @@ Steps (each skipped when its output already exists, so a rerun continues):
    is named even at level 1) and a small-margin rank term on blocks of levels
    (``--refine-minutes``; ``--refine-from MODEL`` refines an already fine-tuned model,
    e.g. the previous bundled one, instead of running stages 3-4 again).
+4c. severity head: :func:`tomoqc.train.heads.refit_severity_head` refits the severity head
+   alone on frozen backbone features of every training image (type-balanced, targets
+   ``(level / 5) ** 0.5``, epoch picked on held-out references naming the distortion);
+   the backbone and the score head, hence every score, stay as they are
+   (``--severity-head-epochs``, 0 to skip).
+4d. score calibration: a strictly increasing logistic map from the raw score to the label
+   scale, fitted on the training phantoms (``--score-calibration none`` to skip); it
+   changes no ranking, only how linearly the 1-5 score follows the labels.
 5. evaluation on the fresh-seed set with the default test-time sampling (grid of 224
    patches, mean of the valid ones); the weights and the model card (with the evaluation
    table) are written to ``tomoqc/models/weights/tiqa_default.{keras,json}``.
@@ -245,6 +253,13 @@ def main(argv=None) -> int:
                     help="weight of the severity loss (and of the severity margin) in the refine stage")
     ap.add_argument("--refine-from", type=Path, default=None,
                     help="refine this fine-tuned model (.keras) instead of running the rank and finetune stages")
+    ap.add_argument("--severity-head-epochs", type=int, default=40,
+                    help="epochs of the severity-head refit on frozen features (0: skip it)")
+    ap.add_argument("--severity-head-power", type=float, default=0.5,
+                    help="severity targets are (level / 5) ** POWER in the severity-head refit")
+    ap.add_argument("--severity-head-lr", type=float, default=1e-3)
+    ap.add_argument("--score-calibration", choices=("logistic", "none"), default="logistic",
+                    help="fit a strictly increasing map from raw scores to labels on the training phantoms")
     ap.add_argument("--install", type=Path, default=REPO / "tomoqc" / "models" / "weights",
                     help="where the finished model and its card go")
     ap.add_argument("--resume", action="store_true", help="continue interrupted training stages")
@@ -348,6 +363,37 @@ def main(argv=None) -> int:
             return 0
         (refine_out / "DONE").write_text("done\n")
 
+    final_out = refine_out if args.refine_minutes > 0 else ft_out
+    best = final_out / "best.keras"
+
+    # 4c. severity head on frozen features (scores unchanged)
+    head_out = work / "severity_head"
+    head_record = None
+    if args.severity_head_epochs > 0:
+        from tomoqc.models.tiqa import file_sha256 as _sha
+
+        head_best = head_out / "best.keras"
+        head_json = head_out / "record.json"
+        init_sha = _sha(best)
+        # a finished head stage counts only for the model it started from
+        if (head_out / "DONE").exists() and json.loads(head_json.read_text()).get("init_sha256") != init_sha:
+            (head_out / "DONE").unlink()
+        if not args.skip_train and not (head_out / "DONE").exists():
+            from tomoqc.train.heads import refit_severity_head
+
+            log(f"severity-head stage on {best}")
+            head_out.mkdir(parents=True, exist_ok=True)
+            rec = refit_severity_head(best, merged_dir, head_best, epochs=args.severity_head_epochs,
+                                      lr=args.severity_head_lr, target_power=args.severity_head_power,
+                                      seed=args.seed, cache=head_out / "features.npz", log=log)
+            rec["init"] = str(best)
+            rec["init_sha256"] = init_sha
+            head_json.write_text(json.dumps(rec, indent=2, default=str) + "\n")
+            (head_out / "DONE").write_text("done\n")
+        if (head_out / "DONE").exists():
+            head_record = json.loads(head_json.read_text())
+            best = head_best
+
     # 5. evaluate + install
     import numpy as np
 
@@ -356,9 +402,21 @@ def main(argv=None) -> int:
     from tomoqc.train.data import manifest_sha256, read_manifest
     from tomoqc.train.finetune import evaluate_dataset, format_table
 
-    final_out = refine_out if args.refine_minutes > 0 else ft_out
-    best = final_out / "best.keras"
     model = load_model(best)
+    # 4d. a strictly increasing map from the raw score to the label scale, fitted on the
+    # training phantoms (tomoqc.models.tiqa.calibration_from_scores); rankings are unchanged
+    calibration = None
+    if args.score_calibration == "logistic":
+        from tomoqc.models.tiqa import _calibration_from_card, score_calibration
+
+        t = time.time()
+        rows = [r for r in read_manifest(train_dir) if r.get("label") not in (None, "")]
+        calibration = score_calibration(model, (np.load(train_dir / r["file"]).astype(np.float32) for r in rows),
+                                        [float(r["label"]) for r in rows])
+        calibration["fitted_on"] = "training phantoms (data_train), slice scores vs labels"
+        model.calibration = _calibration_from_card({"score_calibration": calibration})
+        log(f"score calibration on {calibration['n']} training images in {time.time() - t:.0f} s: "
+            f"logistic{calibration['kind']}, PLCC {calibration['plcc_before']:.3f} -> {calibration['plcc_after']:.3f}")
     # the severities this network gives clean training references: reported severities are
     # measured from them (tomoqc.models.tiqa.TiqaModel.severity_baseline)
     t = time.time()
@@ -424,6 +482,7 @@ def main(argv=None) -> int:
                      "finetune": {k: ft_card.get(k) for k in ("hyperparameters", "validation", "init")},
                      "refine": None if refine_card is None else
                      {k: refine_card.get(k) for k in ("hyperparameters", "validation", "init")},
+                     "severity_head": head_record,
                      "refine_from": None if args.refine_from is None else
                      {"path": str(args.refine_from), "sha256": file_sha256(args.refine_from),
                       "model_id": refined_card.get("model_id"),
@@ -432,6 +491,7 @@ def main(argv=None) -> int:
                       "refine": (refined_card.get("training") or {}).get("refine"),
                       # and what that model was refined from, so a chain of refines stays traceable
                       "refine_from": (refined_card.get("training") or {}).get("refine_from")}},
+        "score_calibration": calibration,
         "severity_baseline": {**baseline, "statistic": "median raw severity over the clean training references "
                                                       "(phantoms and sample-image crops)"},
         "evaluation": {"sampling": "grid", "severity": "measured from severity_baseline", "table": ev["table"]},

@@ -129,7 +129,8 @@ def test_one_command_trains_evaluates_installs_and_a_refine_keeps_the_lineage(tm
         assert card["training"][stage]["hyperparameters"]["steps_per_epoch"] == 2
     assert card["training"]["refine_from"] is None
 
-    # refine the installed model (the data and the finished stages of the work folder are reused)
+    # refine the installed model (the data and the finished stages of the work folder are
+    # reused; the severity-head stage is redone because it started from another model)
     shutil.rmtree(work / "refine")
     second = tmp_path / "second"
     assert mod.main(["--work", str(work), "--refine-from", str(weights), "--install", str(second), *tiny]) == 0
@@ -142,3 +143,6 @@ def test_one_command_trains_evaluates_installs_and_a_refine_keeps_the_lineage(tm
     # stages that ran before the refine are the parent's
     assert card2["training"]["rank"] == card["training"]["rank"]
     assert card2["weights_sha256"] != card["weights_sha256"]
+    head = card2["training"]["severity_head"]
+    assert head["init_sha256"] != card["training"]["severity_head"]["init_sha256"]
+    assert card2["score_calibration"]["n"] > 10

@@ -35,6 +35,8 @@ from tomoqc.preprocess import normalize_slice_flagged, patch_validity
 
 __all__ = [
     "severity_baseline",
+    "score_calibration",
+    "calibration_from_scores",
     "DISTORTIONS",
     "PATCH",
     "RESIZE_SHORT_SIDE",
@@ -324,6 +326,76 @@ def severity_baseline(model, images, *, batch: int = 32) -> dict:
     return {**{d: round(float(v), 6) for d, v in zip(DISTORTIONS, med)}, "n": int(len(sev))}
 
 
+def _calibration_from_card(card: dict):
+    """The monotone score map of a model card's ``score_calibration``, or None."""
+    c = card.get("score_calibration") if isinstance(card, dict) else None
+    if not isinstance(c, dict):
+        return None
+    from tomoqc.metrics.stats import logistic4, logistic5
+
+    kind, params = c.get("kind"), c.get("params")
+    if kind not in (4, 5) or not isinstance(params, list) or len(params) != kind:
+        return None
+    f = logistic5 if kind == 5 else logistic4
+    p = [float(v) for v in params]
+    return lambda x: f(x, *p)
+
+
+def calibration_from_scores(raw, labels, *, grid: int = 2001) -> dict:
+    """Fit a strictly increasing map from raw network scores to labels (for a model card).
+
+    The five-parameter logistic of Sheikh et al. (2006) (:func:`tomoqc.metrics.stats.logistic_fit`)
+    is fitted by least squares and kept if it increases everywhere (``b1 b2 > 0``,
+    ``b4 >= 0``) and strictly over the range of ``raw`` widened by half its span on each
+    side (checked on ``grid`` points); else the four-parameter VQEG logistic if it rises;
+    else no map (``kind`` None). The map never falls, and rises strictly over the checked
+    range, so rankings there (SROCC, the ordering of levels) are unchanged; far outside it a
+    logistic saturates (scores are clipped to 1-5 there anyway). It makes the score follow
+    the label scale linearly.
+
+    Returns
+    -------
+    dict
+        ``kind`` (5, 4 or None), ``params``, ``n``, ``plcc_before``, ``plcc_after``,
+        ``range`` (min, max of ``raw``).
+    """
+    from tomoqc.metrics.stats import logistic_fit, plcc
+
+    x = np.asarray(raw, np.float64)
+    y = np.asarray(labels, np.float64)
+    ok = np.isfinite(x) & np.isfinite(y)
+    x, y = x[ok], y[ok]
+    if x.size < 10 or np.ptp(x) <= 0:
+        raise InputError(None, f"need at least 10 scored, labelled images with distinct scores, got {x.size}")
+    lo, hi = float(x.min()), float(x.max())
+    pad = 0.5 * (hi - lo)
+    t = np.linspace(lo - pad, hi + pad, grid)
+    out = {"kind": None, "params": None, "n": int(x.size), "plcc_before": float(plcc(x, y)),
+           "plcc_after": float(plcc(x, y)), "range": [lo, hi]}
+    for kind in (5, 4):
+        fit = logistic_fit(x, y, kind=kind)
+        b = fit.params
+        # increasing everywhere: logistic part rising and linear term not falling (5), or rising (4)
+        rising = (b[0] * b[1] > 0 and b[3] >= 0) if kind == 5 else (b[0] > b[1])
+        if fit.converged and fit.kind == kind and rising and np.all(np.diff(fit(t)) > 0):
+            out.update(kind=kind, params=[float(v) for v in fit.params], plcc_after=float(fit.plcc))
+            break
+    return out
+
+
+def score_calibration(model, images, labels, *, batch: int = 32) -> dict:
+    """Score ``images`` (raw) with ``model`` and fit :func:`calibration_from_scores` to ``labels``."""
+    imgs = list(images)
+    raw = []
+    for i in range(0, len(imgs), batch):
+        group = imgs[i : i + batch]
+        if len({a.shape for a in group}) == 1:
+            raw.extend(model.score_slices(np.stack(group), raw=True)["score"])
+        else:
+            raw.extend(model.score_slices(a, raw=True)["score"][0] for a in group)
+    return calibration_from_scores(raw, labels)
+
+
 class TiqaModel:
     """A loaded TIQA network with batched inference and slice scoring.
 
@@ -352,6 +424,10 @@ class TiqaModel:
         ``severity_baseline`` (zeros when absent). Reported severities are measured from
         it: ``clip((s - b) / (1 - b), 0, 1)``, so that a clean slice reads about 0 for every
         distortion and the dominant distortion is the one furthest above its clean level.
+    calibration : callable or None
+        The strictly increasing map from the network's raw score to the label scale, from
+        the model card's ``score_calibration`` (:func:`calibration_from_scores`); applied to
+        every patch score before clipping to 1-5, unless ``raw``.
     """
 
     def __init__(self, keras_model, *, path=None, model_id=None, batch_size: int = 16, card=None):
@@ -372,6 +448,7 @@ class TiqaModel:
             self.card.get("test_time_sampling"), dict
         ) else "grid"
         self.severity_baseline = _baseline_from_card(self.card)
+        self.calibration = _calibration_from_card(self.card)
         self._fn = None
 
     def __repr__(self) -> str:
@@ -400,7 +477,8 @@ class TiqaModel:
         patches : array_like, shape (n, s, s) or (n, s, s, 1)
             Patches normalised to [0, 1] (``s`` is usually 224).
         raw : bool
-            Return the network's raw outputs: the score not clipped to [1, 5] (useful for a
+            Return the network's raw outputs: the score not calibrated (``calibration``) and
+            not clipped to [1, 5] (useful for a
             model trained only to rank, whose scale is arbitrary) and the severities not
             measured from the clean baseline (``severity_baseline``).
         batch_size : int, optional
@@ -435,6 +513,8 @@ class TiqaModel:
             scores[i : i + m] = np.asarray(s)[:m, 0]
             sev[i : i + m] = np.asarray(v)[:m]
         if not raw:
+            if self.calibration is not None:
+                scores = np.asarray(self.calibration(scores), np.float32)
             np.clip(scores, *SCORE_RANGE, out=scores)
             b = self.severity_baseline
             if b.any():
