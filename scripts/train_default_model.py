@@ -12,8 +12,8 @@ Steps (each skipped when its output already exists, so a rerun continues):
    domain (the TIQA report's recipes) and the sinogram domain (simulated scans), plus
    mixtures. A second set is cut from scikit-image's sample images (natural and
    microscopy scenes at two scales) and distorted the same way, so that fine-tuning sees
-   more than one look of a clean image. Optionally (``--ellipse-references N``, not used
-   for the bundled model), N random-ellipse CT-like "body" slices are added the same way.
+   more than one look of a clean image. ``--ellipse-references N`` (96 by default) random-ellipse
+   CT-like "body" slices are added the same way (0: none).
    A third, independent phantom set from fresh seeds is kept for evaluation only.
 2. labels: ``tomoqc.labels.project_dataset`` adds the generated 1-5 ``label`` column, first
    to the training phantoms, then to every other set on the training phantoms' anchors
@@ -40,7 +40,7 @@ Steps (each skipped when its output already exists, so a rerun continues):
    patches, mean of the valid ones); the weights and the model card (with the evaluation
    table) are written to ``tomoqc/models/weights/tiqa_default.{keras,json}``.
 
-Training sizes are chosen for a two-core CPU and about an hour and a half in total (the
+Training sizes are chosen for a two-core CPU and about two hours in total (the
 network is fully convolutional: it trains on 128-160 px crops and scores 224 px patches).
 On a GPU, raise ``--references``, ``--rank-steps`` and ``--finetune-steps``.
 
@@ -226,7 +226,7 @@ def main(argv=None) -> int:
     ap.add_argument("--eval-references", type=int, default=24, help="evaluation phantoms")
     ap.add_argument("--size", type=int, default=256, help="phantom side in pixels")
     ap.add_argument("--sample-crops", type=int, default=4, help="crops per scikit-image sample image")
-    ap.add_argument("--ellipse-references", type=int, default=0,
+    ap.add_argument("--ellipse-references", type=int, default=96,
                     help="random-ellipse CT-like references added to fine-tuning (0: none)")
     ap.add_argument("--label-intensity", choices=("absolute", "reference"), default="absolute",
                     help="units the label observers compare images in (tomoqc.labels, 'Intensity scale')")
@@ -453,7 +453,9 @@ def main(argv=None) -> int:
         "model_id": f"tiqa-default-{sha[:12]}",
         "description": "TIQA network (EfficientNet-B0 from scratch, score and severity heads) ranked on "
                        "domain-randomised electrode phantoms (image- and sinogram-domain distortions and mixtures), "
-                       "fine-tuned on those and on crops of scikit-image sample images, distorted the same way.",
+                       "fine-tuned on those and on crops of scikit-image sample images"
+                       + (" and random-ellipse CT-like slices" if args.ellipse_references > 0 else "")
+                       + ", distorted the same way.",
         "weights": dest.name,
         "weights_sha256": sha,
         "size_bytes": dest.stat().st_size,

@@ -114,7 +114,8 @@ def test_one_command_trains_evaluates_installs_and_a_refine_keeps_the_lineage(tm
     work = tmp_path / "w"
     tiny = ["--references", "3", "--eval-references", "2", "--size", "224", "--sample-crops", "1",
             "--rank-epochs", "1", "--rank-steps", "2", "--finetune-epochs", "1", "--finetune-steps", "2",
-            "--refine-epochs", "1", "--refine-steps", "2", "--seed", "5", "--eval-seed", "6"]
+            "--refine-epochs", "1", "--refine-steps", "2", "--seed", "5", "--eval-seed", "6",
+            "--ellipse-references", "2", "--severity-head-epochs", "2"]
     first = tmp_path / "first"
     assert mod.main(["--work", str(work), "--install", str(first), *tiny]) == 0
     card = json.loads((first / "tiqa_default.json").read_text())
@@ -128,6 +129,7 @@ def test_one_command_trains_evaluates_installs_and_a_refine_keeps_the_lineage(tm
     for stage in ("rank", "finetune", "refine"):
         assert card["training"][stage]["hyperparameters"]["steps_per_epoch"] == 2
     assert card["training"]["refine_from"] is None
+    assert card["data"]["train_ellipses"]["references"] == 2
 
     # refine the installed model (the data and the finished stages of the work folder are
     # reused; the severity-head stage is redone because it started from another model)
