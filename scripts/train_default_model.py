@@ -375,23 +375,25 @@ def main(argv=None) -> int:
         head_best = head_out / "best.keras"
         head_json = head_out / "record.json"
         init_sha = _sha(best)
+        done = head_out / "DONE"
+        head_record = json.loads(head_json.read_text()) if done.exists() else None
         # a finished head stage counts only for the model it started from
-        if (head_out / "DONE").exists() and json.loads(head_json.read_text()).get("init_sha256") != init_sha:
-            (head_out / "DONE").unlink()
-        if not args.skip_train and not (head_out / "DONE").exists():
+        if head_record is not None and head_record.get("init_sha256") != init_sha:
+            done.unlink()
+            head_record = None
+        if not args.skip_train and head_record is None:
             from tomoqc.train.heads import refit_severity_head
 
             log(f"severity-head stage on {best}")
             head_out.mkdir(parents=True, exist_ok=True)
-            rec = refit_severity_head(best, merged_dir, head_best, epochs=args.severity_head_epochs,
-                                      lr=args.severity_head_lr, target_power=args.severity_head_power,
-                                      seed=args.seed, cache=head_out / "features.npz", log=log)
-            rec["init"] = str(best)
-            rec["init_sha256"] = init_sha
-            head_json.write_text(json.dumps(rec, indent=2, default=str) + "\n")
-            (head_out / "DONE").write_text("done\n")
-        if (head_out / "DONE").exists():
-            head_record = json.loads(head_json.read_text())
+            head_record = refit_severity_head(best, merged_dir, head_best, epochs=args.severity_head_epochs,
+                                              lr=args.severity_head_lr, target_power=args.severity_head_power,
+                                              seed=args.seed, cache=head_out / "features.npz", log=log)
+            head_record["init"] = str(best)
+            head_record["init_sha256"] = init_sha
+            head_json.write_text(json.dumps(head_record, indent=2, default=str) + "\n")
+            done.write_text("done\n")
+        if head_record is not None:
             best = head_best
 
     # 5. evaluate + install

@@ -37,3 +37,32 @@ def make_test_model(path: Path) -> Path:
 @pytest.fixture(scope="session")
 def model_path(tmp_path_factory):
     return make_test_model(tmp_path_factory.getbasetemp() / "tiqa-test-model.keras")
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """Six 96-px phantom references, image-domain distortions at levels 1-5, no mixtures."""
+    from tomoqc.dataset import build_dataset
+
+    d = tmp_path_factory.mktemp("tiny") / "data"
+    build_dataset(d, references=6, domain="image", size=96, seed=11, mixtures=False, workers=1, progress=False)
+    return d
+
+
+@pytest.fixture(scope="module")
+def tiny_labelled(tiny, tmp_path_factory):
+    """The tiny set with a label column: a simple decreasing function of the level."""
+    import csv
+    import shutil
+
+    d = tmp_path_factory.mktemp("lab") / "data"
+    shutil.copytree(tiny, d)
+    with open(d / "manifest.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    for r in rows:
+        r["label"] = f"{5.0 - 0.8 * int(r['level']):.3f}"
+    with open(d / "manifest.csv", "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    return d

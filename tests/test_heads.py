@@ -1,7 +1,5 @@
 """Refitting the severity head on frozen features: scores unchanged, head trained, choices recorded."""
 
-import csv
-
 import numpy as np
 import pytest
 
@@ -25,27 +23,16 @@ def test_severity_accuracy_hand_example():
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory):
+def setup(tiny_labelled, tmp_path_factory):
     import keras
 
-    from tomoqc.dataset import build_dataset
     from tomoqc.models.tiqa import build_tiqa
 
     root = tmp_path_factory.mktemp("heads")
-    d = root / "data"
-    build_dataset(d, references=5, domain="image", size=96, seed=12, mixtures=False, workers=1, progress=False)
-    with open(d / "manifest.csv", newline="") as fh:
-        rows = list(csv.DictReader(fh))
-    for r in rows:
-        r["label"] = f"{5.0 - 0.8 * int(r['level']):.3f}"
-    with open(d / "manifest.csv", "w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
     model = root / "m.keras"
     keras.utils.set_random_seed(0)
     build_tiqa(input_size=None, seed=0).save(model)
-    return d, model, root
+    return tiny_labelled, model, root
 
 
 def test_refit_trains_the_severity_head_and_leaves_scores_alone(setup):

@@ -48,11 +48,15 @@ def make_dataset(root, *, n_refs=2, size=96, distortions=("noise", "blur", "ring
                 np.save(root / name, _distort(img, d, lv, 100 + r).astype(np.float32))
                 rows.append(dict(reference=ref, domain="image", distortion=d, level=lv, file=name,
                                  label_file="", params="{}", seed=r))
+    write(root, rows)
+    return rows
+
+
+def write(root, rows):
     with open(root / "manifest.csv", "w", newline="") as fh:
         w = csv.DictWriter(fh, fieldnames=list(rows[0]))
         w.writeheader()
         w.writerows(rows)
-    return rows
 
 
 def read(root):
@@ -328,10 +332,7 @@ def _ring_label_ceiling(root, make, n_refs=6, size=128):
                 np.save(root / name, np.asarray(out, np.float32))
                 rows.append(dict(reference=ref, domain="image", distortion=d, level=lv, file=name,
                                  label_file="", params="{}", seed=r))
-    with open(root / "manifest.csv", "w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
+    write(root, rows)
     labels.project_dataset(root, progress=False)
     sel = [r for r in read(root) if r["distortion"] in ("ring", "none")]
     lev = np.array([int(r["level"]) for r in sel], float)

@@ -13,33 +13,6 @@ import pytest
 from tomoqc.errors import InputError
 
 
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    from tomoqc.dataset import build_dataset
-
-    d = tmp_path_factory.mktemp("tiny") / "data"
-    build_dataset(d, references=6, domain="image", size=96, seed=11, mixtures=False, workers=1, progress=False)
-    return d
-
-
-@pytest.fixture(scope="module")
-def tiny_labelled(tiny, tmp_path_factory):
-    """The tiny set with a label column: a simple decreasing function of the level."""
-    d = tmp_path_factory.mktemp("lab") / "data"
-    import shutil
-
-    shutil.copytree(tiny, d)
-    with open(d / "manifest.csv", newline="") as fh:
-        rows = list(csv.DictReader(fh))
-    for r in rows:
-        r["label"] = f"{5.0 - 0.8 * int(r['level']):.3f}"
-    with open(d / "manifest.csv", "w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
-    return d
-
-
 def test_rank_training_improves_ranking(tiny, tmp_path):
     from tomoqc.train.rank import train_rank
 

@@ -37,6 +37,7 @@ __all__ = [
     "severity_baseline",
     "score_calibration",
     "calibration_from_scores",
+    "from_baseline",
     "DISTORTIONS",
     "PATCH",
     "RESIZE_SHORT_SIDE",
@@ -294,6 +295,30 @@ def _baseline_from_card(card: dict) -> np.ndarray:
     return out
 
 
+def _raw_outputs(model, images, *, batch: int = 32) -> tuple[np.ndarray, np.ndarray]:
+    """Raw slice scores (n,) and severities (n, 3) of ``images``, stacked ``batch`` at a
+    time where their shapes agree."""
+    scores, sev = [], []
+    imgs = list(images)
+    for i in range(0, len(imgs), batch):
+        group = imgs[i : i + batch]
+        stacks = [np.stack(group)] if len({a.shape for a in group}) == 1 else [a[None] for a in group]
+        for x in stacks:
+            res = model.score_slices(x, raw=True)
+            scores.append(res["score"])
+            sev.append(res["severity"])
+    if not scores:
+        return np.zeros(0, np.float32), np.zeros((0, len(DISTORTIONS)), np.float32)
+    return np.concatenate(scores), np.concatenate(sev)
+
+
+def from_baseline(severity, baseline) -> np.ndarray:
+    """Severities measured from a clean baseline: ``clip((s - b) / (1 - b), 0, 1)``."""
+    s = np.asarray(severity)
+    b = np.asarray(baseline, dtype=s.dtype if s.dtype.kind == "f" else np.float64)
+    return np.clip((s - b) / (1.0 - b), 0.0, 1.0)
+
+
 def severity_baseline(model, images, *, batch: int = 32) -> dict:
     """Median raw severity per distortion that ``model`` gives clean ``images``.
 
@@ -309,16 +334,7 @@ def severity_baseline(model, images, *, batch: int = 32) -> dict:
         ``{"noise": b, "blur": b, "ring": b, "n": count}`` for the model card's
         ``severity_baseline``.
     """
-    sev = []
-    imgs = list(images)
-    for i in range(0, len(imgs), batch):
-        group = imgs[i : i + batch]
-        if len({a.shape for a in group}) == 1:
-            res = model.score_slices(np.stack(group), raw=True)
-            sev.append(res["severity"])
-        else:
-            sev.extend(model.score_slices(a, raw=True)["severity"] for a in group)
-    sev = np.concatenate(sev) if sev else np.zeros((0, len(DISTORTIONS)), np.float32)
+    _, sev = _raw_outputs(model, images, batch=batch)
     sev = sev[np.isfinite(sev).all(axis=1)]
     if not len(sev):
         raise InputError(None, "no clean image could be scored for the severity baseline")
@@ -370,8 +386,9 @@ def calibration_from_scores(raw, labels, *, grid: int = 2001) -> dict:
     lo, hi = float(x.min()), float(x.max())
     pad = 0.5 * (hi - lo)
     t = np.linspace(lo - pad, hi + pad, grid)
-    out = {"kind": None, "params": None, "n": int(x.size), "plcc_before": float(plcc(x, y)),
-           "plcc_after": float(plcc(x, y)), "range": [lo, hi]}
+    before = float(plcc(x, y))
+    out = {"kind": None, "params": None, "n": int(x.size), "plcc_before": before, "plcc_after": before,
+           "range": [lo, hi]}
     for kind in (5, 4):
         fit = logistic_fit(x, y, kind=kind)
         b = fit.params
@@ -385,14 +402,7 @@ def calibration_from_scores(raw, labels, *, grid: int = 2001) -> dict:
 
 def score_calibration(model, images, labels, *, batch: int = 32) -> dict:
     """Score ``images`` (raw) with ``model`` and fit :func:`calibration_from_scores` to ``labels``."""
-    imgs = list(images)
-    raw = []
-    for i in range(0, len(imgs), batch):
-        group = imgs[i : i + batch]
-        if len({a.shape for a in group}) == 1:
-            raw.extend(model.score_slices(np.stack(group), raw=True)["score"])
-        else:
-            raw.extend(model.score_slices(a, raw=True)["score"][0] for a in group)
+    raw, _ = _raw_outputs(model, images, batch=batch)
     return calibration_from_scores(raw, labels)
 
 
@@ -518,7 +528,7 @@ class TiqaModel:
             np.clip(scores, *SCORE_RANGE, out=scores)
             b = self.severity_baseline
             if b.any():
-                sev = np.clip((sev - b) / (1.0 - b), 0.0, 1.0).astype(np.float32)
+                sev = from_baseline(sev, b).astype(np.float32)
         return scores, sev
 
     # -- slices --------------------------------------------------------------

@@ -53,9 +53,11 @@ def severity_accuracy(sev, distortion, *, baseline=None) -> float:
     baseline : (3,) array, optional
         Clean-image severities to measure from (zeros by default).
     """
+    from tomoqc.models.tiqa import from_baseline
+
     sev = np.asarray(sev, np.float64)
     b = np.zeros(len(DISTORTIONS)) if baseline is None else np.asarray(baseline, np.float64)
-    rel = np.clip((sev - b) / (1.0 - b), 0.0, 1.0)
+    rel = from_baseline(sev, b)
     single = np.array([d in DISTORTIONS for d in distortion])
     if not single.any():
         return float("nan")
@@ -63,7 +65,7 @@ def severity_accuracy(sev, distortion, *, baseline=None) -> float:
     return float(np.mean(np.argmax(rel[single], axis=1) == truth))
 
 
-def _features(feat_model, samples, store, *, crops: int, size: int, seed: int, batch: int = 32, progress=None):
+def _features(feat_model, samples, store, *, crops: int, size: int, seed: int, batch: int = 32):
     rng = np.random.default_rng(seed)
     order = [s for s in samples for _ in range(crops)]
     out = None
@@ -73,8 +75,6 @@ def _features(feat_model, samples, store, *, crops: int, size: int, seed: int, b
         if out is None:
             out = np.empty((len(order), f.shape[1]), np.float32)
         out[i : i + len(f)] = f
-        if progress is not None:
-            progress(min(i + batch, len(order)), len(order))
     return out
 
 
@@ -128,6 +128,9 @@ def refit_severity_head(
     """
     import keras
 
+    from tomoqc.models.tiqa import file_sha256
+    from tomoqc.train.data import manifest_sha256
+
     if crops < 1 or epochs < 1 or batch_size < 1:
         raise OptionError("crops, epochs and batch_size must be >= 1")
     if not target_power > 0:
@@ -150,9 +153,6 @@ def refit_severity_head(
     tr = [s for s in samples if s.reference not in val_set]
     va = [s for s in samples if s.reference in val_set]
     store = ImageStore(data_dir)
-    from tomoqc.models.tiqa import file_sha256
-    from tomoqc.train.data import manifest_sha256
-
     key = np.array(f"{file_sha256(model_path)} {manifest_sha256(data_dir)} {crops} {size} {seed} {val_fraction}")
     x_tr = x_va = None
     if cache is not None and Path(cache).is_file():
