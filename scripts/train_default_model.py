@@ -36,6 +36,11 @@ Steps (each skipped when its output already exists, so a rerun continues):
 4d. score calibration: a strictly increasing logistic map from the raw score to the label
    scale, fitted on the training phantoms (``--score-calibration none`` to skip); it
    changes no ranking, only how linearly the 1-5 score follows the labels.
+4e. ring term: :func:`tomoqc.models.tiqa.fit_ring_term` maps the measured ring index of a
+   whole slice (:func:`tomoqc.metrics.rings.ring_index`, coherent concentric structure
+   about the axis) to a ring-limited score, fitted on the training phantoms with rings
+   alone; the slice score is the soft minimum of the network's and that limit, and the
+   reported ring severity is the one the index measures (``--ring-term none`` to skip).
 5. evaluation on the fresh-seed set with the default test-time sampling (grid of 224
    patches, mean of the valid ones); the weights and the model card (with the evaluation
    table) are written to ``tomoqc/models/weights/tiqa_default.{keras,json}``.
@@ -251,6 +256,10 @@ def main(argv=None) -> int:
     ap.add_argument("--refine-lr", type=float, default=5e-5)
     ap.add_argument("--refine-severity-weight", type=float, default=2.0,
                     help="weight of the severity loss (and of the severity margin) in the refine stage")
+    ap.add_argument("--refine-group-kinds", default="noise,blur,ring",
+                    help="cycle of distortion types of the refine stage's ordering groups (repeat one to weigh it more)")
+    ap.add_argument("--refine-rank-kinds", default="all",
+                    help="distortion types of the refine stage's rank blocks (comma list, or all)")
     ap.add_argument("--refine-from", type=Path, default=None,
                     help="refine this fine-tuned model (.keras) instead of running the rank and finetune stages")
     ap.add_argument("--severity-head-epochs", type=int, default=40,
@@ -260,6 +269,8 @@ def main(argv=None) -> int:
     ap.add_argument("--severity-head-lr", type=float, default=1e-3)
     ap.add_argument("--score-calibration", choices=("logistic", "none"), default="logistic",
                     help="fit a strictly increasing map from raw scores to labels on the training phantoms")
+    ap.add_argument("--ring-term", choices=("fit", "none"), default="fit",
+                    help="fit the ring term (ring-limited score from the measured ring index) on the training phantoms")
     ap.add_argument("--install", type=Path, default=REPO / "tomoqc" / "models" / "weights",
                     help="where the finished model and its card go")
     ap.add_argument("--resume", action="store_true", help="continue interrupted training stages")
@@ -356,6 +367,9 @@ def main(argv=None) -> int:
                              time_limit_s=args.refine_minutes * 60, val_size=224, val_crops=1,
                              rank_weight=0.5, rank_margin=0.1, rank_block_count=2,
                              group_weight=1.0, group_size=8, severity_weight=args.refine_severity_weight,
+                             group_kinds=tuple(k.strip() for k in args.refine_group_kinds.split(",")),
+                             rank_kinds=(None if args.refine_rank_kinds == "all"
+                                         else tuple(k.strip() for k in args.refine_rank_kinds.split(","))),
                              severity_margin_weight=args.refine_severity_weight,
                              severity_margin=0.15, select_on="balanced",
                              progress=False, command=command)
@@ -419,6 +433,29 @@ def main(argv=None) -> int:
         model.calibration = _calibration_from_card({"score_calibration": calibration})
         log(f"score calibration on {calibration['n']} training images in {time.time() - t:.0f} s: "
             f"logistic{calibration['kind']}, PLCC {calibration['plcc_before']:.3f} -> {calibration['plcc_after']:.3f}")
+    # 4e. the ring term: a ring-limited score from the measured ring index of the whole slice
+    # (tomoqc.metrics.rings), fitted on the training phantoms that hold rings alone; the
+    # slice score is the soft minimum of the network's score and that limit
+    ring_term = None
+    if args.ring_term == "fit":
+        from tomoqc.models.tiqa import _ring_term_from_card, fit_ring_term
+        from tomoqc.metrics.rings import ring_index
+
+        t = time.time()
+        all_rows = read_manifest(train_dir)
+        rows = [r for r in all_rows if r["distortion"] == "ring" and r.get("label") not in (None, "")]
+        idx = [ring_index(np.load(train_dir / r["file"])) for r in rows]
+        clean_idx = [ring_index(np.load(train_dir / r["file"])) for r in all_rows if r["distortion"] == "none"]
+        ring_term = fit_ring_term(idx, [float(r["label"]) for r in rows], [int(r["level"]) for r in rows],
+                                  clean_indices=clean_idx)
+        ring_term["fitted_on"] = ("training phantoms (data_train) with rings alone, both domains: label vs ring "
+                                  "index; ring severity: level / 5 vs ring index, with the clean references")
+        model.ring_term = _ring_term_from_card({"ring_term": ring_term})
+        log(f"ring term on {ring_term['n']} ring images in {time.time() - t:.0f} s: "
+            f"g = {ring_term['a']:.3f} {ring_term['b']:+.3f} ln(index), SROCC {ring_term['srocc']:.3f}; "
+            f"severity {ring_term['severity'][0]:.3f} {ring_term['severity'][1]:+.3f} ln(index)")
+    else:
+        model.ring_term = None
     # the severities this network gives clean training references: reported severities are
     # measured from them (tomoqc.models.tiqa.TiqaModel.severity_baseline)
     t = time.time()
@@ -431,6 +468,12 @@ def main(argv=None) -> int:
     t = time.time()
     ev = evaluate_dataset(model, eval_dir, mode="grid")
     log(f"evaluated on fresh phantoms in {time.time() - t:.0f} s\n" + format_table(ev["table"]))
+    ev_net = None
+    if model.ring_term is not None:  # the same evaluation with the network's score alone, for the card
+        term, model.ring_term = model.ring_term, None
+        ev_net = evaluate_dataset(model, eval_dir, mode="grid")
+        model.ring_term = term
+        log("without the ring term:\n" + format_table(ev_net["table"]))
     refined_card = _read_card(Path(args.refine_from)) if args.refine_from is not None else {}
     ft_card = json.loads((ft_out / "model_card.json").read_text()) if (ft_out / "model_card.json").exists() else {}
     refine_card = json.loads((final_out / "model_card.json").read_text()) if final_out != ft_out else None
@@ -496,9 +539,11 @@ def main(argv=None) -> int:
                       # and what that model was refined from, so a chain of refines stays traceable
                       "refine_from": (refined_card.get("training") or {}).get("refine_from")}},
         "score_calibration": calibration,
+        "ring_term": ring_term,
         "severity_baseline": {**baseline, "statistic": "median raw severity over the clean training references "
                                                       "(phantoms and sample-image crops)"},
-        "evaluation": {"sampling": "grid", "severity": "measured from severity_baseline", "table": ev["table"]},
+        "evaluation": {"sampling": "grid", "severity": "measured from severity_baseline", "table": ev["table"],
+                       "table_without_ring_term": None if ev_net is None else ev_net["table"]},
         "test_time_sampling": {"mode": "grid", "patch": 224,
                                "aggregate": "mean of patches inside the field of view and not only air",
                                "alternatives": ["resize_crop (report IV.1)", "random (RankIQA, N=30)"]},

@@ -45,6 +45,7 @@ def test_score_two_volumes_json_lines(volumes, model_path, tmp_path, capsys):
 
         ds = xr.open_zarr(line["output"], consolidated=False)
         assert float(np.nanmedian(ds["score"].values)) == pytest.approx(line["median_score"], abs=1e-3)
+        assert float(np.nanmedian(ds["ring_index"].values)) == pytest.approx(line["median_ring_index"], abs=1e-5)
 
 
 def test_fail_below_exit_codes(volumes, model_path, tmp_path, capsys):

@@ -17,7 +17,8 @@ from tomoqc.errors import InputError, QCFailed
 from tomoqc.report import report, summarize, worst_ranges
 
 
-def write_quality(path: Path, scores, *, z=None, severity=None, flags=None, input_path="", complete=True):
+def write_quality(path: Path, scores, *, z=None, severity=None, flags=None, input_path="", complete=True,
+                  ring_index=None):
     """A quality output with known numbers, in the layout `tomoqc score` writes."""
     scores = np.asarray(scores, np.float32)
     n = len(scores)
@@ -35,6 +36,8 @@ def write_quality(path: Path, scores, *, z=None, severity=None, flags=None, inpu
         coords={"z": z, "distortion": np.array(["noise", "blur", "ring"], dtype=object)},
         attrs={"complete": complete, "input": str(input_path), "axis": "z", "dataset": "", "model_id": "m-test"},
     )
+    if ring_index is not None:
+        ds["ring_index"] = (("z",), np.asarray(ring_index, np.float32))
     ds.to_zarr(str(path), mode="w", consolidated=False)
     return path
 
@@ -52,8 +55,17 @@ def test_summary_numbers(tmp_path):
     sev[:, 0], sev[:, 1], sev[:, 2] = 0.1, 0.2, 0.6
     flags = np.zeros(20, np.int8)
     flags[15] = 1
-    p = write_quality(tmp_path / "a.quality.zarr", scores_20(), severity=sev, flags=flags, input_path="/data/a.zarr")
+    ring = np.full(20, 0.002, np.float32)
+    ring[:8] = 0.05  # 8 of the 18 scored slices with a ring index are ringed: the median is the clean value...
+    ring[15] = 0.05  # ... and the unscored slice 15 does not count
+    ring[16] = np.nan
+    p = write_quality(tmp_path / "a.quality.zarr", scores_20(), severity=sev, flags=flags, input_path="/data/a.zarr",
+                      ring_index=ring)
     s = summarize(p)
+    assert s["median_ring_index"] == 0.002  # 8 x 0.05 and 10 x 0.002
+    ring[8:10] = 0.05
+    p2 = write_quality(tmp_path / "b.quality.zarr", scores_20(), severity=sev, ring_index=ring)
+    assert summarize(p2)["median_ring_index"] == 0.05  # now 10 of 18 ringed
     # 19 finite scores: 15 x 4.0, 3 x 1.5, 1 x 2.0
     assert s["slices"] == 19 and s["slices_total"] == 20 and s["flagged"] == 1
     assert s["median_score"] == 4.0
@@ -73,6 +85,7 @@ def test_summary_without_scores_or_distortion(tmp_path):
     assert s["worst_slices"] == [] and s["flagged"] == 4
     q = write_quality(tmp_path / "q.quality.zarr", [4.0, 4.2, 3.9], severity=np.full((3, 3), 0.05))
     assert summarize(q)["dominant_distortion"] == "none"
+    assert summarize(q)["median_ring_index"] is None  # an output without a ring index (earlier versions)
 
 
 def test_worst_ranges_follow_scored_neighbours():

@@ -10,7 +10,7 @@ import time
 import numpy as np
 import pytest
 
-from tomoqc.errors import InputError
+from tomoqc.errors import InputError, OptionError
 
 
 def test_rank_training_improves_ranking(tiny, tmp_path):
@@ -87,10 +87,17 @@ def test_finetune_regresses_labels(tiny_labelled, tmp_path):
     r3 = train_finetune(tiny_labelled, tmp_path / "ft3", init=res["best"], epochs=1, batch_size=8, crop=64,
                         lr=1e-4, val_size=96, val_crops=1, recalibrate_batches=1, seed=3, progress=False,
                         val_references=["r00002"], rank_weight=0.5, group_weight=1.0, group_size=4,
-                        severity_margin_weight=1.0)
+                        severity_margin_weight=1.0, group_kinds=("noise", "ring", "ring"), rank_kinds=("ring",))
     assert np.isfinite(r3["history"][-1]["loss"])
     hp = json.loads((tmp_path / "ft3" / "model_card.json").read_text())["hyperparameters"]
     assert hp["group_weight"] == 1.0 and hp["group_size"] == 4 and hp["severity_margin_weight"] == 1.0
+    assert hp["group_kinds"] == ["noise", "ring", "ring"] and hp["rank_kinds"] == ["ring"]
+    # unknown or empty kinds are refused before anything is written
+    for bad in ({"group_kinds": ("ring", "streak")}, {"group_kinds": ()}, {"rank_kinds": ()}, {"rank_kinds": ("x",)}):
+        with pytest.raises(OptionError):
+            train_finetune(tiny_labelled, tmp_path / "bad", init=res["best"], epochs=1, batch_size=8, crop=64,
+                           progress=False, val_references=["r00002"], **bad)
+        assert not (tmp_path / "bad").exists()
 
 
 def test_severity_margin_loss_matches_a_plain_loop():

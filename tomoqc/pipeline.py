@@ -31,7 +31,12 @@ The quality output is an :class:`xarray.Dataset`:
     The score of every patch of the grid (:func:`tomoqc.models.tiqa.patch_grid`),
     NaN for excluded patches.
 ``severity(z, distortion)`` float32
-    Mean severity (0-1) of noise, blur and ring over the valid patches.
+    Severity (0-1) of noise, blur and ring: the mean over the valid patches, or for
+    rings the one the ring index measures when the model has a ring term.
+``ring_index(z)`` float32
+    The slice's ring index (:func:`tomoqc.metrics.rings.ring_index`: RMS amplitude of
+    the concentric structure about the slice centre shared by all directions, in units
+    of the slice's robust range; about 0 without rings), NaN when it cannot be measured.
 
 ``z`` holds the indices of the scored slices along the slicing axis.
 
@@ -76,6 +81,8 @@ FLAG_CONSTANT = 1
 FLAG_NONFINITE = 2
 FLAG_NO_VALID_PATCH = 3
 FLAG_MEANINGS = "ok constant nonfinite no_valid_patch"
+#: The per-slice variables of a quality output.
+OUTPUT_VARIABLES = ("score", "flag", "valid_fraction", "patch_score", "severity", "ring_index")
 
 DEFAULT_CHUNK_SLICES = 8
 #: Longest task chunk (slices, input bytes) chosen automatically.
@@ -191,7 +198,8 @@ def score_block(model, block: np.ndarray) -> dict:
     -------
     dict
         ``score`` (n,), ``flag`` (n,) int8, ``valid_fraction`` (n,),
-        ``patch_score`` (n, py, px), ``severity`` (n, 3); float32 unless said.
+        ``patch_score`` (n, py, px), ``severity`` (n, 3), ``ring_index`` (n,); float32
+        unless said.
     """
     res = model.score_slices(block, mode="grid")
     return {
@@ -200,6 +208,7 @@ def score_block(model, block: np.ndarray) -> dict:
         "valid_fraction": np.asarray(res["valid_fraction"], np.float32),
         "patch_score": np.asarray(res["patch_score"], np.float32),
         "severity": np.asarray(res["severity"], np.float32),
+        "ring_index": np.asarray(res["ring_index"], np.float32),
     }
 
 
@@ -283,7 +292,7 @@ class _ZarrSink:
 
         self.path = Path(path)
         self.group = zarr.open_group(str(self.path), mode="r+")
-        self.arrays = {name: self.group[name] for name in ("score", "flag", "valid_fraction", "patch_score", "severity")}
+        self.arrays = {name: self.group[name] for name in OUTPUT_VARIABLES}
         self.done_dir = self.path / _DONE_DIR
         self.done_dir.mkdir(exist_ok=True)
 
@@ -317,6 +326,7 @@ class _MemorySink:
             "valid_fraction": np.zeros(n, np.float32),
             "patch_score": np.full((n, py, px), np.nan, np.float32),
             "severity": np.full((n, nd), np.nan, np.float32),
+            "ring_index": np.full(n, np.nan, np.float32),
         }
         self._done: set[int] = set()
 
@@ -357,6 +367,9 @@ def _template(z, py, px, starts, chunk, attrs):
                 nan((n, nd), (c, nd)),
                 {"long_name": "distortion severity", "units": "0 (none) to 1 (strong)"},
             ),
+            "ring_index": (("z",), nan((n,), (c,)),
+                           {"long_name": "ring index (RMS concentric amplitude about the slice centre)",
+                            "units": "fraction of the slice's robust intensity range"}),
         },
         coords={
             "z": ("z", np.asarray(z, dtype=np.int64), {"long_name": "slice index along the slicing axis"}),
@@ -571,7 +584,9 @@ def score(
         part = partial_path(final)
         _check_owner(part)
         old = _read_attrs(part) if part.exists() else {}
-        if part.exists() and old.get("tomoqc_params") == json.dumps(params, sort_keys=True):
+        # resumed only when made for the same job, with every output variable of this version
+        if (part.exists() and old.get("tomoqc_params") == json.dumps(params, sort_keys=True)
+                and all((part / name).is_dir() for name in OUTPUT_VARIABLES)):
             chunk = int(old.get("chunk_slices", chunk_slices or DEFAULT_CHUNK_SLICES))
         else:
             if part.exists():
@@ -679,6 +694,7 @@ def score(
                 "valid_fraction": (("z",), a["valid_fraction"]),
                 "patch_score": (("z", "py", "px"), a["patch_score"]),
                 "severity": (("z", "distortion"), a["severity"]),
+                "ring_index": (("z",), a["ring_index"]),
             },
             coords={
                 "z": zsel,

@@ -53,6 +53,7 @@ CSV_FIELDS = [
     "severity_noise",
     "severity_blur",
     "severity_ring",
+    "median_ring_index",
     "verdict",
     "threshold",
     "model_id",
@@ -134,7 +135,9 @@ def summarize(ds_or_path, *, fail_below: float | None = None) -> dict:
         ``median_score``, ``p5_score``, ``min_score``, ``worst_slices`` (list of
         [first, last] slice ranges), ``dominant_distortion`` (``noise``, ``blur``,
         ``ring`` or ``none``: the highest median severity over the slices below the
-        threshold, or over all scored slices when none is), ``severity`` (median per distortion), ``verdict``
+        threshold, or over all scored slices when none is), ``severity`` (median per distortion),
+        ``median_ring_index`` (median :func:`tomoqc.metrics.rings.ring_index` of the scored
+        slices; None for outputs without one), ``verdict``
         (``pass``, ``fail`` or ``unknown``), ``threshold``, ``model_id``.
     """
     ds, where = _open(ds_or_path)
@@ -156,6 +159,11 @@ def summarize(ds_or_path, *, fail_below: float | None = None) -> dict:
             sev[name] = _r(np.median(col)) if col.size else None
             colf = sv[:, j][focus & np.isfinite(sv[:, j])]
             sev_focus[name] = float(np.median(colf)) if colf.size else None
+    ring = None
+    if "ring_index" in ds:  # outputs of earlier versions have none
+        ri = np.asarray(ds["ring_index"].values, dtype=np.float64)[ok]
+        ri = ri[np.isfinite(ri)]
+        ring = round(float(np.median(ri)), 5) if ri.size else None
     dominant = "none"
     valid = {k: v for k, v in sev_focus.items() if v is not None}
     if valid:
@@ -182,6 +190,7 @@ def summarize(ds_or_path, *, fail_below: float | None = None) -> dict:
         "worst_slices": worst_ranges(z, s, threshold),
         "dominant_distortion": dominant,
         "severity": sev,
+        "median_ring_index": ring,
         "verdict": verdict,
         "threshold": threshold,
         "model_id": ds.attrs.get("model_id", ""),

@@ -19,7 +19,7 @@ def _print_summaries(summaries, as_json: bool) -> None:
             row = {k: s[k] for k in ("path", "output", "slices", "median_score", "p5_score",
                                      "dominant_distortion", "verdict")}
             row.update({k: s[k] for k in ("slices_total", "flagged", "min_score", "worst_slices",
-                                          "severity", "threshold", "model_id")})
+                                          "severity", "median_ring_index", "threshold", "model_id")})
             print(json.dumps(row), flush=True)
         return
     from rich.console import Console

@@ -38,6 +38,8 @@ __all__ = [
     "score_calibration",
     "calibration_from_scores",
     "from_baseline",
+    "RingTerm",
+    "fit_ring_term",
     "DISTORTIONS",
     "PATCH",
     "RESIZE_SHORT_SIDE",
@@ -357,6 +359,153 @@ def _calibration_from_card(card: dict):
     return lambda x: f(x, *p)
 
 
+class RingTerm:
+    """The ring term of a slice score: what the measured ring index says the score can be at most.
+
+    The network judges 224 px patches; a ring artifact is a property of the whole slice
+    (circles about the rotation axis), and its faintest levels are the ones a patch
+    network tells worst from a clean slice. :func:`tomoqc.metrics.rings.ring_index`
+    measures the coherent concentric structure directly. The ring term maps it to a
+    *ring-limited score* on the label scale,
+
+        g = a + b * ln(max(index, floor))        (b < 0: more rings, lower score)
+
+    fitted on the labels of the training images that hold rings alone
+    (:func:`fit_ring_term`), and the slice score becomes the soft minimum of the network's
+    (calibrated) slice score ``s`` and ``g``:
+
+        -ln(exp(-k s) + exp(-k g)) / k           (k = ``softness``)
+
+    so that a slice is scored by the worse of "what the network sees" and "what its rings
+    allow". Without rings ``g`` is far above 5 and the score is the network's (lowered by
+    at most ``ln(2) / k`` where the two meet); with strong rings the ring-limited score
+    rules. Stored in the model card as ``ring_term``.
+
+    With a ``severity`` map ``(c0, c1)`` the reported ring severity is measured the same
+    way, ``clip(c0 + c1 ln(max(index, floor)), 0, 1)`` (fitted to level / 5 on the same
+    images and the clean references), in place of the severity head's ring output: the
+    head tells noise from faint rings badly, the ring index does not.
+    """
+
+    def __init__(self, a: float, b: float, *, floor: float = 1e-3, softness: float = 10.0, sectors: int = 32,
+                 window: float = 4.5, min_radius: float = 12.0, severity=None):
+        if not b < 0:
+            raise OptionError(f"ring term slope must be negative (more rings, lower score), got {b}")
+        if not floor > 0 or not softness > 0:
+            raise OptionError(f"ring term floor and softness must be > 0, got {floor} and {softness}")
+        self.a, self.b, self.floor, self.softness = float(a), float(b), float(floor), float(softness)
+        self.sectors, self.window, self.min_radius = int(sectors), float(window), float(min_radius)
+        self.severity_map = None
+        if severity is not None:
+            c0, c1 = (float(v) for v in severity)
+            if not c1 > 0:
+                raise OptionError(f"ring severity slope must be positive (more rings, more severe), got {c1}")
+            self.severity_map = (c0, c1)
+
+    def severity(self, index) -> np.ndarray:
+        """Ring severity (0-1) of ring indices; NaN where the index is NaN or there is no map."""
+        x = np.asarray(index, np.float64)
+        if self.severity_map is None:
+            return np.full(x.shape, np.nan)
+        c0, c1 = self.severity_map
+        v = np.clip(c0 + c1 * np.log(np.maximum(np.where(np.isfinite(x), x, self.floor), self.floor)), 0.0, 1.0)
+        return np.where(np.isfinite(x), v, np.nan)
+
+    def index(self, img, *, normalize: bool = False) -> float:
+        from tomoqc.metrics.rings import ring_index
+
+        return ring_index(img, sectors=self.sectors, window=self.window, min_radius=self.min_radius,
+                          normalize=normalize)
+
+    def limit(self, index) -> np.ndarray:
+        """Ring-limited score ``g`` of ring indices (NaN index: +inf, no limit)."""
+        x = np.asarray(index, np.float64)
+        g = self.a + self.b * np.log(np.maximum(np.where(np.isfinite(x), x, self.floor), self.floor))
+        return np.where(np.isfinite(x), g, np.inf)
+
+    def combine(self, score, index) -> np.ndarray:
+        """Soft minimum of slice scores and the ring-limited scores of their ring indices."""
+        s = np.asarray(score, np.float64)
+        g = self.limit(index)
+        k = self.softness
+        m = np.minimum(s, g)
+        # -ln(e^{-ks} + e^{-kg}) / k, written stably around the smaller of the two
+        out = m - np.log1p(np.exp(-k * np.abs(np.where(np.isfinite(g), s - g, np.inf)))) / k
+        return np.where(np.isfinite(s), out, np.nan)
+
+    def to_card(self) -> dict:
+        return {"a": self.a, "b": self.b, "floor": self.floor, "softness": self.softness, "sectors": self.sectors,
+                "window": self.window, "min_radius": self.min_radius,
+                "severity": None if self.severity_map is None else list(self.severity_map)}
+
+
+def _default_ring_index(img) -> float:
+    from tomoqc.metrics.rings import ring_index
+
+    return ring_index(img, normalize=False)
+
+
+def _ring_term_from_card(card: dict):
+    """The :class:`RingTerm` of a model card's ``ring_term``, or None."""
+    c = card.get("ring_term") if isinstance(card, dict) else None
+    if not isinstance(c, dict) or "a" not in c or "b" not in c:
+        return None
+    keys = ("floor", "softness", "sectors", "window", "min_radius", "severity")
+    return RingTerm(c["a"], c["b"], **{k: c[k] for k in keys if k in c})
+
+
+def fit_ring_term(indices, labels, levels=None, *, clean_indices=(), floor: float = 1e-3, softness: float = 10.0,
+                  sectors: int = 32, window: float = 4.5, min_radius: float = 12.0) -> dict:
+    """Fit a :class:`RingTerm` on images that hold rings alone (for a model card).
+
+    The ring-limited score is the least-squares fit ``label = a + b ln(max(index, floor))``.
+    With ``levels`` (each image's ring level, 1-5) the severity map is the least-squares
+    fit of ``level / 5`` on ``ln(max(index, floor))`` over those images and the clean
+    references ``clean_indices`` (level 0).
+
+    Returns the card entry (``a``, ``b``, ``severity``, the index settings, ``n``, the SROCC
+    and PLCC of ``g`` against the labels, the SROCC of the ring severity against the
+    level). Raises :class:`OptionError` when fewer than 10 finite pairs are given or a
+    fitted slope has the wrong sign (the labels do not fall, or the levels do not rise,
+    as the ring index grows: no ring term can be made from them).
+    """
+    from tomoqc.metrics import stats
+
+    x = np.asarray(indices, np.float64)
+    y = np.asarray(labels, np.float64)
+    if x.shape != y.shape or x.ndim != 1:
+        raise OptionError("indices and labels must be 1-D arrays of one length")
+    ok = np.isfinite(x) & np.isfinite(y)
+    if ok.sum() < 10:
+        raise OptionError(f"a ring term needs at least 10 images with rings, got {int(ok.sum())}")
+
+    def line(u, v):
+        lu = np.log(np.maximum(u, floor))
+        (c0, c1), *_ = np.linalg.lstsq(np.stack([np.ones_like(lu), lu], axis=1), v, rcond=None)
+        return float(c0), float(c1)
+
+    a, b = line(x[ok], y[ok])
+    severity = None
+    if levels is not None:
+        lv = np.asarray(levels, np.float64)
+        if lv.shape != x.shape:
+            raise OptionError("levels must have one value per index")
+        c = np.asarray(clean_indices, np.float64)
+        c = c[np.isfinite(c)]
+        sx = np.concatenate([x[ok], c])
+        sy = np.concatenate([lv[ok] / 5.0, np.zeros(c.size)])
+        severity = line(sx, sy)
+    term = RingTerm(a, b, floor=floor, softness=softness, sectors=sectors, window=window, min_radius=min_radius,
+                    severity=severity)
+    g = term.limit(x[ok])
+    out = {**term.to_card(), "n": int(ok.sum()), "srocc": float(stats.srocc(g, y[ok])),
+           "plcc": float(stats.plcc(g, y[ok]))}
+    if severity is not None:
+        out["n_clean"] = int(c.size)
+        out["severity_level_srocc"] = float(stats.srocc(term.severity(sx), sy))
+    return out
+
+
 def calibration_from_scores(raw, labels, *, grid: int = 2001) -> dict:
     """Fit a strictly increasing map from raw network scores to labels (for a model card).
 
@@ -459,6 +608,7 @@ class TiqaModel:
         ) else "grid"
         self.severity_baseline = _baseline_from_card(self.card)
         self.calibration = _calibration_from_card(self.card)
+        self.ring_term = _ring_term_from_card(self.card)
         self._fn = None
 
     def __repr__(self) -> str:
@@ -563,9 +713,16 @@ class TiqaModel:
         n_crops, seed : int
             For ``mode="random"``.
         raw : bool
-            Aggregate raw network scores instead of scores clipped to [1, 5].
+            Aggregate raw network scores instead of scores clipped to [1, 5], without the
+            calibration and without the ring term.
         normalize : bool
             Set False when slices are already normalised to [0, 1].
+
+        When the model card has a ``ring_term`` (:class:`RingTerm`), the slice score is the
+        soft minimum of the aggregated patch scores and the ring-limited score of the
+        slice's ring index (the rotation axis taken at the slice centre), and the ring
+        severity is the one the index measures when the term has a severity map; the
+        patch map stays the network's.
 
         Returns
         -------
@@ -575,7 +732,9 @@ class TiqaModel:
             other modes give (n, 1, 1) holding the slice score);
             ``severity`` (n, 3) float32, mean over valid patches;
             ``flags`` (n,) int32 bit mask (``FLAG_*`` constants, see ``FLAG_NAMES``);
-            ``valid_fraction`` (n,) float32, share of patches scored.
+            ``valid_fraction`` (n,) float32, share of patches scored;
+            ``ring_index`` (n,) float32, :func:`tomoqc.metrics.rings.ring_index` of the
+            normalised slice about its centre (NaN for a constant or too small slice).
         """
         mode = self.sampling if mode is None else mode
         if mode not in SAMPLING_MODES:
@@ -593,6 +752,7 @@ class TiqaModel:
         flags = np.zeros(n, np.int32)
 
         prepared = []
+        whole = []  # normalised slices before padding, for the ring index
         for i in range(n):
             sl = arr[i]
             if normalize:
@@ -606,6 +766,7 @@ class TiqaModel:
                 if not np.isfinite(img).all():
                     flags[i] |= FLAG_NONFINITE
                     img = np.where(np.isfinite(img), img, 0.0).astype(np.float32)
+            whole.append(img)
             if mode != "resize_crop":
                 img, padded = _pad_to(img, PATCH)
                 if padded:
@@ -676,12 +837,25 @@ class TiqaModel:
             score[i] = np.quantile(vals, float(quantile)) if quantile is not None else vals.mean()
             severity[i] = v[sel].mean(axis=0)
             valid_fraction[i] = sel.sum() / n_cells
+        # the ring index of each whole slice (tomoqc.metrics.rings), and the ring term on the slice score
+        term = self.ring_term
+        ring_idx = np.full(n, np.nan, np.float32)
+        for i in range(n):
+            if not flags[i] & FLAG_CONSTANT:
+                ring_idx[i] = term.index(whole[i]) if term is not None else _default_ring_index(whole[i])
+        if term is not None and not raw:
+            score = np.clip(term.combine(score, ring_idx), *SCORE_RANGE).astype(np.float32)
+            if term.severity_map is not None:
+                measured = term.severity(ring_idx)
+                ok = np.isfinite(measured) & np.isfinite(severity[:, DISTORTIONS.index("ring")])
+                severity[ok, DISTORTIONS.index("ring")] = measured[ok]
         if mode == "grid":
             patch_score = per_cell.reshape(n, py, px)
         else:
             patch_score = score.reshape(n, 1, 1).copy()
         return {
             "score": score,
+            "ring_index": ring_idx,
             "patch_score": patch_score,
             "severity": severity,
             "flags": flags,

@@ -221,6 +221,8 @@ def train_finetune(
     rank_block_count: int = 2,
     group_weight: float = 0.0,
     group_size: int = 8,
+    group_kinds=GROUP_KINDS,
+    rank_kinds=None,
     severity_margin_weight: float = 0.0,
     severity_margin: float = 0.1,
     select_on: str = "srocc",
@@ -302,6 +304,11 @@ def train_finetune(
         raise OptionError(f"select_on must be 'srocc' or 'balanced', got {select_on!r}")
     if group_weight > 0 and group_size < 2:
         raise OptionError(f"group size must be >= 2, got {group_size}")
+    group_kinds = tuple(group_kinds)
+    bad = [k for k in group_kinds + tuple(rank_kinds or ()) if k not in GROUP_KINDS]
+    if bad or not group_kinds or (rank_kinds is not None and not tuple(rank_kinds)):
+        raise OptionError(f"group and rank kinds must be non-empty lists of {', '.join(GROUP_KINDS)}, "
+                          f"got {list(group_kinds)} and {rank_kinds}")
     data_dir = Path(data_dir)
     out_dir = Path(out_dir)
     rows = read_manifest(data_dir)
@@ -321,6 +328,8 @@ def train_finetune(
         raise InputError(data_dir, "no labelled image among the validation references")
     val_blocks = rank_blocks(rows, references=val_refs)
     train_blocks = rank_blocks(rows, references=train_refs)
+    if rank_kinds is not None:
+        train_blocks = [b for b in train_blocks if b.distortion in set(rank_kinds)]
     out_dir.mkdir(parents=True, exist_ok=True)
     store = ImageStore(data_dir)
     n_batches = len(train) // batch_size
@@ -454,7 +463,7 @@ def train_finetune(
                 x, y, sv = sample_batch(chosen, store, crop, rng)
                 yg = np.zeros(n_group, np.float32)
                 if use_group:
-                    kind = GROUP_KINDS[(epoch * n_batches + k) % len(GROUP_KINDS)]
+                    kind = group_kinds[(epoch * n_batches + k) % len(group_kinds)]
                     members = _draw_group(groups, kind, n_group, rng)
                     xg, yg, _ = sample_batch(members, store, crop, rng)
                     x = np.concatenate([x, xg])
@@ -529,6 +538,7 @@ def train_finetune(
                             "severity_weight": severity_weight, "patience": patience,
                             "rank_weight": rank_weight, "rank_margin": rank_margin, "rank_block_count": rank_block_count,
                             "group_weight": group_weight, "group_size": group_size,
+                            "group_kinds": list(group_kinds), "rank_kinds": None if rank_kinds is None else list(rank_kinds),
                             "severity_margin_weight": severity_margin_weight, "severity_margin": severity_margin,
                             "select_on": select_on,
                             "bn_momentum": bn_momentum, "recalibrate_batches": recalibrate_batches,

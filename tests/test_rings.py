@@ -1,0 +1,161 @@
+"""The ring measure (tomoqc.metrics.rings) and the ring term of the slice score (tomoqc.models.tiqa)."""
+
+import numpy as np
+import pytest
+from scipy import ndimage
+
+from tomoqc.errors import InputError, OptionError
+from tomoqc.metrics.rings import BIN, ring_index, ring_profile
+
+
+def _radius(shape, center=None):
+    h, w = shape
+    cy, cx = ((h - 1) / 2, (w - 1) / 2) if center is None else center
+    yy, xx = np.indices(shape, dtype=np.float64)
+    return np.hypot(yy - cy, xx - cx)
+
+
+def _rings(shape, amplitude, radii, *, center=None, background=0.5):
+    """Rings of width 2 px (|r - R| < 1) at integer radii, alternating sign, on a flat background."""
+    r = _radius(shape, center)
+    img = np.full(shape, background)
+    for k, rad in enumerate(radii):
+        img[np.abs(r - rad) < 1.0] += amplitude * (-1) ** k
+    return img
+
+
+def _texture(shape, seed, sigma=3.0):
+    t = ndimage.gaussian_filter(np.random.default_rng(seed).normal(size=shape), sigma)
+    return 0.5 + 0.15 * t / t.std()
+
+
+RADII = list(range(40, 121, 10))  # rings 10 px apart, far enough from the axis that every sector cell holds pixels
+
+
+def test_flat_rings_give_the_analytic_rms_amplitude():
+    """Each ring covers 4 half-pixel bins exactly; in them every sector's residual is +-A, elsewhere 0,
+    so the index is A * sqrt(ring bins / measured bins)."""
+    shape, amp = (256, 256), 0.04
+    prof = ring_profile(_rings(shape, amp, RADII), normalize=False)
+    sel = prof.radius >= prof.min_radius
+    in_ring = np.zeros(prof.radius.size, bool)
+    for rad in RADII:
+        in_ring |= np.abs(prof.radius - rad) < 1.0
+    expected = amp * np.sqrt(in_ring[sel].sum() / sel.sum())
+    assert prof.index == pytest.approx(expected, rel=1e-6)
+    # the profile puts the power at the ring radii, with each ring's sign
+    np.testing.assert_allclose(prof.power[in_ring & sel], amp**2, rtol=1e-9)
+    np.testing.assert_allclose(prof.power[~in_ring & sel], 0.0, atol=1e-12)
+    signs = [np.sign(prof.amplitude[np.argmin(np.abs(prof.radius - (rad + BIN / 2)))]) for rad in RADII]
+    assert signs == [(-1) ** k for k in range(len(RADII))]
+
+
+def test_texture_and_noise_are_not_rings():
+    """Structure and noise differ from sector to sector: their coherent power averages out.
+    A textured, noisy slice reads far below the same slice with rings; the index grows with
+    the ring amplitude; and rings much stronger than the texture read as they do alone."""
+    shape = (256, 256)
+    for seed in range(3):
+        noisy = _texture(shape, seed) + np.random.default_rng(100 + seed).normal(0, 0.05, shape)
+        clean = ring_index(noisy, normalize=False)
+        by_amp = [ring_index(noisy + _rings(shape, a, RADII, background=0.0), normalize=False)
+                  for a in (0.01, 0.02, 0.04, 0.08, 0.3)]
+        assert np.all(np.diff(by_amp) > 0), by_amp
+        assert clean < 0.5 * by_amp[2]  # rings a quarter of the texture sd read at least twice as high
+        alone = ring_index(_rings(shape, 0.3, RADII), normalize=False)
+        # (the running median follows the texture's radial trend only roughly, hence the tolerance)
+        assert by_amp[-1] == pytest.approx(alone, rel=0.25)
+
+
+def test_invariances_intensity_units_and_quarter_turns():
+    img = _texture((200, 200), 7) + _rings((200, 200), 0.02, RADII[:6], background=0.0)
+    base = ring_index(img)
+    assert base > 0
+    # a gain and an offset (other reconstruction units) change nothing once normalised
+    assert ring_index(3.5 * img - 120.0) == pytest.approx(base, rel=1e-4)  # float32 normalisation
+    # a quarter turn about the centre maps the 32 sectors onto each other
+    assert ring_index(np.rot90(img)) == pytest.approx(base, rel=0.02)
+
+
+def test_the_axis_matters():
+    shape, center = (256, 256), (110.0, 140.0)
+    img = _texture(shape, 3) + _rings(shape, 0.04, range(20, 101, 10), center=center, background=0.0)
+    at_axis = ring_index(img, center=center, normalize=False)
+    assert ring_index(img, normalize=False) < 0.3 * at_axis
+
+
+def test_nan_pixels_are_left_out_and_small_or_bad_slices():
+    img = _texture((160, 160), 1) + _rings((160, 160), 0.04, range(30, 71, 10), background=0.0)
+    full = ring_index(img, normalize=False)
+    holed = img.copy()
+    holed[np.random.default_rng(0).random(img.shape) < 0.02] = np.nan
+    assert ring_index(holed, normalize=False) == pytest.approx(full, rel=0.1)
+    assert np.isnan(ring_index(np.full((160, 160), np.nan)))
+    assert np.isnan(ring_index(np.random.default_rng(0).random((16, 16))))  # no radius >= 12 px fits
+    with pytest.raises(InputError, match="2-D"):
+        ring_index(np.zeros((4, 64, 64)))
+    with pytest.raises(InputError, match="numeric"):
+        ring_index(np.zeros((64, 64), dtype="U1"))
+    with pytest.raises(OptionError):
+        ring_index(img, sectors=2)
+    with pytest.raises(OptionError):
+        ring_index(img, window=0)
+
+
+def test_ring_term_soft_minimum_and_fit():
+    from tomoqc.models.tiqa import RingTerm, fit_ring_term
+
+    term = RingTerm(1.0, -0.5, softness=10.0)
+    # -ln(exp(-k s) + exp(-k g)) / k; the index is floored at 1e-3, so g = 1 + 0.5 ln(1000) = 4.45
+    g_floor = 1.0 + 0.5 * np.log(1000.0)
+    assert term.combine(4.0, 1e-6)[()] == pytest.approx(-np.log(np.exp(-40.0) + np.exp(-10 * g_floor)) / 10)
+    g = float(term.limit(0.01))
+    assert g == pytest.approx(1.0 - 0.5 * np.log(0.01))
+    assert term.combine(g, 0.01)[()] == pytest.approx(g - np.log(2) / 10)
+    assert term.combine(5.0, 0.5)[()] == pytest.approx(float(term.limit(0.5)), abs=1e-3)
+    assert np.isnan(term.combine(np.nan, 0.01)[()])
+    assert term.combine(3.0, np.nan)[()] == 3.0  # an unmeasurable slice keeps the network's score
+    # the fit recovers a known law
+    idx = np.geomspace(0.005, 0.1, 40)
+    rec = fit_ring_term(idx, 2.0 - 0.6 * np.log(idx))
+    assert rec["a"] == pytest.approx(2.0) and rec["b"] == pytest.approx(-0.6) and rec["srocc"] == pytest.approx(1.0)
+    assert rec["severity"] is None
+    # with levels, the severity map: level / 5 = c0 + c1 ln(index) on the ring images and the clean ones (level 0)
+    levels = np.repeat([1, 2, 3, 4, 5], 8)
+    ring_idx = np.exp((levels / 5 - 1.5) / 0.25)  # exactly on the line c0 = 1.5, c1 = 0.25
+    clean_idx = np.full(6, np.exp(-1.5 / 0.25))
+    rec = fit_ring_term(ring_idx, 5 - 0.5 * levels, levels, clean_indices=clean_idx)
+    assert rec["severity"] == pytest.approx([1.5, 0.25]) and rec["n_clean"] == 6
+    term = RingTerm(rec["a"], rec["b"], severity=rec["severity"])
+    np.testing.assert_allclose(term.severity(ring_idx), levels / 5, atol=1e-9)
+    assert term.severity(1.0)[()] == 1.0 and term.severity(1e-9)[()] == 0.0  # clipped to [0, 1]
+    assert np.isnan(term.severity(np.nan)[()]) and np.isnan(RingTerm(1.0, -1.0).severity(0.1)[()])
+    with pytest.raises(OptionError, match="negative"):
+        fit_ring_term(idx, 2.0 + 0.6 * np.log(idx))
+    with pytest.raises(OptionError, match="positive"):
+        fit_ring_term(ring_idx, 5 - 0.5 * levels, 6 - levels)
+    with pytest.raises(OptionError, match="at least 10"):
+        fit_ring_term(idx[:5], np.ones(5))
+
+
+def test_model_applies_the_ring_term_to_slice_scores_unless_raw():
+    from tomoqc.models.tiqa import RingTerm, TiqaModel, build_tiqa
+
+    km = build_tiqa(input_size=None, seed=0)
+    card = {"ring_term": {"a": 1.0, "b": -1.0, "softness": 10.0, "severity": [1.0, 0.2]}}
+    plain, ringed = TiqaModel(km, batch_size=4), TiqaModel(km, batch_size=4, card=card)
+    assert isinstance(ringed.ring_term, RingTerm) and plain.ring_term is None
+    clean = _texture((224, 224), 5)
+    stack = np.stack([clean, clean + _rings((224, 224), 0.08, RADII[:8], background=0.0)])
+    a, b = plain.score_slices(stack), ringed.score_slices(stack)
+    np.testing.assert_allclose(a["ring_index"], b["ring_index"], rtol=1e-6)
+    assert b["ring_index"][1] > 5 * b["ring_index"][0]
+    np.testing.assert_allclose(b["score"], np.clip(ringed.ring_term.combine(a["score"], a["ring_index"]), 1, 5),
+                               rtol=1e-5)
+    np.testing.assert_array_equal(a["patch_score"], b["patch_score"])  # the patch map stays the network's
+    # the ring severity is the measured one; noise and blur stay the head's
+    np.testing.assert_allclose(b["severity"][:, 2], ringed.ring_term.severity(a["ring_index"]), rtol=1e-5)
+    np.testing.assert_array_equal(a["severity"][:, :2], b["severity"][:, :2])
+    raw_a, raw_b = plain.score_slices(stack, raw=True), ringed.score_slices(stack, raw=True)
+    np.testing.assert_array_equal(raw_a["score"], raw_b["score"])
+    np.testing.assert_array_equal(raw_a["severity"], raw_b["severity"])
