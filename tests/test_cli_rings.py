@@ -1,0 +1,62 @@
+"""``tomoqc rings``: the ring index of one slice of a volume on disk, its strongest rings and a PNG."""
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+from scipy import ndimage
+
+from tomoqc.cli import main
+
+RADII = (40, 55)
+
+
+@pytest.fixture(scope="module")
+def volume(tmp_path_factory):
+    """Three 160 px textured slices; the middle one has a bright ring at radius 40 and a dark one at 55."""
+    rng = np.random.default_rng(0)
+    vol = np.empty((3, 160, 160), np.float32)
+    yy, xx = np.indices((160, 160))
+    r = np.hypot(yy - 79.5, xx - 79.5)
+    for i in range(3):
+        t = ndimage.gaussian_filter(rng.normal(size=(160, 160)), 2.0)
+        vol[i] = 100 + 20 * t / t.std()
+    vol[1][np.abs(r - RADII[0]) < 1] += 15
+    vol[1][np.abs(r - RADII[1]) < 1] -= 15
+    path = tmp_path_factory.mktemp("rings") / "vol.npy"
+    np.save(path, vol)
+    return path
+
+
+def test_rings_json_finds_the_rings_and_writes_a_png(volume, tmp_path, capsys):
+    png = tmp_path / "plots" / "rings.png"
+    assert main(["rings", str(volume), "--json", "--png", str(png)]) == 0  # default: the middle slice
+    out = json.loads(capsys.readouterr().out)
+    assert out["slice"] == 1 and out["center"] == [79.5, 79.5]
+    # the two strongest lie on the two rings (each 2 px wide: within 1 px of its radius), with their signs
+    top = sorted(out["strongest_radii"][:2], key=lambda r: r["radius"])
+    assert [abs(r["radius"] - R) < 1 for r, R in zip(top, RADII)] == [True, True], top
+    assert [np.sign(r["amplitude"]) for r in top] == [1.0, -1.0]
+    assert main(["rings", str(volume), "--slice", "0", "--json"]) == 0
+    plain = json.loads(capsys.readouterr().out)
+    assert plain["ring_index"] < 0.3 * out["ring_index"]
+    img = np.asarray(Image.open(png).convert("L"), float)
+    assert img.std() > 10  # a picture, not a blank canvas
+    assert sorted(p.name for p in png.parent.iterdir()) == ["rings.png"]
+
+
+def test_rings_bad_input_one_line_and_nothing_written(volume, tmp_path, capsys):
+    png = tmp_path / "r.png"
+    cases = [
+        (["--slice", "7"], "outside the volume"),
+        (["--center", "a,b"], "ROW,COL"),
+        (["--center", "500,10"], "outside the 160 x 160 slice"),
+    ]
+    for extra, words in cases:
+        assert main(["rings", str(volume), "--png", str(png), *extra]) == 1
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and words in err[0], err
+    assert main(["rings", str(tmp_path / "missing.zarr")]) == 1
+    assert "missing.zarr" in capsys.readouterr().err
+    assert not png.exists()
