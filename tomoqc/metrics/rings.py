@@ -40,6 +40,7 @@ import functools
 import warnings
 
 import numpy as np
+from scipy import ndimage
 
 from tomoqc.errors import InputError, OptionError
 
@@ -148,11 +149,15 @@ def ring_profile(img, *, center=None, sectors: int = 32, window: float = 4.5, mi
     # sectors present at each radius
     win = max(3, int(round(window / BIN)) | 1)
     half = win // 2
-    padded = np.pad(means, ((0, 0), (half, half)), mode="edge")
-    windows = np.lib.stride_tricks.sliding_window_view(padded, win, axis=1)
-    with np.errstate(all="ignore"), warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # an all-missing window gives NaN
-        level = np.nanmedian(windows, axis=2)
+    level = ndimage.median_filter(np.where(has, means, 0.0), size=(1, win), mode="nearest")
+    # windows that touch a missing cell: the median of the cells present (NaN if none is)
+    touch = ndimage.maximum_filter1d((~has).astype(np.uint8), size=win, axis=1, mode="nearest").astype(bool)
+    if touch.any():
+        padded = np.pad(means, ((0, 0), (half, half)), mode="edge")
+        windows = np.lib.stride_tricks.sliding_window_view(padded, win, axis=1)
+        with np.errstate(all="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # an all-missing window gives NaN
+            level[touch] = np.nanmedian(windows[touch], axis=1)
     resid = np.where(has, means - level, 0.0)
     resid = np.where(np.isfinite(resid), resid, 0.0)
     m = (has & np.isfinite(level)).sum(axis=0).astype(np.float64)

@@ -12,6 +12,12 @@ Keras EfficientNet expects (its first layer divides by 255). The backbone is ful
 convolutional, so the model accepts any patch size; slices are scored on a grid of
 224 x 224 patches.
 
+A model card may add two maps that do not change the network: ``score_calibration`` (a
+rising logistic from the raw score to the label scale, per patch) and ``ring_term``
+(:class:`RingTerm`: the slice score is bounded by what the slice's measured ring index,
+:func:`tomoqc.metrics.rings.ring_index`, allows, and the ring severity is the measured
+one). ``raw=True`` gives the network's own outputs.
+
 References
 ----------
 .. [1] M. Tan and Q. V. Le, "EfficientNet: Rethinking model scaling for convolutional
