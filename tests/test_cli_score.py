@@ -89,3 +89,19 @@ def test_score_then_report_cli(volumes, model_path, tmp_path, capsys):
                  "--quiet"]) == 1  # exists
     assert main(["score", str(volumes[1]), "--model", str(model_path), "--out", str(tmp_path / "q"), "--workers", "0",
                  "--quiet", "--overwrite"]) == 0
+
+
+def test_ring_options(volumes, model_path, tmp_path, capsys):
+    assert main(["score", str(volumes[0]), "--model", str(model_path), "--out", str(tmp_path), "--workers", "0",
+                 "--quiet", "--json", "--no-ring-term", "--ring-center", "100,120"]) == 0
+    import xarray as xr
+
+    line = json.loads(capsys.readouterr().out.strip().splitlines()[0])
+    ds = xr.open_zarr(line["output"], consolidated=False)
+    assert ds.attrs["ring_term"] is False and ds.attrs["ring_center"] == "[100.0, 120.0]"
+    for bad in ("100", "a,b", "1,2,3"):
+        assert main(["score", str(volumes[0]), "--model", str(model_path), "--out", str(tmp_path / "bad"),
+                     "--workers", "0", "--quiet", "--ring-center", bad]) == 1
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "--ring-center" in err[0], err
+    assert not (tmp_path / "bad").exists()

@@ -363,3 +363,24 @@ def test_partial_owned_by_a_live_process_is_not_shared(special_volume, model_pat
     # once that process is gone, the run goes ahead
     ds = score(path, model=model_path, out=tmp_path, workers=0, step=5, progress=False)
     assert list(ds["z"].values) == [0, 5] and not part.exists()
+
+
+def test_ring_center_and_ring_term_options(model_path, tmp_path):
+    """Rings about an off-centre axis are measured where the axis is when told; the options are
+    recorded, and a centre outside the slices is refused before anything is written."""
+    from tomoqc.distort.image import ring_artifact
+
+    vol = np.clip(_volume(8, seed=4)[:2], 0, 1)
+    axis = (100.0, 140.0)
+    vol[1] = ring_artifact(vol[1], 0.4, rng=0, center=axis)
+    plain = score(vol, model=model_path, workers=0, progress=False)
+    told = score(vol, model=model_path, workers=0, progress=False, ring_center=axis)
+    assert told["ring_index"].values[1] > 3 * plain["ring_index"].values[1]
+    assert told["ring_index"].values[1] > 5 * told["ring_index"].values[0]
+    assert told.attrs["ring_center"] == "[100.0, 140.0]" and told.attrs["ring_term"] is True
+    alone = score(vol, model=model_path, workers=0, progress=False, ring_term=False)
+    assert alone.attrs["ring_term"] is False
+    for bad in ((300.0, 10.0), (1.0,), ("a", "b")):
+        with pytest.raises(OptionError):
+            score(vol, model=model_path, out=tmp_path / "x.quality.zarr", workers=0, progress=False, ring_center=bad)
+    assert not list(tmp_path.iterdir())

@@ -156,6 +156,12 @@ def test_model_applies_the_ring_term_to_slice_scores_unless_raw():
     # the ring severity is the measured one; noise and blur stay the head's
     np.testing.assert_allclose(b["severity"][:, 2], ringed.ring_term.severity(a["ring_index"]), rtol=1e-5)
     np.testing.assert_array_equal(a["severity"][:, :2], b["severity"][:, :2])
+    # ring_term=False: the network alone, as a model without the term
+    off = ringed.score_slices(stack, ring_term=False)
+    np.testing.assert_array_equal(off["score"], a["score"])
+    np.testing.assert_array_equal(off["severity"], a["severity"])
+    with pytest.raises(OptionError, match="ring_center"):
+        ringed.score_slices(stack, ring_center=(1.0,))
     raw_a, raw_b = plain.score_slices(stack, raw=True), ringed.score_slices(stack, raw=True)
     np.testing.assert_array_equal(raw_a["score"], raw_b["score"])
     np.testing.assert_array_equal(raw_a["severity"], raw_b["severity"])

@@ -185,7 +185,7 @@ def _encode_flags(bits: np.ndarray) -> np.ndarray:
     return out
 
 
-def score_block(model, block: np.ndarray) -> dict:
+def score_block(model, block: np.ndarray, *, ring_term: bool = True, ring_center=None) -> dict:
     """Score a stack of raw slices with a loaded model.
 
     Parameters
@@ -201,7 +201,7 @@ def score_block(model, block: np.ndarray) -> dict:
         ``patch_score`` (n, py, px), ``severity`` (n, 3), ``ring_index`` (n,); float32
         unless said.
     """
-    res = model.score_slices(block, mode="grid")
+    res = model.score_slices(block, mode="grid", ring_term=ring_term, ring_center=ring_center)
     return {
         "score": np.asarray(res["score"], np.float32),
         "flag": _encode_flags(res["flags"]),
@@ -222,14 +222,14 @@ def _run_chunk(source, k: int, indices, model_spec) -> dict:
     """
     t0 = time.perf_counter()
     try:
-        path, sha, batch_size = model_spec
+        path, sha, batch_size, ring_term, ring_center = model_spec
         if isinstance(source, tuple) and source and source[0] == "path":
             _, vpath, dataset, axis, depth = source
             block = _read_slices(_get_volume(vpath, dataset, axis, depth), indices)
         else:
             block = np.asarray(source)
         model = _get_model(path, sha, batch_size)
-        out = score_block(model, block)
+        out = score_block(model, block, ring_term=ring_term, ring_center=ring_center)
     except TomoqcError as err:
         return {"k": k, "error": str(err), "path": getattr(err, "path", None),
                 "problem": getattr(err, "problem", str(err))}
@@ -476,6 +476,8 @@ def score(
     cluster_options: dict | None = None,
     max_in_flight: int | None = None,
     progress: bool = True,
+    ring_term: bool = True,
+    ring_center=None,
 ):
     """Score every ``step``-th slice of a volume with the TIQA network.
 
@@ -520,6 +522,12 @@ def score(
         memory on the workers and the scheduler.
     progress : bool
         Show a progress bar with slices/s on stderr.
+    ring_term : bool
+        Apply the model's ring term (:meth:`tomoqc.models.tiqa.TiqaModel.score_slices`);
+        False scores with the network alone. The ring index is written either way.
+    ring_center : (float, float), optional
+        ``(row, col)`` of the rotation axis in the (sliced) slices, for the ring index;
+        default the slice centre.
 
     Returns
     -------
@@ -543,11 +551,20 @@ def score(
     if chunk_slices is not None and int(chunk_slices) < 1:
         raise OptionError(f"chunk_slices must be >= 1, got {chunk_slices}")
     step, batch_size = int(step), int(batch_size)
+    if ring_center is not None:
+        try:
+            ring_center = [float(v) for v in ring_center]
+        except (TypeError, ValueError):
+            ring_center = []
+        if len(ring_center) != 2 or not all(np.isfinite(ring_center)):
+            raise OptionError(f"--ring-center must be ROW,COL (two numbers), got {ring_center}")
 
     vol, src_path = _as_volume(volume, dataset, axis)
     mpath, msha, model_id = _model_spec(model, batch_size)
     nz, h, w = (int(s) for s in vol.shape)
     zsel = np.arange(0, nz, step, dtype=np.int64)
+    if ring_center is not None and not (0 <= ring_center[0] < h and 0 <= ring_center[1] < w):
+        raise OptionError(f"--ring-center {ring_center[0]:g},{ring_center[1]:g} is outside the {h} x {w} slices")
 
     from tomoqc.models.tiqa import DISTORTIONS, PATCH, patch_grid
 
@@ -561,6 +578,8 @@ def score(
         "shape": [nz, h, w],
         "model_sha256": msha,
         "format_version": _FORMAT_VERSION,
+        "ring_term": bool(ring_term),
+        "ring_center": ring_center,
     }
 
     final = None
@@ -600,6 +619,8 @@ def score(
                 "model_path": mpath,
                 "input": src_path or "",
                 "dataset": params["dataset"],
+                "ring_term": bool(ring_term),
+                "ring_center": "" if ring_center is None else json.dumps(ring_center),
                 "axis": axis,
                 "step": step,
                 "batch_size": batch_size,
@@ -608,7 +629,8 @@ def score(
                 "input_dtype": str(vol.attrs.get("dtype", vol.dtype)),
                 "parameters": json.dumps(
                     {"axis": axis, "step": step, "batch_size": batch_size, "chunk_slices": chunk,
-                     "dataset": params["dataset"], "sampling": "grid", "patch": int(PATCH)}
+                     "dataset": params["dataset"], "sampling": "grid", "patch": int(PATCH),
+                     "ring_term": bool(ring_term), "ring_center": ring_center}
                 ),
                 "tomoqc_params": json.dumps(params, sort_keys=True),
                 "complete": False,
@@ -626,7 +648,7 @@ def score(
     resumed = len(done & {k for k, _, _ in bounds})
     todo = [b for b in bounds if b[0] not in done]
     run_id = uuid.uuid4().hex[:12]
-    spec = (mpath, msha, batch_size)
+    spec = (mpath, msha, batch_size, bool(ring_term), None if ring_center is None else tuple(ring_center))
 
     def source_for(lo, hi):
         idx = zsel[lo:hi]
@@ -680,6 +702,8 @@ def score(
             "batch_size": batch_size,
             "chunk_slices": chunk,
             "input_shape": [nz, h, w],
+            "ring_term": bool(ring_term),
+            "ring_center": "" if ring_center is None else json.dumps(ring_center),
             "created": _now(),
             "complete": True,
             "chunks_total": len(bounds),

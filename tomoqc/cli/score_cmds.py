@@ -78,6 +78,12 @@ def score(
     gpus: Optional[int] = typer.Option(None, "--gpus", help="GPUs per worker job.", rich_help_panel=_SLURM),
     interface: Optional[str] = typer.Option(None, "--interface", help="Network interface, e.g. ib0.", rich_help_panel=_SLURM),
     local_directory: Optional[str] = typer.Option(None, "--local-directory", help="Node-local scratch folder.", rich_help_panel=_SLURM),
+    no_ring_term: bool = typer.Option(
+        False, "--no-ring-term",
+        help="Score with the network alone, without the ring term (for samples with thin concentric structure "
+             "of their own centred on the axis, such as a holder's wall). The ring index is written either way."),
+    ring_center: Optional[str] = typer.Option(
+        None, "--ring-center", help="Rotation axis in the slices as ROW,COL for the ring index (default: slice centre)."),
     fail_below: Optional[float] = typer.Option(None, "--fail-below", help="Exit 3 when a volume's median score is below S."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing quality outputs."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object per volume per line."),
@@ -106,6 +112,14 @@ def score(
         raise OptionError(f"--fail-below must be between 1 and 5, got {fail_below}")
     if not volumes:
         raise OptionError("no volume given")
+    center = None
+    if ring_center is not None:
+        try:
+            center = [float(v) for v in ring_center.split(",")]
+        except ValueError:
+            center = []
+        if len(center) != 2:
+            raise OptionError(f"--ring-center must be ROW,COL (two numbers), got {ring_center!r}")
 
     from tomoqc.cluster import start_cluster
     from tomoqc.pipeline import score as score_volume
@@ -120,7 +134,8 @@ def score(
     with start_cluster(cluster, workers=workers, options=options) as client:
         for v in volumes:
             kwargs = dict(model=model, out=out, dataset=dataset, axis=axis, step=step, batch_size=batch_size,
-                          overwrite=overwrite, chunk_slices=chunk_slices, progress=not quiet)
+                          overwrite=overwrite, chunk_slices=chunk_slices, progress=not quiet,
+                          ring_term=not no_ring_term, ring_center=center)
             if client is None:
                 ds = score_volume(v, cluster="none", **kwargs)
             else:

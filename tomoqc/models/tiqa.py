@@ -417,10 +417,10 @@ class RingTerm:
         v = np.clip(c0 + c1 * np.log(np.maximum(np.where(np.isfinite(x), x, self.floor), self.floor)), 0.0, 1.0)
         return np.where(np.isfinite(x), v, np.nan)
 
-    def index(self, img, *, normalize: bool = False) -> float:
+    def index(self, img, *, center=None, normalize: bool = False) -> float:
         from tomoqc.metrics.rings import ring_index
 
-        return ring_index(img, sectors=self.sectors, window=self.window, min_radius=self.min_radius,
+        return ring_index(img, center=center, sectors=self.sectors, window=self.window, min_radius=self.min_radius,
                           normalize=normalize)
 
     def limit(self, index) -> np.ndarray:
@@ -445,10 +445,10 @@ class RingTerm:
                 "severity": None if self.severity_map is None else list(self.severity_map)}
 
 
-def _default_ring_index(img) -> float:
+def _default_ring_index(img, center=None) -> float:
     from tomoqc.metrics.rings import ring_index
 
-    return ring_index(img, normalize=False)
+    return ring_index(img, center=center, normalize=False)
 
 
 def _ring_term_from_card(card: dict):
@@ -698,6 +698,8 @@ class TiqaModel:
         seed: int = 0,
         raw: bool = False,
         normalize: bool = True,
+        ring_term: bool = True,
+        ring_center=None,
     ) -> dict:
         """Score whole slices of any size.
 
@@ -724,6 +726,14 @@ class TiqaModel:
         normalize : bool
             Set False when slices are already normalised to [0, 1].
 
+        ring_term : bool
+            Apply the model card's ring term (below); False scores with the network alone
+            (the ring index is still measured). Turn it off for samples with thin
+            concentric structure of their own centred on the axis, such as a holder's wall.
+        ring_center : (float, float), optional
+            ``(row, col)`` of the rotation axis in the slice, for the ring index; default
+            the slice centre (a reconstruction cropped off-axis needs it).
+
         When the model card has a ``ring_term`` (:class:`RingTerm`), the slice score is the
         soft minimum of the aggregated patch scores and the ring-limited score of the
         slice's ring index (the rotation axis taken at the slice centre), and the ring
@@ -749,6 +759,13 @@ class TiqaModel:
             raise OptionError(f"quantile must be in [0, 1], got {quantile}")
         if int(n_crops) < 1:
             raise OptionError(f"n_crops must be >= 1, got {n_crops}")
+        if ring_center is not None:
+            try:
+                ring_center = tuple(float(v) for v in ring_center)
+            except (TypeError, ValueError):
+                ring_center = ()
+            if len(ring_center) != 2 or not all(np.isfinite(ring_center)):
+                raise OptionError(f"ring_center must be (row, col), two finite numbers, got {ring_center!r}")
         arr = np.asarray(slices)
         if arr.ndim == 2:
             arr = arr[None]
@@ -848,8 +865,9 @@ class TiqaModel:
         ring_idx = np.full(n, np.nan, np.float32)
         for i in range(n):
             if not flags[i] & FLAG_CONSTANT:
-                ring_idx[i] = term.index(whole[i]) if term is not None else _default_ring_index(whole[i])
-        if term is not None and not raw:
+                ring_idx[i] = (term.index(whole[i], center=ring_center) if term is not None
+                               else _default_ring_index(whole[i], center=ring_center))
+        if term is not None and ring_term and not raw:
             score = np.clip(term.combine(score, ring_idx), *SCORE_RANGE).astype(np.float32)
             if term.severity_map is not None:
                 measured = term.severity(ring_idx)
