@@ -30,7 +30,7 @@ test-all: test test-slurm
 
 ## bench: speed and memory tables (benchmarks/)
 bench: $(STAMP)
-	@for b in benchmarks/*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
+	@for b in benchmarks/[!_]*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
 
 ## weights: retrain the bundled default model (long; see README)
 weights: $(STAMP)

@@ -1,7 +1,9 @@
 #!/usr/bin/env python
 """How much of a labelled dataset's labels the distortion level alone explains.
 
-    python benchmarks/label_structure.py DATASET [DATASET ...]
+    python benchmarks/label_structure.py [DATASET ...]
+
+Without a DATASET a small labelled phantom set (6 references, both domains) is built first.
 
 For each domain and distortion type (references included) it prints the SROCC between
 the labels and the level order (the best any predictor that only orders levels can reach),
@@ -21,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(1, str(Path(__file__).resolve().parent))
 
 
 def _spearman(a, b) -> float:
@@ -35,8 +38,13 @@ def main(argv=None) -> int:
     from tomoqc.labels import read_manifest_rows, reference_affine
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("datasets", nargs="+", type=Path, help="labelled dataset folders (manifest.csv with label)")
+    ap.add_argument("datasets", nargs="*", type=Path,
+                    help="labelled dataset folders (manifest.csv with label); default: a fresh small set")
     args = ap.parse_args(argv)
+    if not args.datasets:
+        from _sample import labelled_sample
+
+        args.datasets = [labelled_sample()]
     for data in args.datasets:
         _, rows = read_manifest_rows(data)
         print(f"\n{data}")

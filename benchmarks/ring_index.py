@@ -1,7 +1,9 @@
 #!/usr/bin/env python
 """How the ring index (tomoqc.metrics.rings) reads on a labelled dataset, and what it costs.
 
-    python benchmarks/ring_index.py DATASET [--png ring_index.png] [--sizes 256 1024 2048]
+    python benchmarks/ring_index.py [DATASET] [--png ring_index.png] [--sizes 256 1024 2048]
+
+Without DATASET a small labelled phantom set (6 references, both domains) is built first.
 
 For each domain and distortion type it prints the range and median of the ring index per
 level (references as level 0), then for the images that hold rings alone the Spearman
@@ -21,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(1, str(Path(__file__).resolve().parent))
 
 
 def main(argv=None) -> int:
@@ -29,10 +32,15 @@ def main(argv=None) -> int:
     from tomoqc.metrics.stats import srocc
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("dataset", type=Path, help="dataset folder (manifest.csv; a label column adds the correlations)")
+    ap.add_argument("dataset", type=Path, nargs="?", default=None,
+                    help="dataset folder (manifest.csv; a label column adds the correlations); default: a fresh small set")
     ap.add_argument("--png", type=Path, default=None, help="plot of the index per level")
     ap.add_argument("--sizes", type=int, nargs="*", default=[256, 1024, 2048], help="slice sides to time")
     args = ap.parse_args(argv)
+    if args.dataset is None:
+        from _sample import labelled_sample
+
+        args.dataset = labelled_sample()
 
     _, rows = read_manifest_rows(args.dataset)
     t0 = time.perf_counter()
