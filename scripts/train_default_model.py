@@ -419,6 +419,7 @@ def main(argv=None) -> int:
     from tomoqc.train.finetune import evaluate_dataset, format_table
 
     model = load_model(best)
+    train_rows = read_manifest(train_dir)
     # 4d. a strictly increasing map from the raw score to the label scale, fitted on the
     # training phantoms (tomoqc.models.tiqa.calibration_from_scores); rankings are unchanged
     calibration = None
@@ -426,7 +427,7 @@ def main(argv=None) -> int:
         from tomoqc.models.tiqa import _calibration_from_card, score_calibration
 
         t = time.time()
-        rows = [r for r in read_manifest(train_dir) if r.get("label") not in (None, "")]
+        rows = [r for r in train_rows if r.get("label") not in (None, "")]
         calibration = score_calibration(model, (np.load(train_dir / r["file"]).astype(np.float32) for r in rows),
                                         [float(r["label"]) for r in rows])
         calibration["fitted_on"] = "training phantoms (data_train), slice scores vs labels"
@@ -442,10 +443,9 @@ def main(argv=None) -> int:
         from tomoqc.metrics.rings import ring_index
 
         t = time.time()
-        all_rows = read_manifest(train_dir)
-        rows = [r for r in all_rows if r["distortion"] == "ring" and r.get("label") not in (None, "")]
+        rows = [r for r in train_rows if r["distortion"] == "ring" and r.get("label") not in (None, "")]
         idx = [ring_index(np.load(train_dir / r["file"])) for r in rows]
-        clean_idx = [ring_index(np.load(train_dir / r["file"])) for r in all_rows if r["distortion"] == "none"]
+        clean_idx = [ring_index(np.load(train_dir / r["file"])) for r in train_rows if r["distortion"] == "none"]
         ring_term = fit_ring_term(idx, [float(r["label"]) for r in rows], [int(r["level"]) for r in rows],
                                   clean_indices=clean_idx)
         ring_term["fitted_on"] = ("training phantoms (data_train) with rings alone, both domains: label vs ring "

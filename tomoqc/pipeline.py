@@ -551,13 +551,11 @@ def score(
     if chunk_slices is not None and int(chunk_slices) < 1:
         raise OptionError(f"chunk_slices must be >= 1, got {chunk_slices}")
     step, batch_size = int(step), int(batch_size)
-    if ring_center is not None:
-        try:
-            ring_center = [float(v) for v in ring_center]
-        except (TypeError, ValueError):
-            ring_center = []
-        if len(ring_center) != 2 or not all(np.isfinite(ring_center)):
-            raise OptionError(f"--ring-center must be ROW,COL (two numbers), got {ring_center}")
+    from tomoqc.metrics.rings import check_center
+
+    ring_center = check_center(ring_center, "ring_center")
+    # recorded in the output's attrs, the centre as a JSON string ("" for the slice centre)
+    ring_attrs = {"ring_term": bool(ring_term), "ring_center": "" if ring_center is None else json.dumps(ring_center)}
 
     vol, src_path = _as_volume(volume, dataset, axis)
     mpath, msha, model_id = _model_spec(model, batch_size)
@@ -619,8 +617,7 @@ def score(
                 "model_path": mpath,
                 "input": src_path or "",
                 "dataset": params["dataset"],
-                "ring_term": bool(ring_term),
-                "ring_center": "" if ring_center is None else json.dumps(ring_center),
+                **ring_attrs,
                 "axis": axis,
                 "step": step,
                 "batch_size": batch_size,
@@ -648,7 +645,7 @@ def score(
     resumed = len(done & {k for k, _, _ in bounds})
     todo = [b for b in bounds if b[0] not in done]
     run_id = uuid.uuid4().hex[:12]
-    spec = (mpath, msha, batch_size, bool(ring_term), None if ring_center is None else tuple(ring_center))
+    spec = (mpath, msha, batch_size, bool(ring_term), ring_center)
 
     def source_for(lo, hi):
         idx = zsel[lo:hi]
@@ -702,8 +699,7 @@ def score(
             "batch_size": batch_size,
             "chunk_slices": chunk,
             "input_shape": [nz, h, w],
-            "ring_term": bool(ring_term),
-            "ring_center": "" if ring_center is None else json.dumps(ring_center),
+            **ring_attrs,
             "created": _now(),
             "complete": True,
             "chunks_total": len(bounds),

@@ -178,16 +178,9 @@ def rings_cmd(
 
     from tomoqc.errors import InputError
     from tomoqc.io import open_volume
-    from tomoqc.metrics.rings import ring_profile
+    from tomoqc.metrics.rings import check_center, ring_profile
 
-    ctr = None
-    if center is not None:
-        try:
-            ctr = tuple(float(v) for v in center.split(","))
-        except ValueError:
-            ctr = ()
-        if len(ctr) != 2 or not all(math.isfinite(v) for v in ctr):
-            raise OptionError(f"--center must be ROW,COL (two numbers), got {center!r}")
+    ctr = check_center(center, "--center")
     vol = open_volume(volume, dataset, axis)
     nz = vol.shape[0]
     k = nz // 2 if index is None else int(index)

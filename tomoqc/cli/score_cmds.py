@@ -112,14 +112,9 @@ def score(
         raise OptionError(f"--fail-below must be between 1 and 5, got {fail_below}")
     if not volumes:
         raise OptionError("no volume given")
-    center = None
-    if ring_center is not None:
-        try:
-            center = [float(v) for v in ring_center.split(",")]
-        except ValueError:
-            center = []
-        if len(center) != 2:
-            raise OptionError(f"--ring-center must be ROW,COL (two numbers), got {ring_center!r}")
+    from tomoqc.metrics.rings import check_center
+
+    center = check_center(ring_center, "--ring-center")
 
     from tomoqc.cluster import start_cluster
     from tomoqc.pipeline import score as score_volume

@@ -37,6 +37,7 @@ sample holder centred on the axis, counts as a ring.
 from __future__ import annotations
 
 import functools
+import math
 import warnings
 
 import numpy as np
@@ -44,7 +45,7 @@ from scipy import ndimage
 
 from tomoqc.errors import InputError, OptionError
 
-__all__ = ["RingProfile", "ring_profile", "ring_index", "BIN"]
+__all__ = ["RingProfile", "ring_profile", "ring_index", "check_center", "BIN"]
 
 #: Radial bin width (px).
 BIN = 0.5
@@ -69,6 +70,24 @@ def _check(img) -> np.ndarray:
     if a.dtype.kind not in "biuf":
         raise InputError(None, f"ring measure needs a numeric slice, got dtype {a.dtype}")
     return a.astype(np.float64, copy=False)
+
+
+def check_center(center, name: str = "center"):
+    """A rotation axis as a ``(row, col)`` tuple of finite floats (None stays None).
+
+    ``center`` is a pair of numbers or a ``"ROW,COL"`` string (a command-line value); anything
+    else raises :class:`OptionError` naming ``name``.
+    """
+    if center is None:
+        return None
+    parts = center.split(",") if isinstance(center, str) else center
+    try:
+        c = tuple(float(v) for v in parts)
+    except (TypeError, ValueError):
+        c = ()
+    if len(c) != 2 or not all(math.isfinite(v) for v in c):
+        raise OptionError(f"{name} must be ROW,COL (two finite numbers), got {center!r}")
+    return c
 
 
 @functools.lru_cache(maxsize=4)
@@ -120,7 +139,8 @@ def ring_profile(img, *, center=None, sectors: int = 32, window: float = 4.5, mi
         raise OptionError(f"window must be > 0 and min_radius >= 0, got {window} and {min_radius}")
     a = _check(img)
     h, w = a.shape
-    cy, cx = ((h - 1) / 2.0, (w - 1) / 2.0) if center is None else (float(center[0]), float(center[1]))
+    center = check_center(center)
+    cy, cx = ((h - 1) / 2.0, (w - 1) / 2.0) if center is None else center
     finite = np.isfinite(a)
     if normalize and finite.any():
         from tomoqc.preprocess import normalize_slice
@@ -158,9 +178,9 @@ def ring_profile(img, *, center=None, sectors: int = 32, window: float = 4.5, mi
         with np.errstate(all="ignore"), warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)  # an all-missing window gives NaN
             level[touch] = np.nanmedian(windows[touch], axis=1)
+    # a present cell lies in its own window, so its level is finite
     resid = np.where(has, means - level, 0.0)
-    resid = np.where(np.isfinite(resid), resid, 0.0)
-    m = (has & np.isfinite(level)).sum(axis=0).astype(np.float64)
+    m = has.sum(axis=0).astype(np.float64)
     total = resid.sum(axis=0)
     with np.errstate(all="ignore"):
         power = np.where(m >= 2, (total**2 - (resid**2).sum(axis=0)) / (m * (m - 1)), np.nan)

@@ -408,26 +408,29 @@ class RingTerm:
                 raise OptionError(f"ring severity slope must be positive (more rings, more severe), got {c1}")
             self.severity_map = (c0, c1)
 
+    @property
+    def settings(self) -> dict:
+        """The :func:`tomoqc.metrics.rings.ring_index` settings the term was fitted with."""
+        return {"sectors": self.sectors, "window": self.window, "min_radius": self.min_radius}
+
+    def _log_index(self, index):
+        """``(ln(max(index, floor)), finite)`` of ring indices (non-finite ones as the floor)."""
+        x = np.asarray(index, np.float64)
+        finite = np.isfinite(x)
+        return np.log(np.maximum(np.where(finite, x, self.floor), self.floor)), finite
+
     def severity(self, index) -> np.ndarray:
         """Ring severity (0-1) of ring indices; NaN where the index is NaN or there is no map."""
-        x = np.asarray(index, np.float64)
+        lx, finite = self._log_index(index)
         if self.severity_map is None:
-            return np.full(x.shape, np.nan)
+            return np.full(lx.shape, np.nan)
         c0, c1 = self.severity_map
-        v = np.clip(c0 + c1 * np.log(np.maximum(np.where(np.isfinite(x), x, self.floor), self.floor)), 0.0, 1.0)
-        return np.where(np.isfinite(x), v, np.nan)
-
-    def index(self, img, *, center=None, normalize: bool = False) -> float:
-        from tomoqc.metrics.rings import ring_index
-
-        return ring_index(img, center=center, sectors=self.sectors, window=self.window, min_radius=self.min_radius,
-                          normalize=normalize)
+        return np.where(finite, np.clip(c0 + c1 * lx, 0.0, 1.0), np.nan)
 
     def limit(self, index) -> np.ndarray:
         """Ring-limited score ``g`` of ring indices (NaN index: +inf, no limit)."""
-        x = np.asarray(index, np.float64)
-        g = self.a + self.b * np.log(np.maximum(np.where(np.isfinite(x), x, self.floor), self.floor))
-        return np.where(np.isfinite(x), g, np.inf)
+        lx, finite = self._log_index(index)
+        return np.where(finite, self.a + self.b * lx, np.inf)
 
     def combine(self, score, index) -> np.ndarray:
         """Soft minimum of slice scores and the ring-limited scores of their ring indices."""
@@ -440,15 +443,8 @@ class RingTerm:
         return np.where(np.isfinite(s), out, np.nan)
 
     def to_card(self) -> dict:
-        return {"a": self.a, "b": self.b, "floor": self.floor, "softness": self.softness, "sectors": self.sectors,
-                "window": self.window, "min_radius": self.min_radius,
+        return {"a": self.a, "b": self.b, "floor": self.floor, "softness": self.softness, **self.settings,
                 "severity": None if self.severity_map is None else list(self.severity_map)}
-
-
-def _default_ring_index(img, center=None) -> float:
-    from tomoqc.metrics.rings import ring_index
-
-    return ring_index(img, center=center, normalize=False)
 
 
 def _ring_term_from_card(card: dict):
@@ -759,13 +755,9 @@ class TiqaModel:
             raise OptionError(f"quantile must be in [0, 1], got {quantile}")
         if int(n_crops) < 1:
             raise OptionError(f"n_crops must be >= 1, got {n_crops}")
-        if ring_center is not None:
-            try:
-                ring_center = tuple(float(v) for v in ring_center)
-            except (TypeError, ValueError):
-                ring_center = ()
-            if len(ring_center) != 2 or not all(np.isfinite(ring_center)):
-                raise OptionError(f"ring_center must be (row, col), two finite numbers, got {ring_center!r}")
+        from tomoqc.metrics.rings import check_center, ring_index
+
+        ring_center = check_center(ring_center, "ring_center")
         arr = np.asarray(slices)
         if arr.ndim == 2:
             arr = arr[None]
@@ -862,11 +854,11 @@ class TiqaModel:
             valid_fraction[i] = sel.sum() / n_cells
         # the ring index of each whole slice (tomoqc.metrics.rings), and the ring term on the slice score
         term = self.ring_term
+        settings = term.settings if term is not None else {}
         ring_idx = np.full(n, np.nan, np.float32)
         for i in range(n):
             if not flags[i] & FLAG_CONSTANT:
-                ring_idx[i] = (term.index(whole[i], center=ring_center) if term is not None
-                               else _default_ring_index(whole[i], center=ring_center))
+                ring_idx[i] = ring_index(whole[i], center=ring_center, normalize=False, **settings)
         if term is not None and ring_term and not raw:
             score = np.clip(term.combine(score, ring_idx), *SCORE_RANGE).astype(np.float32)
             if term.severity_map is not None:
