@@ -36,11 +36,14 @@ Steps (each skipped when its output already exists, so a rerun continues):
 4d. score calibration: a strictly increasing logistic map from the raw score to the label
    scale, fitted on the training phantoms (``--score-calibration none`` to skip); it
    changes no ranking, only how linearly the 1-5 score follows the labels.
-4e. ring term: :func:`tomoqc.models.tiqa.fit_ring_term` maps the measured ring index of a
-   whole slice (:func:`tomoqc.metrics.rings.ring_index`, coherent concentric structure
-   about the axis) to a ring-limited score, fitted on the training phantoms with rings
-   alone; the slice score is the soft minimum of the network's and that limit, and the
-   reported ring severity is the one the index measures (``--ring-term none`` to skip).
+4e. measured terms: :func:`tomoqc.train.measured.fit_card_terms` fits how the measured
+   noise, blur, ring and streak indicators of a whole slice (:mod:`tomoqc.metrics.nr`,
+   :mod:`tomoqc.metrics.rings`) lower the network's score and give the severities, on series
+   of known order from phantoms, re-projected real slices and real measured data of
+   ``--realdata`` (``../shared/realdata``; ``--measured-terms none`` to skip).
+4f. trust: ``scripts/fit_trust.py`` records what the model has seen (feature statistics and
+   raw-score range) for the out-of-distribution flag (run after installing; it needs
+   ``--realdata`` too).
 5. evaluation on the fresh-seed set with the default test-time sampling (grid of 224
    patches, mean of the valid ones); the weights and the model card (with the evaluation
    table) are written to ``tomoqc/models/weights/tiqa_default.{keras,json}``.
@@ -269,8 +272,10 @@ def main(argv=None) -> int:
     ap.add_argument("--severity-head-lr", type=float, default=1e-3)
     ap.add_argument("--score-calibration", choices=("logistic", "none"), default="logistic",
                     help="fit a strictly increasing map from raw scores to labels on the training phantoms")
-    ap.add_argument("--ring-term", choices=("fit", "none"), default="fit",
-                    help="fit the ring term (ring-limited score from the measured ring index) on the training phantoms")
+    ap.add_argument("--measured-terms", choices=("fit", "none"), default="fit",
+                    help="fit the measured terms (noise, blur, ring and streak indicators) on series of known order")
+    ap.add_argument("--realdata", type=Path, default=REPO.parent / "shared" / "realdata",
+                    help="real-data folder for the measured terms and the trust statistics (../shared/realdata)")
     ap.add_argument("--install", type=Path, default=REPO / "tomoqc" / "models" / "weights",
                     help="where the finished model and its card go")
     ap.add_argument("--resume", action="store_true", help="continue interrupted training stages")
@@ -413,7 +418,7 @@ def main(argv=None) -> int:
     # 5. evaluate + install
     import numpy as np
 
-    from tomoqc.models.tiqa import DISTORTIONS, _read_card, file_sha256, load_model, severity_baseline
+    from tomoqc.models.tiqa import HEAD_DISTORTIONS, _read_card, file_sha256, load_model, severity_baseline
     from tomoqc.train.common import atomic_write_text, versions
     from tomoqc.train.data import manifest_sha256, read_manifest
     from tomoqc.train.finetune import evaluate_dataset, format_table
@@ -434,46 +439,42 @@ def main(argv=None) -> int:
         model.calibration = _calibration_from_card({"score_calibration": calibration})
         log(f"score calibration on {calibration['n']} training images in {time.time() - t:.0f} s: "
             f"logistic{calibration['kind']}, PLCC {calibration['plcc_before']:.3f} -> {calibration['plcc_after']:.3f}")
-    # 4e. the ring term: a ring-limited score from the measured ring index of the whole slice
-    # (tomoqc.metrics.rings), fitted on the training phantoms that hold rings alone; the
-    # slice score is the soft minimum of the network's score and that limit
-    ring_term = None
-    if args.ring_term == "fit":
-        from tomoqc.models.tiqa import _ring_term_from_card, fit_ring_term
-        from tomoqc.metrics.rings import ring_index
+    # 4e. the measured terms: how the slice's measured indicators lower the network's score,
+    # fitted on series of known order (phantoms, re-projected real slices, real measured data)
+    measured_terms = None
+    model.ring_term = None
+    if args.measured_terms == "fit":
+        from tomoqc.models.measured import MeasuredTerms
+        from tomoqc.train.measured import fit_card_terms
 
+        if not args.realdata.is_dir():
+            raise SystemExit(f"error: {args.realdata}: real-data folder not found (give --realdata, "
+                             "or --measured-terms none)")
         t = time.time()
-        rows = [r for r in train_rows if r["distortion"] == "ring" and r.get("label") not in (None, "")]
-        idx = [ring_index(np.load(train_dir / r["file"])) for r in rows]
-        clean_idx = [ring_index(np.load(train_dir / r["file"])) for r in train_rows if r["distortion"] == "none"]
-        ring_term = fit_ring_term(idx, [float(r["label"]) for r in rows], [int(r["level"]) for r in rows],
-                                  clean_indices=clean_idx)
-        ring_term["fitted_on"] = ("training phantoms (data_train) with rings alone, both domains: label vs ring "
-                                  "index; ring severity: level / 5 vs ring index, with the clean references")
-        model.ring_term = _ring_term_from_card({"ring_term": ring_term})
-        log(f"ring term on {ring_term['n']} ring images in {time.time() - t:.0f} s: "
-            f"g = {ring_term['a']:.3f} {ring_term['b']:+.3f} ln(index), SROCC {ring_term['srocc']:.3f}; "
-            f"severity {ring_term['severity'][0]:.3f} {ring_term['severity'][1]:+.3f} ln(index)")
+        measured_terms = fit_card_terms(model, args.realdata, work / "measured_terms", seed=args.seed)
+        model.measured_terms = MeasuredTerms.from_card({"measured_terms": measured_terms})
+        log(f"measured terms in {time.time() - t:.0f} s: weights {measured_terms['weights']}, "
+            f"pair accuracy {measured_terms['pair_accuracy_network']:.3f} -> {measured_terms['pair_accuracy']:.3f}")
     else:
-        model.ring_term = None
+        model.measured_terms = None
     # the severities this network gives clean training references: reported severities are
     # measured from them (tomoqc.models.tiqa.TiqaModel.severity_baseline)
     t = time.time()
     clean = [np.load(d / r["file"]).astype(np.float32) for d in (train_dir, extra_dir)
              for r in read_manifest(d) if r["distortion"] == "none"]
     baseline = severity_baseline(model, clean)
-    model.severity_baseline = np.array([baseline[k] for k in DISTORTIONS], np.float32)
+    model.severity_baseline = np.array([baseline[k] for k in HEAD_DISTORTIONS], np.float32)
     log(f"severity baseline from {baseline['n']} clean training references in {time.time() - t:.0f} s: "
-        + ", ".join(f"{k} {baseline[k]:.3f}" for k in DISTORTIONS))
+        + ", ".join(f"{k} {baseline[k]:.3f}" for k in HEAD_DISTORTIONS))
     t = time.time()
     ev = evaluate_dataset(model, eval_dir, mode="grid")
     log(f"evaluated on fresh phantoms in {time.time() - t:.0f} s\n" + format_table(ev["table"]))
     ev_net = None
-    if model.ring_term is not None:  # the same evaluation with the network's score alone, for the card
-        term, model.ring_term = model.ring_term, None
+    if model.measured_terms is not None:  # the same evaluation with the network's score alone, for the card
+        term, model.measured_terms = model.measured_terms, None
         ev_net = evaluate_dataset(model, eval_dir, mode="grid")
-        model.ring_term = term
-        log("without the ring term:\n" + format_table(ev_net["table"]))
+        model.measured_terms = term
+        log("without the measured terms:\n" + format_table(ev_net["table"]))
     refined_card = _read_card(Path(args.refine_from)) if args.refine_from is not None else {}
     ft_card = json.loads((ft_out / "model_card.json").read_text()) if (ft_out / "model_card.json").exists() else {}
     refine_card = json.loads((final_out / "model_card.json").read_text()) if final_out != ft_out else None
@@ -539,16 +540,16 @@ def main(argv=None) -> int:
                       # and what that model was refined from, so a chain of refines stays traceable
                       "refine_from": (refined_card.get("training") or {}).get("refine_from")}},
         "score_calibration": calibration,
-        "ring_term": ring_term,
+        "measured_terms": measured_terms,
         "severity_baseline": {**baseline, "statistic": "median raw severity over the clean training references "
                                                       "(phantoms and sample-image crops)"},
         "evaluation": {"sampling": "grid", "severity": "measured from severity_baseline", "table": ev["table"],
-                       "table_without_ring_term": None if ev_net is None else ev_net["table"]},
+                       "table_without_measured_terms": None if ev_net is None else ev_net["table"]},
         "test_time_sampling": {"mode": "grid", "patch": 224,
                                "aggregate": "mean of patches inside the field of view and not only air",
                                "alternatives": ["resize_crop (report IV.1)", "random (RankIQA, N=30)"]},
         "score": "1 (bad) to 5 (excellent), clipped",
-        "severity": ["noise", "blur", "ring"],
+        "severity": ["noise", "blur", "ring", "streak"],
         "versions": versions(),
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }

@@ -104,3 +104,34 @@ def test_clean_references_read_near_zero_severity(bundled):
     clean = np.stack([electrode_slice((256, 256), seed=FRESH_SEED + i)[0] for i in range(8)])
     sev = bundled.score_slices(clean)["severity"]
     assert np.median(sev, axis=0).max() <= 0.1, np.round(sev, 3)
+
+
+REAL = __import__("pathlib").Path(__file__).parent / "data" / "real"
+
+
+@pytest.mark.parametrize("name", ["htc2022_ta_fbp256.npy", "savu24737_row104_fbp160.npy"])
+def test_score_never_rises_as_an_impairment_grows_on_a_real_slice(bundled, name):
+    """Noise, rings or streaks of increasing strength added to a real reconstruction
+    (tests/data/real, from ../shared/realdata) never raise the score."""
+    from tomoqc.distort import physics
+    from tomoqc.distort.image import ring_artifact
+    from tomoqc.preprocess import normalize_slice
+
+    img = normalize_slice(np.load(REAL / name).astype(np.float32)).astype(np.float64)
+    rng = np.random.default_rng(3)
+    noise = rng.normal(size=img.shape)
+    series = {
+        "noise": [img + s * noise for s in (0.0, 0.02, 0.05, 0.1, 0.2)],
+        "ring": [ring_artifact(img, c, rng=7) if c else img for c in (0.0, 0.02, 0.05, 0.1, 0.2)],
+    }
+    full = physics.scanner(img.shape).n_angles
+    # the slice scanned again with fewer and fewer projections (angular undersampling), with
+    # the same counting noise per projection
+    series["streak"] = [physics.simulate_scan(img, n_angles=max(8, full // k), flux=5e4, rng=1)
+                        for k in (1, 2, 4, 8, 16)]
+    for kind, imgs in series.items():
+        res = bundled.score_slices(np.stack([a.astype(np.float32) for a in imgs]))
+        s = res["score"]
+        assert np.isfinite(s).all(), (kind, s)
+        assert np.all(np.diff(s) <= 1e-4), (kind, np.round(s, 3))
+        assert s[-1] < s[0] - 0.2, (kind, np.round(s, 3))

@@ -60,3 +60,16 @@ def test_rings_bad_input_one_line_and_nothing_written(volume, tmp_path, capsys):
     assert main(["rings", str(tmp_path / "missing.zarr")]) == 1
     assert "missing.zarr" in capsys.readouterr().err
     assert not png.exists()
+
+
+def test_rings_reports_the_centre_used(volume, capsys):
+    assert main(["rings", str(volume), "--json", "--center", "79.5,79.5"]) == 0
+    given = json.loads(capsys.readouterr().out)
+    assert given["center"] == [79.5, 79.5] and given["center_source"] == "given"
+    assert main(["rings", str(volume), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["center_source"] == "slice centre"
+    assert main(["rings", str(volume), "--json", "--center", "auto"]) == 0
+    found = json.loads(capsys.readouterr().out)
+    assert found["center_source"] == "found" and len(found["center"]) == 2
+    assert main(["rings", str(volume), "--center", "auto"]) == 0
+    assert "found" in capsys.readouterr().out

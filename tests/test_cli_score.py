@@ -40,7 +40,8 @@ def test_score_two_volumes_json_lines(volumes, model_path, tmp_path, capsys):
         assert line["slices"] == 4  # slices 0, 2, 4, 6
         assert 1 <= line["p5_score"] <= line["median_score"] <= 5
         assert line["dominant_distortion"] in ("noise", "blur", "ring", "none")
-        assert line["verdict"] in ("pass", "fail")
+        assert line["verdict"] in ("pass", "fail", "uncertain")
+        assert line["median_score_uncertainty"] >= 0 and 0 <= line["ood_fraction"] <= 1
         import xarray as xr
 
         ds = xr.open_zarr(line["output"], consolidated=False)
@@ -69,6 +70,8 @@ def test_errors_are_one_line_exit_1(volumes, model_path, tmp_path, capsys):
     assert main(["score", str(volumes[0]), "--queue", "gpu", "--workers", "0"]) == 1
     assert "--cluster slurm" in capsys.readouterr().err
     assert main(["score", str(volumes[0]), "--fail-below", "7", "--workers", "0"]) == 1
+    assert main(["score", str(volumes[0]), "--tta-views", "3", "--workers", "0"]) == 1
+    assert "--tta-views" in capsys.readouterr().err
     import importlib.util
 
     if importlib.util.find_spec("dask_cuda") is None:
@@ -93,12 +96,13 @@ def test_score_then_report_cli(volumes, model_path, tmp_path, capsys):
 
 def test_ring_options(volumes, model_path, tmp_path, capsys):
     assert main(["score", str(volumes[0]), "--model", str(model_path), "--out", str(tmp_path), "--workers", "0",
-                 "--quiet", "--json", "--no-ring-term", "--ring-center", "100,120"]) == 0
+                 "--quiet", "--json", "--no-measured-terms", "--ring-center", "100,120"]) == 0
     import xarray as xr
 
     line = json.loads(capsys.readouterr().out.strip().splitlines()[0])
     ds = xr.open_zarr(line["output"], consolidated=False)
-    assert ds.attrs["ring_term"] is False and ds.attrs["ring_center"] == "[100.0, 120.0]"
+    assert ds.attrs["measured_terms"] is False and ds.attrs["ring_center"] == "[100.0, 120.0]"
+    assert ds.attrs["ring_center_source"] == "given"
     for bad in ("100", "a,b", "1,2,3"):
         assert main(["score", str(volumes[0]), "--model", str(model_path), "--out", str(tmp_path / "bad"),
                      "--workers", "0", "--quiet", "--ring-center", bad]) == 1

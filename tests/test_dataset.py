@@ -28,8 +28,11 @@ def _files(d):
 
 def test_layout_and_manifest(small):
     rows = read_manifest(small)
-    # per reference and domain: 1 reference + 3 x 5 single impairments + 3 mixtures
-    assert len(rows) == 3 * 2 * 19
+    # per reference and domain: 1 reference + 3 x 5 single impairments + 3 mixtures, and in the
+    # physics domain 5 streak levels (too few projections) besides
+    assert len(rows) == 3 * 2 * 19 + 3 * 5
+    streak = [r for r in rows if r["distortion"] == "streak"]
+    assert {r["domain"] for r in streak} == {"physics"} and sorted({r["level"] for r in streak}) == [1, 2, 3, 4, 5]
     assert list(rows[0])[: len(COLUMNS)] == list(COLUMNS)
     refs = {r["reference"] for r in rows}
     assert len(refs) == 3

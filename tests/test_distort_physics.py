@@ -168,3 +168,18 @@ def test_bad_inputs():
         physics.apply(np.zeros((8, 8)), "noise", 7)
     with pytest.raises(OptionError):
         physics.simulate_scan(np.zeros((8, 8)), flux=-1.0)
+
+
+def test_streak_levels_scan_fewer_projections_and_fall_in_quality():
+    img = electrode_slice((96, 96), seed=2)[0]
+    img = (img - img.min()) / np.ptp(img)
+    full = physics.scanner(img.shape).n_angles
+    counts = [physics.streak_angles(img.shape, lv) for lv in range(1, 6)]
+    assert physics.streak_angles(img.shape, 0) is None
+    assert all(a > b for a, b in zip(counts, counts[1:])) and counts[0] == round(full / 3)
+    ref, outs = physics.apply_many(img, [{"streak": lv} for lv in range(1, 6)], rng=0)
+    assert np.array_equal(ref, physics.reference(img))
+    values = [_psnr(ref, o) for o in outs]
+    assert all(a > b for a, b in zip(values, values[1:])), values
+    assert np.array_equal(outs[2], physics.apply(img, "streak", 3, rng=0))
+    assert physics.level_params("streak", 2) == {"angle_fraction": physics.STREAK_FRACTION[1]}

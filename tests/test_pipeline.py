@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -85,6 +86,7 @@ def assert_same(ds, ref):
     np.testing.assert_allclose(ds["severity"].values, ref["severity"], atol=1e-5, equal_nan=True)
     np.testing.assert_array_equal(ds["flag"].values, ref["flag"])
     np.testing.assert_allclose(ds["ring_index"].values, ref["ring_index"], atol=1e-6, equal_nan=True)
+    np.testing.assert_allclose(ds["score_uncertainty"].values, ref["score_uncertainty"], atol=1e-5, equal_nan=True)
 
 
 # ----------------------------------------------------------------------------- equality
@@ -96,8 +98,15 @@ def test_scores_equal_direct_model_any_chunking(special_volume, model, model_pat
     ds = score(path, model=model_path, out=tmp_path, workers=0, chunk_slices=chunk, progress=False)
     assert_same(ds, direct(model, vol, range(10)))
     assert ds["score"].dtype == np.float32 and ds["flag"].dtype == np.int8
+    # the uncertainty round-trips through the zarr: float32, finite exactly where the score is
+    u = ds["score_uncertainty"].values
+    assert ds["score_uncertainty"].dtype == np.float32
+    assert np.array_equal(np.isfinite(u), np.isfinite(ds["score"].values)) and (u[np.isfinite(u)] >= 0).all()
+    assert ds.attrs["tta_views"] == 2 and "out_of_distribution" in ds["flag"].attrs["flag_meanings"]
     assert list(ds["z"].values) == list(range(10))
-    assert list(ds["distortion"].values) == ["noise", "blur", "ring"]
+    from tomoqc.models.tiqa import DISTORTIONS
+
+    assert list(ds["distortion"].values) == list(DISTORTIONS)
     assert ds["patch_score"].shape == (10, 2, 2)  # 256 px: two overlapping 224-px patches per axis
     s = ds["score"].values
     assert np.all((s[np.isfinite(s)] >= 1) & (s[np.isfinite(s)] <= 5))
@@ -365,7 +374,7 @@ def test_partial_owned_by_a_live_process_is_not_shared(special_volume, model_pat
     assert list(ds["z"].values) == [0, 5] and not part.exists()
 
 
-def test_ring_center_and_ring_term_options(model_path, tmp_path):
+def test_ring_center_and_measured_terms_options(model_path, tmp_path):
     """Rings about an off-centre axis are measured where the axis is when told; the options are
     recorded, and a centre outside the slices is refused before anything is written."""
     from tomoqc.distort.image import ring_artifact
@@ -373,13 +382,18 @@ def test_ring_center_and_ring_term_options(model_path, tmp_path):
     vol = np.clip(_volume(8, seed=4)[:2], 0, 1)
     axis = (100.0, 140.0)
     vol[1] = ring_artifact(vol[1], 0.4, rng=0, center=axis)
-    plain = score(vol, model=model_path, workers=0, progress=False)
+    h, w = vol.shape[1:]
+    plain = score(vol, model=model_path, workers=0, progress=False, ring_center=((h - 1) / 2, (w - 1) / 2))
     told = score(vol, model=model_path, workers=0, progress=False, ring_center=axis)
     assert told["ring_index"].values[1] > 3 * plain["ring_index"].values[1]
+    # by default the axis is found once for the volume
+    found = score(vol, model=model_path, workers=0, progress=False)
+    assert found.attrs["ring_center_source"] == "found"
+    assert np.hypot(*np.subtract(json.loads(found.attrs["ring_center"]), axis)) <= 2.0
     assert told["ring_index"].values[1] > 5 * told["ring_index"].values[0]
-    assert told.attrs["ring_center"] == "[100.0, 140.0]" and told.attrs["ring_term"] is True
-    alone = score(vol, model=model_path, workers=0, progress=False, ring_term=False)
-    assert alone.attrs["ring_term"] is False
+    assert told.attrs["ring_center"] == "[100.0, 140.0]" and told.attrs["measured_terms"] is True
+    alone = score(vol, model=model_path, workers=0, progress=False, measured_terms=False)
+    assert alone.attrs["measured_terms"] is False
     for bad in ((300.0, 10.0), (1.0,), ("a", "b")):
         with pytest.raises(OptionError):
             score(vol, model=model_path, out=tmp_path / "x.quality.zarr", workers=0, progress=False, ring_center=bad)

@@ -80,3 +80,40 @@ def test_patch_validity():
     noisy = np.clip(texture + rng.normal(0, 1, size=texture.shape), 0, 1).astype(np.float32)
     assert patch_validity(noisy)
     assert not patch_validity(np.full((8, 8), np.nan))
+
+
+def test_saturated_and_binary_patches_are_not_taken_for_the_outside():
+    from tomoqc.preprocess import outside_values, patch_has_structure
+
+    rng = np.random.default_rng(3)
+    # an 8-bit export whose window clipped: 70 % of the patch saturated white, inside the sample
+    sat = rng.uniform(0.2, 0.9, size=(64, 64)).astype(np.float32)
+    sat[:, :45] = 1.0
+    assert not patch_validity(sat)  # the patch-only rule takes the white for the outside ...
+    assert patch_validity(sat, outside=(0.0,))  # ... the slice says the outside is black
+    assert not patch_validity(np.where(sat == 1.0, 0.0, sat), outside=(0.0,))  # black is still the outside
+    # a slice whose outer region is white: white is the outside there
+    slice_ = np.ones((100, 120), np.float32)
+    slice_[20:80, 20:100] = rng.uniform(0, 0.9, size=(60, 80))
+    assert outside_values(slice_) == (0.0, 1.0)
+    assert outside_values(np.pad(slice_[20:80, 20:100], 5)) == (0.0,)
+    # the relaxed test: any structure, at most 90 % one extreme value
+    binary = (rng.random((64, 64)) < 0.8).astype(np.float32)
+    assert patch_has_structure(binary)
+    mostly_black = np.zeros((64, 64), np.float32)
+    mostly_black[:4, :4] = 1.0
+    assert not patch_has_structure(mostly_black)
+
+
+def test_float_offsets_and_tiny_objects():
+    rng = np.random.default_rng(4)
+    detail = rng.normal(size=(64, 64))
+    # float64 slices with a huge offset keep their detail (not cast to float32 first)
+    a = normalize_slice(detail)
+    b = normalize_slice(detail + 1e8)
+    np.testing.assert_allclose(a, b, atol=2e-3)
+    # an object smaller than the clipped tails is not a constant slice
+    img = np.zeros((100, 100), np.uint8)
+    img[50, 50:55] = 255
+    out, constant = normalize_slice_flagged(img)
+    assert not constant and out.max() == 1.0

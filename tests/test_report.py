@@ -18,12 +18,13 @@ from tomoqc.report import report, summarize, worst_ranges
 
 
 def write_quality(path: Path, scores, *, z=None, severity=None, flags=None, input_path="", complete=True,
-                  ring_index=None):
+                  ring_index=None, uncertainty=None, distortions=("noise", "blur", "ring")):
     """A quality output with known numbers, in the layout `tomoqc score` writes."""
     scores = np.asarray(scores, np.float32)
     n = len(scores)
     z = np.arange(n) if z is None else np.asarray(z)
-    sev = np.full((n, 3), 0.1, np.float32) if severity is None else np.asarray(severity, np.float32)
+    nd = len(distortions)
+    sev = np.full((n, nd), 0.1, np.float32) if severity is None else np.asarray(severity, np.float32)
     flags = np.zeros(n, np.int8) if flags is None else np.asarray(flags, np.int8)
     ds = xr.Dataset(
         {
@@ -33,11 +34,13 @@ def write_quality(path: Path, scores, *, z=None, severity=None, flags=None, inpu
             "patch_score": (("z", "py", "px"), np.repeat(scores[:, None, None], 4, 1).reshape(n, 2, 2)),
             "severity": (("z", "distortion"), sev),
         },
-        coords={"z": z, "distortion": np.array(["noise", "blur", "ring"], dtype=object)},
+        coords={"z": z, "distortion": np.array(list(distortions), dtype=object)},
         attrs={"complete": complete, "input": str(input_path), "axis": "z", "dataset": "", "model_id": "m-test"},
     )
     if ring_index is not None:
         ds["ring_index"] = (("z",), np.asarray(ring_index, np.float32))
+    if uncertainty is not None:
+        ds["score_uncertainty"] = (("z",), np.asarray(uncertainty, np.float32))
     ds.to_zarr(str(path), mode="w", consolidated=False)
     return path
 
@@ -219,3 +222,39 @@ def test_module_is_callable_like_the_function(tmp_path):
     r = rep_module(a, tmp_path / "r")  # tomoqc.report(...) mirrors `tomoqc report`
     assert r["volumes"][0]["median_score"] == 4.0
     assert rep_module.summarize(a)["median_score"] == 4.0
+
+
+def test_uncertain_verdict_and_ood_share(tmp_path):
+    from tomoqc.report import OOD_SHARE_MAX, UNCERTAINTY_MAX
+
+    s = np.full(10, 4.0, np.float32)
+    # an old output without score_uncertainty: judged on the score alone
+    old_path = write_quality(tmp_path / "old.quality.zarr", s)
+    old = summarize(old_path)
+    assert old["verdict"] == "pass" and old["median_score_uncertainty"] is None and old["ood_fraction"] == 0.0
+    low = summarize(write_quality(tmp_path / "low.quality.zarr", s, uncertainty=np.full(10, 0.2)))
+    assert low["verdict"] == "pass" and low["median_score_uncertainty"] == pytest.approx(0.2)
+    high = write_quality(tmp_path / "high.quality.zarr", s, uncertainty=np.full(10, UNCERTAINTY_MAX + 0.3))
+    assert summarize(high)["verdict"] == "uncertain"
+    # a low score with a high uncertainty still fails; out-of-distribution slices make it uncertain
+    bad = write_quality(tmp_path / "bad.quality.zarr", np.full(10, 2.0), uncertainty=np.full(10, 0.8))
+    assert summarize(bad)["verdict"] == "fail"
+    flags = np.zeros(10, np.int8)
+    flags[: int(10 * OOD_SHARE_MAX) + 1] = 4  # out of distribution
+    ood = write_quality(tmp_path / "ood.quality.zarr", np.full(10, 2.0), uncertainty=np.full(10, 0.1), flags=flags)
+    so = summarize(ood)
+    assert so["verdict"] == "uncertain" and so["ood_fraction"] == pytest.approx(0.3)
+    # uncertain never raises QCFailed; the report carries the new fields, a fourth distortion
+    # becomes a column of its own, and the plot draws the band
+    four = write_quality(tmp_path / "four.quality.zarr", s, uncertainty=np.full(10, 0.9),
+                         distortions=("noise", "blur", "ring", "streak"), severity=np.full((10, 4), 0.3),
+                         input_path="/gone/v.zarr")
+    r = report([high, four, old_path], tmp_path / "r", fail_below=3.0)
+    assert [v["verdict"] for v in r["volumes"]] == ["uncertain", "uncertain", "pass"]
+    rows = list(csv.DictReader(open(tmp_path / "r" / "report.csv")))
+    assert rows[1]["severity_streak"] == "0.3" and rows[0]["severity_streak"] == ""
+    assert rows[0]["median_score_uncertainty"] == "0.8" and rows[2]["median_score_uncertainty"] == ""
+    j = json.loads((tmp_path / "r" / "report.json").read_text())
+    assert j["volumes"][0]["median_score_uncertainty"] == 0.8 and "ood_fraction" in j["volumes"][0]
+    assert "uncertain" in (tmp_path / "r" / "index.html").read_text()
+    _image_ok(tmp_path / "r" / r["volumes"][0]["plot"])

@@ -165,3 +165,95 @@ def test_model_applies_the_ring_term_to_slice_scores_unless_raw():
     raw_a, raw_b = plain.score_slices(stack, raw=True), ringed.score_slices(stack, raw=True)
     np.testing.assert_array_equal(raw_a["score"], raw_b["score"])
     np.testing.assert_array_equal(raw_a["severity"], raw_b["severity"])
+
+
+def _arc(shape, amplitude, radii, fraction, start=0.3):
+    """Rings over the angular range [start, start + fraction * 2 pi) only (a partial ring, as a stripe
+    in part of the projections draws)."""
+    h, w = shape
+    yy, xx = np.indices(shape, dtype=np.float64)
+    ang = np.mod(np.arctan2(yy - (h - 1) / 2, xx - (w - 1) / 2) - start, 2 * np.pi)
+    return _rings(shape, amplitude, radii, background=0.0) * (ang < fraction * 2 * np.pi)
+
+
+def test_partial_rings_are_seen_and_rise_with_amplitude():
+    """Pairs of sectors 2 and 3 apart: an arc over n of K sectors keeps (2n - 5) / 2K of the full ring's
+    power (90 degrees: 0.17, index ratio 0.41; 180 degrees: 0.42, ratio 0.65), where all pairs kept f**2."""
+    shape = (256, 256)
+    noisy = _texture(shape, 1) + np.random.default_rng(101).normal(0, 0.05, shape)
+    clean = ring_index(noisy, normalize=False)
+    full = ring_index(noisy + _arc(shape, 0.06, RADII, 1.0), normalize=False)
+    for frac in (0.25, 0.5):
+        by_amp = [ring_index(noisy + _arc(shape, a, RADII, frac), normalize=False) for a in (0.03, 0.06, 0.12, 0.24)]
+        assert np.all(np.diff(by_amp) > 0), (frac, by_amp)
+        assert by_amp[1] > 3 * clean and by_amp[1] > 0.25 * full, (frac, by_amp, clean, full)
+        # without noise the arc reads close to the analytic share of the full ring
+        flat = ring_index(0.5 + _arc(shape, 0.06, RADII, frac), normalize=False)
+        alone = ring_index(_rings(shape, 0.06, RADII), normalize=False)
+        n = frac * 32
+        assert flat == pytest.approx(alone * np.sqrt((2 * n - 5) / 64), rel=0.15), (frac, flat, alone)
+    # the earlier definition (all pairs) is kept as an option; it sees a quarter arc far less
+    q_all = ring_index(noisy + _arc(shape, 0.06, RADII, 0.25), normalize=False, pairs="all")
+    q_local = ring_index(noisy + _arc(shape, 0.06, RADII, 0.25), normalize=False)
+    full_all = ring_index(noisy + _arc(shape, 0.06, RADII, 1.0), normalize=False, pairs="all")
+    assert q_local / full > q_all / full_all
+
+
+def test_full_rings_rise_strictly_with_amplitude_with_noise():
+    shape = (200, 200)
+    for seed in range(2):
+        noisy = _texture(shape, seed) + np.random.default_rng(50 + seed).normal(0, 0.08, shape)
+        by_amp = [ring_index(noisy + _rings(shape, a, RADII[:7], background=0.0))
+                  for a in (0.02, 0.03, 0.045, 0.07, 0.1, 0.15)]
+        assert np.all(np.diff(by_amp) > 0), by_amp
+
+
+def test_auto_axis_finds_an_off_centre_axis_of_strong_rings():
+    """Experimental search (find_ring_center): rings 47 px off the centre of a textured, noisy 256 px slice."""
+    from tomoqc.metrics.rings import find_ring_center
+
+    shape, true = (256, 256), (127.5 + 25, 127.5 - 40)
+    img = (_texture(shape, 2) + np.random.default_rng(102).normal(0, 0.05, shape)
+           + _rings(shape, 0.08, range(20, 161, 10), center=true, background=0.0))
+    c = find_ring_center(img)
+    assert np.hypot(c[0] - true[0], c[1] - true[1]) <= 2.0, c
+    auto = ring_profile(img, center="auto", normalize=False)
+    assert auto.center == c
+    assert auto.index == pytest.approx(ring_index(img, center=true, normalize=False), rel=0.2)
+    assert ring_index(img, normalize=False) < 0.3 * auto.index  # about the slice centre
+    with pytest.raises(OptionError, match="outside"):
+        ring_index(img, center=(-3.0, 10.0))
+
+
+def _electrode_with_rings(amplitude, seed, offset=(25.0, -40.0), side=256):
+    from tomoqc.phantom import electrode_slice
+
+    img = electrode_slice((side, side), seed=seed)[0].astype(np.float64)
+    rng = np.random.default_rng(1000 + seed)
+    img = img + rng.normal(0, 0.03, img.shape)
+    true = ((side - 1) / 2 + offset[0], (side - 1) / 2 + offset[1])
+    r = _radius(img.shape, true)
+    for rad, sign in zip(rng.uniform(12, 0.7 * side, 25), rng.choice([-1, 1], 25)):
+        img += amplitude * sign * np.exp(-0.5 * ((r - rad) / 0.8) ** 2)
+    return img, true
+
+
+def test_auto_axis_finds_off_centre_rings_on_a_textured_phantom():
+    """Random thin rings (sd 0.8 px) 47 px off the centre of a noisy electrode phantom."""
+    from tomoqc.metrics.rings import find_ring_center
+
+    for seed in (0, 1):
+        img, true = _electrode_with_rings(0.08, seed)
+        c = find_ring_center(img)
+        assert np.hypot(c[0] - true[0], c[1] - true[1]) <= 2.0, (seed, c, true)
+
+
+def test_auto_axis_without_rings_is_not_accepted():
+    from tomoqc.metrics.rings import find_ring_center, resolve_ring_center
+
+    img, _ = _electrode_with_rings(0.0, 3)
+    centre = (127.5, 127.5)
+    c = find_ring_center(img)
+    at_c = ring_index(img, center=c, normalize=False)
+    at_centre = ring_index(img, center=centre, normalize=False)
+    assert at_c < 1.5 * at_centre + 0.003 or resolve_ring_center(img)[1] == "slice centre"

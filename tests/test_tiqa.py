@@ -183,6 +183,62 @@ def test_severities_are_measured_from_the_card_baseline(model_file, model, tmp_p
     # the baseline of a set of images is the median of their raw slice severities
     imgs = [rng.random((240, 240)).astype(np.float32) for _ in range(5)] + [rng.random((300, 260)).astype(np.float32)]
     got = severity_baseline(m2, imgs)
-    each = np.stack([m2.score_slices(a, raw=True)["severity"][0] for a in imgs])
+    each = np.stack([m2.score_slices(a, raw=True)["severity"][0, :3] for a in imgs])
     assert got["n"] == 6
     np.testing.assert_allclose([got[k] for k in ("noise", "blur", "ring")], np.median(each, axis=0), atol=1e-5)
+
+
+def test_binary_saturated_8bit_slices_get_a_score(model):
+    """An 8-bit slice where more than half the pixels hold the maximum gets a finite score."""
+    img, inside = _disc_slice(300, 140, seed=4)
+    yy, xx = np.mgrid[:300, :300]
+    # saturated export: the sample clipped to white over 60 % of the slice, black outside
+    sat = np.clip(img / 700.0, 0, 1)
+    sat[(np.abs(yy - 150) < 120) & (np.abs(xx - 150) < 120)] = 1.0
+    sat = (sat * 255).astype(np.uint8)
+    assert (sat == 255).mean() > 0.5
+    # binary (segmented) slice: foreground 255 over 70 %, background 0, the border foreground too
+    binary = np.where((np.sin(xx / 9.0) * np.cos(yy / 13.0)) > -0.45, 255, 0).astype(np.uint8)
+    assert (binary == 255).mean() > 0.5
+    res = model.score_slices(np.stack([sat, binary]), tta=1)
+    assert np.isfinite(res["score"]).all() and np.isfinite(res["score_uncertainty"]).all()
+    assert not (res["flags"] & FLAG_NO_VALID_PATCH).any()
+    assert res["flags"][1] & tiqa.FLAG_RELAXED  # its white outer region is taken for the outside
+    # float slices with any offset score like the original
+    ramp = img.astype(np.float64)
+    a = model.score_slices(ramp, tta=1, raw=True)["score"][0]
+    b = model.score_slices(ramp + 1e7, tta=1, raw=True)["score"][0]
+    assert a == pytest.approx(b, abs=2e-3)
+
+
+def test_score_uncertainty_views_and_ood(model):
+    from tomoqc.models.trust import FeatureDistance
+
+    img, _ = _disc_slice(400, 190, seed=6)
+    one = model.score_slices(img, tta=1, raw=True)
+    two = model.score_slices(img, tta=2, raw=True)
+    assert one["views"] == 1 and two["views"] == 2
+    # one view: the uncertainty is the standard error over the patches alone
+    ps = one["patch_score"][0][np.isfinite(one["patch_score"][0])]
+    assert one["score_uncertainty"][0] == pytest.approx(np.std(ps, ddof=1) / np.sqrt(ps.size), rel=1e-4)
+    assert two["score_uncertainty"][0] > 0 and np.isfinite(two["score"][0])
+    with pytest.raises(OptionError):
+        model.score_slices(img, tta=3)
+    # the views: 8 distinct symmetries of a square patch
+    x = np.arange(16, dtype=np.float32).reshape(1, 4, 4)
+    views = {tiqa._view(x, k).tobytes() for k in range(8)}
+    assert len(views) == 8
+    # out of distribution: a raw-score range the slice misses, then feature statistics it is far from
+    raw = float(one["raw_score"][0])
+    m2 = tiqa.TiqaModel(model.model, card={"trust": {"raw_score_range": [raw + 10, raw + 20]}}, tta_views=1)
+    r2 = m2.score_slices(img)
+    assert r2["flags"][0] & tiqa.FLAG_OOD
+    assert r2["score_uncertainty"][0] >= tiqa.OOD_UNCERTAINTY
+    feats = model.score_slices(img, tta=1, features=True, ood=False)["features"][0]
+    d = feats.shape[1]
+    fd = FeatureDistance(feats.mean(0) + 100.0, np.eye(2, d), [1.0, 1.0], 1.0, 1.5)
+    m3 = tiqa.TiqaModel(model.model, card={"trust": {"features": fd.to_card()}}, tta_views=1)
+    r3 = m3.score_slices(img)
+    assert r3["flags"][0] & tiqa.FLAG_OOD and r3["ood_distance"][0] > 1
+    assert r3["score_uncertainty"][0] >= tiqa.OOD_UNCERTAINTY
+    assert not model.score_slices(img, tta=1)["flags"][0] & tiqa.FLAG_OOD  # no statistics: no test

@@ -115,7 +115,7 @@ def test_one_command_trains_evaluates_installs_and_a_refine_keeps_the_lineage(tm
     tiny = ["--references", "3", "--eval-references", "2", "--size", "224", "--sample-crops", "1",
             "--rank-epochs", "1", "--rank-steps", "2", "--finetune-epochs", "1", "--finetune-steps", "2",
             "--refine-epochs", "1", "--refine-steps", "2", "--seed", "5", "--eval-seed", "6",
-            "--ellipse-references", "2", "--severity-head-epochs", "2"]
+            "--ellipse-references", "2", "--severity-head-epochs", "2", "--measured-terms", "none"]
     first = tmp_path / "first"
     assert mod.main(["--work", str(work), "--install", str(first), *tiny]) == 0
     card = json.loads((first / "tiqa_default.json").read_text())

@@ -223,6 +223,8 @@ def _build_one(task: dict) -> list[dict]:
     rng_mix = np.random.default_rng(ss_mix)
     mixes = _mixtures(rng_mix) if task["mixtures"] else []
     singles = [{d: lv} for d in distort.DISTORTIONS for lv in distort.LEVELS]
+    # the physics domain also scans with too few projections (streak)
+    singles_physics = singles + [{d: lv} for d in distort.PHYSICS_ONLY for lv in distort.LEVELS]
     rows = []
 
     def add(domain, spec, arr, params):
@@ -257,10 +259,10 @@ def _build_one(task: dict) -> list[dict]:
             ps = {k: dimage.level_params(k, v) for k, v in spec.items()}
             add("image", spec, out, {"components": spec, **ps} if len(spec) > 1 else ps[next(iter(spec))])
     if task["domain"] in ("physics", "both"):
-        ref, outs = physics.apply_many(img, singles + mixes, rng=ss_phy)
+        ref, outs = physics.apply_many(img, singles + mixes + singles_physics[len(singles):], rng=ss_phy)
         add("physics", None, ref, {**source_info, "attenuation": physics.ATTENUATION,
                                    "n_angles": physics.scanner(img.shape).n_angles})
-        for spec, out in zip(singles + mixes, outs):
+        for spec, out in zip(singles + mixes + singles_physics[len(singles):], outs):
             ps = {k: physics.level_params(k, v) for k, v in spec.items()}
             add("physics", spec, out, {"components": spec, **ps} if len(spec) > 1 else ps[next(iter(spec))])
     return rows
@@ -465,7 +467,7 @@ def preview(directory, out=None, *, rows: int = 4, domain: str | None = None) ->
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from tomoqc.distort import DISTORTIONS, LEVELS
+    from tomoqc.distort import ALL_DISTORTIONS, LEVELS
 
     d = Path(directory)
     table = read_manifest(d)
@@ -484,7 +486,8 @@ def preview(directory, out=None, *, rows: int = 4, domain: str | None = None) ->
     if not domains:
         raise InputError(d, f"no {domain or ''} images in the manifest".replace("  ", " "))
     pairs = [(ref, dom) for ref in refs[: int(rows)] for dom in domains]
-    cols = [("none", 0)] + [(k, lv) for k in DISTORTIONS for lv in LEVELS]
+    present = {r["distortion"] for r in table}
+    cols = [("none", 0)] + [(k, lv) for k in ALL_DISTORTIONS if k in present for lv in LEVELS]
     fig, axes = plt.subplots(
         len(pairs), len(cols), figsize=(1.1 * len(cols), 1.15 * len(pairs) + 0.4), squeeze=False
     )

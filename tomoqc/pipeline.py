@@ -21,22 +21,38 @@ The quality output is an :class:`xarray.Dataset`:
 ``score(z)`` float32
     The slice's quality on the 1-5 scale (5 best), the mean of its valid
     patches' scores; NaN when the slice cannot be scored.
+``score_uncertainty(z)`` float32
+    The uncertainty of the slice score, in units of the 1-5 score, roughly one
+    standard deviation: the spread over test-time views of the patches and the
+    standard error over the slice's patches, in quadrature, plus 1 in quadrature for
+    an out-of-distribution slice (:meth:`tomoqc.models.tiqa.TiqaModel.score_slices`).
+    NaN where the score is. Outputs of earlier versions have none.
 ``flag(z)`` int8
-    0 ok, 1 constant slice (no contrast), 2 NaN or infinite values present
-    (the slice is still scored from its finite pixels when possible), 3 no patch
-    of the slice holds sample (see :func:`tomoqc.preprocess.patch_validity`).
+    One value per slice, the first that applies in this order: 1 constant slice (no
+    contrast), 2 NaN or infinite values present (the slice is still scored from its
+    finite pixels when possible), 3 no patch of the slice holds sample (see
+    :func:`tomoqc.preprocess.patch_validity`), 4 out of distribution (the input is
+    unlike the model's training data, :mod:`tomoqc.models.trust`; its score is not to
+    be trusted), 5 relaxed (no patch passed the usual test; scored from patches with
+    any structure: a saturated, binary or mostly dark slice); 0 ok. Values 4 and 5
+    are new in format version 2.
 ``valid_fraction(z)`` float32
     Share of the slice's patches that were scored.
 ``patch_score(z, py, px)`` float32
     The score of every patch of the grid (:func:`tomoqc.models.tiqa.patch_grid`),
     NaN for excluded patches.
 ``severity(z, distortion)`` float32
-    Severity (0-1) of noise, blur and ring: the mean over the valid patches, or for
-    rings the one the ring index measures when the model has a ring term.
+    Severity (0-1) of each distortion of :data:`tomoqc.models.tiqa.DISTORTIONS` (noise,
+    blur, ring, streak): measured from the indicators below when the model card has
+    measured terms, else the network's mean over the valid patches (NaN for streak).
 ``ring_index(z)`` float32
     The slice's ring index (:func:`tomoqc.metrics.rings.ring_index`: RMS amplitude of
-    the concentric structure about the slice centre shared by all directions, in units
-    of the slice's robust range; about 0 without rings), NaN when it cannot be measured.
+    the concentric structure about the rotation axis, in units of the slice's robust
+    range; about 0 without rings), NaN when it cannot be measured. The axis is found
+    once per volume unless given (attrs ``ring_center`` and ``ring_center_source``).
+``noise_index(z)``, ``blur_index(z)``, ``streak_index(z)`` float32
+    The other measured indicators (:mod:`tomoqc.metrics.nr`): noise over contrast, edge
+    blur (about 1 when sharp), and the spokes of too few projections.
 
 ``z`` holds the indices of the scored slices along the slicing axis.
 
@@ -68,6 +84,9 @@ __all__ = [
     "FLAG_CONSTANT",
     "FLAG_NONFINITE",
     "FLAG_NO_VALID_PATCH",
+    "FLAG_OOD",
+    "FLAG_RELAXED",
+    "FLAG_VALUES",
     "FLAG_MEANINGS",
     "DEFAULT_CHUNK_SLICES",
     "output_path",
@@ -80,9 +99,24 @@ FLAG_OK = 0
 FLAG_CONSTANT = 1
 FLAG_NONFINITE = 2
 FLAG_NO_VALID_PATCH = 3
-FLAG_MEANINGS = "ok constant nonfinite no_valid_patch"
+FLAG_OOD = 4
+FLAG_RELAXED = 5
+FLAG_VALUES = [0, 1, 2, 3, 4, 5]
+FLAG_MEANINGS = "ok constant nonfinite no_valid_patch out_of_distribution relaxed"
 #: The per-slice variables of a quality output.
-OUTPUT_VARIABLES = ("score", "flag", "valid_fraction", "patch_score", "severity", "ring_index")
+#: Per-slice measured indicators written beside the score (name in the output, indicator).
+INDICATOR_VARIABLES = (("noise_index", "noise"), ("blur_index", "blur"), ("ring_index", "ring"),
+                       ("streak_index", "streak"))
+OUTPUT_VARIABLES = ("score", "score_uncertainty", "flag", "valid_fraction", "patch_score", "severity",
+                    *(name for name, _ in INDICATOR_VARIABLES))
+_INDICATOR_ATTRS = {
+    "noise_index": {"long_name": "noise index (robust noise sigma over the slice's contrast)", "units": "1"},
+    "blur_index": {"long_name": "blur index (1 / (gradient-energy ratio at 1.5 and 3 px - 1); about 1 when sharp)",
+                   "units": "1"},
+    "ring_index": {"long_name": "ring index (RMS concentric amplitude about the rotation axis)",
+                   "units": "fraction of the slice's robust intensity range"},
+    "streak_index": {"long_name": "streak index (angular contrast of the power spectrum's spokes)", "units": "1"},
+}
 
 DEFAULT_CHUNK_SLICES = 8
 #: Longest task chunk (slices, input bytes) chosen automatically.
@@ -92,7 +126,7 @@ MAX_ALIGNED_BYTES = 256 * 2**20
 MIN_TASK_PATCHES = 64
 OUTPUT_SUFFIX = ".quality.zarr"
 _DONE_DIR = "_done"
-_FORMAT_VERSION = 1
+_FORMAT_VERSION = 2
 
 # ----------------------------------------------------------------------------- worker side
 
@@ -179,13 +213,44 @@ def _encode_flags(bits: np.ndarray) -> np.ndarray:
 
     bits = np.asarray(bits, dtype=np.int64)
     out = np.full(bits.shape, FLAG_OK, np.int8)
+    # the lowest priority first: later assignments win
+    out[(bits & tiqa.FLAG_RELAXED) != 0] = FLAG_RELAXED
+    out[(bits & tiqa.FLAG_OOD) != 0] = FLAG_OOD
     out[(bits & tiqa.FLAG_NO_VALID_PATCH) != 0] = FLAG_NO_VALID_PATCH
     out[(bits & tiqa.FLAG_CONSTANT) != 0] = FLAG_CONSTANT
     out[(bits & tiqa.FLAG_NONFINITE) != 0] = FLAG_NONFINITE
     return out
 
 
-def score_block(model, block: np.ndarray, *, ring_term: bool = True, ring_center=None) -> dict:
+def _volume_ring_center(vol, zsel, ring_center, *, probes: int = 5):
+    """The rotation axis of a volume: ``ring_center`` when given, else found on a few slices.
+
+    Up to ``probes`` slices spread over the scored ones (away from the ends) are normalised
+    and handed together to :func:`tomoqc.metrics.rings.resolve_ring_center`. Returns
+    ``((row, col), source)``.
+    """
+    from tomoqc.metrics.rings import resolve_ring_center
+    from tomoqc.preprocess import normalize_slice_flagged
+
+    h, w = (int(s) for s in vol.shape[1:])
+    if ring_center not in (None, "auto"):
+        return tuple(float(c) for c in ring_center), "given"
+    k = min(int(probes), len(zsel))
+    picks = zsel[np.unique(np.linspace(0, len(zsel) - 1, k + 2).round().astype(int)[1:-1])] if k else []
+    if len(picks) == 0 and len(zsel):
+        picks = zsel[:1]
+    slices = []
+    for z in picks:
+        img, constant = normalize_slice_flagged(np.asarray(vol[int(z)].values))
+        if not constant:
+            slices.append(img)
+    if not slices:
+        return ((h - 1) / 2.0, (w - 1) / 2.0), "slice centre"
+    return resolve_ring_center(np.stack(slices))
+
+
+def score_block(model, block: np.ndarray, *, measured_terms: bool = True, ring_center=None,
+                tta: int | None = None) -> dict:
     """Score a stack of raw slices with a loaded model.
 
     Parameters
@@ -193,22 +258,26 @@ def score_block(model, block: np.ndarray, *, ring_term: bool = True, ring_center
     model : tomoqc.models.tiqa.TiqaModel
     block : ndarray, shape (n, H, W)
         Raw slices, any real dtype.
+    tta : int, optional
+        Test-time views per patch (default: the model's, 2).
 
     Returns
     -------
     dict
-        ``score`` (n,), ``flag`` (n,) int8, ``valid_fraction`` (n,),
-        ``patch_score`` (n, py, px), ``severity`` (n, 3), ``ring_index`` (n,); float32
-        unless said.
+        ``score`` (n,), ``score_uncertainty`` (n,), ``flag`` (n,) int8,
+        ``valid_fraction`` (n,), ``patch_score`` (n, py, px), ``severity``
+        (n, len(DISTORTIONS)), and the indicators ``noise_index``, ``blur_index``,
+        ``ring_index``, ``streak_index`` (n,); float32 unless said.
     """
-    res = model.score_slices(block, mode="grid", ring_term=ring_term, ring_center=ring_center)
+    res = model.score_slices(block, mode="grid", measured_terms=measured_terms, ring_center=ring_center, tta=tta)
     return {
         "score": np.asarray(res["score"], np.float32),
+        "score_uncertainty": np.asarray(res["score_uncertainty"], np.float32),
         "flag": _encode_flags(res["flags"]),
         "valid_fraction": np.asarray(res["valid_fraction"], np.float32),
         "patch_score": np.asarray(res["patch_score"], np.float32),
         "severity": np.asarray(res["severity"], np.float32),
-        "ring_index": np.asarray(res["ring_index"], np.float32),
+        **{name: np.asarray(res["indicators"][k], np.float32) for name, k in INDICATOR_VARIABLES},
     }
 
 
@@ -222,14 +291,14 @@ def _run_chunk(source, k: int, indices, model_spec) -> dict:
     """
     t0 = time.perf_counter()
     try:
-        path, sha, batch_size, ring_term, ring_center = model_spec
+        path, sha, batch_size, measured_terms, ring_center, tta = model_spec
         if isinstance(source, tuple) and source and source[0] == "path":
             _, vpath, dataset, axis, depth = source
             block = _read_slices(_get_volume(vpath, dataset, axis, depth), indices)
         else:
             block = np.asarray(source)
         model = _get_model(path, sha, batch_size)
-        out = score_block(model, block, ring_term=ring_term, ring_center=ring_center)
+        out = score_block(model, block, measured_terms=measured_terms, ring_center=ring_center, tta=tta)
     except TomoqcError as err:
         return {"k": k, "error": str(err), "path": getattr(err, "path", None),
                 "problem": getattr(err, "problem", str(err))}
@@ -322,11 +391,12 @@ class _MemorySink:
     def __init__(self, n, py, px, nd):
         self.arrays = {
             "score": np.full(n, np.nan, np.float32),
+            "score_uncertainty": np.full(n, np.nan, np.float32),
             "flag": np.zeros(n, np.int8),
             "valid_fraction": np.zeros(n, np.float32),
             "patch_score": np.full((n, py, px), np.nan, np.float32),
             "severity": np.full((n, nd), np.nan, np.float32),
-            "ring_index": np.full(n, np.nan, np.float32),
+            **{name: np.full(n, np.nan, np.float32) for name, _ in INDICATOR_VARIABLES},
         }
         self._done: set[int] = set()
 
@@ -337,6 +407,13 @@ class _MemorySink:
         for name, arr in self.arrays.items():
             arr[lo:hi] = res[name]
         self._done.add(k)
+
+
+_UNCERTAINTY_ATTRS = {
+    "long_name": "slice score uncertainty (about one standard deviation: test-time views and patch "
+                 "spread in quadrature, inflated when out of distribution)",
+    "units": "score units (1-5 scale)",
+}
 
 
 def _template(z, py, px, starts, chunk, attrs):
@@ -355,10 +432,11 @@ def _template(z, py, px, starts, chunk, attrs):
     ds = xr.Dataset(
         {
             "score": (("z",), nan((n,), (c,)), {"long_name": "slice quality score", "units": "1 (worst) to 5 (best)"}),
+            "score_uncertainty": (("z",), nan((n,), (c,)), _UNCERTAINTY_ATTRS),
             "flag": (
                 ("z",),
                 da.zeros((n,), dtype=np.int8, chunks=(c,)),
-                {"flag_values": [0, 1, 2, 3], "flag_meanings": FLAG_MEANINGS},
+                {"flag_values": FLAG_VALUES, "flag_meanings": FLAG_MEANINGS},
             ),
             "valid_fraction": (("z",), nan((n,), (c,)), {"long_name": "share of patches scored"}),
             "patch_score": (("z", "py", "px"), nan((n, py, px), (c, py, px)), {"long_name": "patch quality score"}),
@@ -367,9 +445,7 @@ def _template(z, py, px, starts, chunk, attrs):
                 nan((n, nd), (c, nd)),
                 {"long_name": "distortion severity", "units": "0 (none) to 1 (strong)"},
             ),
-            "ring_index": (("z",), nan((n,), (c,)),
-                           {"long_name": "ring index (RMS concentric amplitude about the slice centre)",
-                            "units": "fraction of the slice's robust intensity range"}),
+            **{name: (("z",), nan((n,), (c,)), _INDICATOR_ATTRS[name]) for name, _ in INDICATOR_VARIABLES},
         },
         coords={
             "z": ("z", np.asarray(z, dtype=np.int64), {"long_name": "slice index along the slicing axis"}),
@@ -476,8 +552,9 @@ def score(
     cluster_options: dict | None = None,
     max_in_flight: int | None = None,
     progress: bool = True,
-    ring_term: bool = True,
+    measured_terms: bool = True,
     ring_center=None,
+    tta: int | None = None,
 ):
     """Score every ``step``-th slice of a volume with the TIQA network.
 
@@ -522,12 +599,17 @@ def score(
         memory on the workers and the scheduler.
     progress : bool
         Show a progress bar with slices/s on stderr.
-    ring_term : bool
-        Apply the model's ring term (:meth:`tomoqc.models.tiqa.TiqaModel.score_slices`);
-        False scores with the network alone. The ring index is written either way.
-    ring_center : (float, float), optional
+    measured_terms : bool
+        Apply the model's measured terms (:meth:`tomoqc.models.tiqa.TiqaModel.score_slices`);
+        False scores with the network alone. The indicators are written either way.
+    ring_center : None, "auto" or (float, float)
         ``(row, col)`` of the rotation axis in the (sliced) slices, for the ring index;
-        default the slice centre.
+        by default found once for the volume from up to 5 slices spread over it
+        (:func:`tomoqc.metrics.rings.resolve_ring_center`), and recorded in the attrs.
+    tta : int, optional
+        Test-time views per patch for ``score_uncertainty``: 1, 2 (default: identity and
+        transpose, about twice the inference of one view), 4 or 8 (every flip and
+        rotation of the square).
 
     Returns
     -------
@@ -551,18 +633,23 @@ def score(
     if chunk_slices is not None and int(chunk_slices) < 1:
         raise OptionError(f"chunk_slices must be >= 1, got {chunk_slices}")
     step, batch_size = int(step), int(batch_size)
+    from tomoqc.models.tiqa import DEFAULT_TTA_VIEWS, _check_views
+
+    tta = DEFAULT_TTA_VIEWS if tta is None else _check_views(tta)
     from tomoqc.metrics.rings import check_center
 
     ring_center = check_center(ring_center, "ring_center")
-    # recorded in the output's attrs, the centre as a JSON string ("" for the slice centre)
-    ring_attrs = {"ring_term": bool(ring_term), "ring_center": "" if ring_center is None else json.dumps(ring_center)}
 
     vol, src_path = _as_volume(volume, dataset, axis)
     mpath, msha, model_id = _model_spec(model, batch_size)
     nz, h, w = (int(s) for s in vol.shape)
     zsel = np.arange(0, nz, step, dtype=np.int64)
-    if ring_center is not None and not (0 <= ring_center[0] < h and 0 <= ring_center[1] < w):
+    if ring_center not in (None, "auto") and not (0 <= ring_center[0] < h and 0 <= ring_center[1] < w):
         raise OptionError(f"--ring-center {ring_center[0]:g},{ring_center[1]:g} is outside the {h} x {w} slices")
+    ring_center, ring_source = _volume_ring_center(vol, zsel, ring_center)
+    # recorded in the output's attrs, the centre as a JSON string
+    ring_attrs = {"measured_terms": bool(measured_terms), "ring_center": json.dumps(list(ring_center)),
+                  "ring_center_source": ring_source}
 
     from tomoqc.models.tiqa import DISTORTIONS, PATCH, patch_grid
 
@@ -576,8 +663,9 @@ def score(
         "shape": [nz, h, w],
         "model_sha256": msha,
         "format_version": _FORMAT_VERSION,
-        "ring_term": bool(ring_term),
-        "ring_center": ring_center,
+        "measured_terms": bool(measured_terms),
+        "ring_center": list(ring_center),
+        "tta_views": tta,
     }
 
     final = None
@@ -627,8 +715,10 @@ def score(
                 "parameters": json.dumps(
                     {"axis": axis, "step": step, "batch_size": batch_size, "chunk_slices": chunk,
                      "dataset": params["dataset"], "sampling": "grid", "patch": int(PATCH),
-                     "ring_term": bool(ring_term), "ring_center": ring_center}
+                     "measured_terms": bool(measured_terms), "ring_center": list(ring_center),
+                     "ring_center_source": ring_source, "tta_views": tta}
                 ),
+                "tta_views": tta,
                 "tomoqc_params": json.dumps(params, sort_keys=True),
                 "complete": False,
             }
@@ -645,7 +735,7 @@ def score(
     resumed = len(done & {k for k, _, _ in bounds})
     todo = [b for b in bounds if b[0] not in done]
     run_id = uuid.uuid4().hex[:12]
-    spec = (mpath, msha, batch_size, bool(ring_term), ring_center)
+    spec = (mpath, msha, batch_size, bool(measured_terms), tuple(ring_center), tta)
 
     def source_for(lo, hi):
         idx = zsel[lo:hi]
@@ -700,6 +790,7 @@ def score(
             "chunk_slices": chunk,
             "input_shape": [nz, h, w],
             **ring_attrs,
+            "tta_views": tta,
             "created": _now(),
             "complete": True,
             "chunks_total": len(bounds),
@@ -710,11 +801,12 @@ def score(
         return xr.Dataset(
             {
                 "score": (("z",), a["score"]),
-                "flag": (("z",), a["flag"], {"flag_values": [0, 1, 2, 3], "flag_meanings": FLAG_MEANINGS}),
+                "score_uncertainty": (("z",), a["score_uncertainty"], _UNCERTAINTY_ATTRS),
+                "flag": (("z",), a["flag"], {"flag_values": FLAG_VALUES, "flag_meanings": FLAG_MEANINGS}),
                 "valid_fraction": (("z",), a["valid_fraction"]),
                 "patch_score": (("z", "py", "px"), a["patch_score"]),
                 "severity": (("z", "distortion"), a["severity"]),
-                "ring_index": (("z",), a["ring_index"]),
+                **{name: (("z",), a[name], _INDICATOR_ATTRS[name]) for name, _ in INDICATOR_VARIABLES},
             },
             coords={
                 "z": zsel,

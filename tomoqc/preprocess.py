@@ -5,6 +5,14 @@ slice is mapped to [0, 1] by clipping at robust percentiles before it reaches a 
 Patches that lie mostly outside the reconstructed field of view (the constant corners of a
 reconstruction) or that hold only air carry no information about the quality of the
 sample and are left out of slice scores.
+
+Images arrive in many forms: float reconstructions with any offset, 16-bit stacks, 8-bit
+PNG/JPEG exports whose display window clipped part of the sample to black or white, and
+binary or segmented slices. :func:`outside_values` decides, per slice, which exact value
+stands for "outside the field of view" (the slice's minimum, and its maximum only when the
+maximum forms the slice's outer region), so that a sample saturated to white is not taken
+for the outside; :func:`patch_has_structure` is the relaxed test used when no patch of a
+slice passes :func:`patch_validity`.
 """
 
 from __future__ import annotations
@@ -17,6 +25,8 @@ __all__ = [
     "normalize_slice",
     "normalize_slice_flagged",
     "patch_validity",
+    "patch_has_structure",
+    "outside_values",
     "fov_fraction",
 ]
 
@@ -39,8 +49,8 @@ def normalize_slice_flagged(
     out : ndarray of float32, same shape
         The normalised slice, in [0, 1].
     constant : bool
-        True when the slice has no finite values or the two percentiles coincide (a constant
-        slice). Its output is then all zeros, a defined value, and the caller decides what
+        True when the slice has no finite values or all of them are equal (a constant
+        slice; when only the two percentiles coincide, the full range is used instead). Its output is then all zeros, a defined value, and the caller decides what
         a score of such a slice means.
     """
     arr = np.asarray(img)
@@ -53,17 +63,26 @@ def normalize_slice_flagged(
     x = arr.astype(np.float32, copy=False)
     finite = np.isfinite(x)
     all_finite = bool(finite.all())
-    if all_finite:
-        values = x
-    else:
-        values = x[finite]
-    if values.size == 0:
+    if not finite.any():
         return np.zeros(arr.shape, np.float32), True
-    lo, hi = np.percentile(values, [low, high])
+    # float64 and wide integers keep their precision until the offset is removed: a
+    # float64 slice of values 1e8 + detail would lose the detail if cast to float32 first
+    wide = arr.dtype.itemsize > 4 or (np.issubdtype(arr.dtype, np.integer) and arr.dtype.itemsize > 2)
+    work = arr.astype(np.float64, copy=False) if wide else x
+    vals = work if all_finite else work[finite]
+    lo, hi = np.percentile(vals, [low, high])
     lo, hi = float(lo), float(hi)
     if not hi > lo:
-        return np.zeros(arr.shape, np.float32), True
-    out = (x - np.float32(lo)) * np.float32(1.0 / (hi - lo))
+        # the percentiles coincide, yet the slice may hold a few other values (an object
+        # smaller than the clipped tails, or a binary slice dominated by one value): use
+        # the full range rather than calling such a slice constant
+        lo, hi = float(np.min(vals)), float(np.max(vals))
+        if not hi > lo:
+            return np.zeros(arr.shape, np.float32), True
+    if wide:
+        out = ((work - lo) * (1.0 / (hi - lo))).astype(np.float32)
+    else:
+        out = (x - np.float32(lo)) * np.float32(1.0 / (hi - lo))
     np.clip(out, 0.0, 1.0, out=out)
     if not all_finite:
         out[~finite] = 0.0
@@ -101,17 +120,53 @@ def normalize_slice(img, *, low: float = 0.5, high: float = 99.5) -> np.ndarray:
     return normalize_slice_flagged(img, low=low, high=high)[0]
 
 
-def _dominant_value_fraction(patch: np.ndarray) -> float:
-    """Fraction of pixels equal to the patch's minimum or maximum, whichever is larger.
+def _dominant_value_fraction(patch: np.ndarray, values=None) -> float:
+    """Fraction of pixels equal to one value that may stand for "outside the field of view".
 
-    Regions outside the field of view of a reconstruction are stored as one constant,
-    which after normalisation is clipped to exactly 0 (or 1). Counting the pixels at the
-    extremes finds them without a full histogram.
+    ``values`` None: the patch's minimum or maximum, whichever is more frequent (regions
+    outside the field of view of a reconstruction are stored as one constant, which after
+    normalisation is clipped to exactly 0 or 1; counting the pixels at the extremes finds
+    them without a full histogram). Otherwise the largest fraction of pixels equal to one of
+    ``values`` (see :func:`outside_values`).
     """
-    lo = patch.min()
-    hi = patch.max()
     n = patch.size
-    return max(np.count_nonzero(patch == lo), np.count_nonzero(patch == hi)) / n
+    if values is None:
+        values = (patch.min(), patch.max())
+    return max((np.count_nonzero(patch == v) for v in values), default=0) / n
+
+
+def outside_values(img, *, border: int = 2, min_border_fraction: float = 0.5) -> tuple[float, ...]:
+    """The exact values of a normalised slice that mean "outside the field of view".
+
+    The slice's minimum (0 after :func:`normalize_slice`) always may: the constant outside
+    a reconstructed disc, padding, or air clipped by the display window. The maximum (1)
+    only when it forms the slice's outer region, i.e. when at least ``min_border_fraction``
+    of the pixels in the outer ``border`` rows and columns hold it (an inverted export with
+    a white outside). A sample saturated to white inside the slice (an 8-bit export whose
+    window clipped, a binary or segmented slice) is therefore not taken for the outside.
+
+    Parameters
+    ----------
+    img : array_like, 2-D
+        A slice normalised to [0, 1].
+
+    Returns
+    -------
+    tuple of float
+        ``(0.0,)`` or ``(0.0, 1.0)``; pass it as ``outside`` to :func:`patch_validity`.
+    """
+    a = np.asarray(img)
+    if a.ndim != 2:
+        raise InputError(None, f"expected a 2-D slice, got an array of shape {a.shape}")
+    b = max(1, int(border))
+    if min(a.shape) <= 2 * b:
+        ring = a.ravel()
+    else:
+        ring = np.concatenate([a[:b].ravel(), a[-b:].ravel(), a[b:-b, :b].ravel(), a[b:-b, -b:].ravel()])
+    lo, hi = 0.0, 1.0
+    if ring.size and np.count_nonzero(ring == hi) >= min_border_fraction * ring.size:
+        return (lo, hi)
+    return (lo,)
 
 
 def patch_validity(
@@ -121,13 +176,15 @@ def patch_validity(
     min_std: float = 0.01,
     air_mean: float = 0.12,
     air_std: float = 0.06,
+    outside=None,
 ) -> bool:
     """Whether a normalised patch shows enough sample to be scored.
 
     A patch is left out when
 
-    - more than ``max_constant_fraction`` of its pixels hold one exact value at the
-      patch's extreme (the constant region outside the reconstructed disc, or padding),
+    - more than ``max_constant_fraction`` of its pixels hold one exact value that stands
+      for the outside of the field of view (``outside``; by default either extreme of the
+      patch: the constant region outside the reconstructed disc, or padding),
     - it is nearly flat (standard deviation below ``min_std``), or
     - it holds only air: dark (mean below ``air_mean``) and without structure
       (standard deviation below ``air_std``).
@@ -138,6 +195,10 @@ def patch_validity(
         A patch of a slice normalised by :func:`normalize_slice` (values in [0, 1]).
     max_constant_fraction, min_std, air_mean, air_std : float
         Thresholds, in the units of the normalised slice.
+    outside : sequence of float, optional
+        The values that mean "outside the field of view" in this patch's slice, from
+        :func:`outside_values`. None: the patch's own minimum and maximum (a saturated or
+        binary patch then counts as outside; slice scoring passes the slice's values).
 
     Returns
     -------
@@ -147,7 +208,7 @@ def patch_validity(
     p = np.asarray(patch, dtype=np.float32)
     if p.size == 0 or not np.isfinite(p).all():
         return False
-    if _dominant_value_fraction(p) > max_constant_fraction:
+    if _dominant_value_fraction(p, outside) > max_constant_fraction:
         return False
     std = float(p.std())
     if std < min_std:
@@ -155,6 +216,22 @@ def patch_validity(
     if float(p.mean()) < air_mean and std < air_std:
         return False
     return True
+
+
+def patch_has_structure(patch, *, max_constant_fraction: float = 0.9, min_std: float = 0.01) -> bool:
+    """The relaxed test for slices none of whose patches passes :func:`patch_validity`.
+
+    True when the patch is finite, at most ``max_constant_fraction`` of it holds one of its
+    extreme values, and its standard deviation reaches ``min_std``: some structure, even if
+    the patch is mostly saturated, binary or dark. A slice scored from such patches is
+    flagged (``FLAG_RELAXED`` of :mod:`tomoqc.models.tiqa`).
+    """
+    p = np.asarray(patch, dtype=np.float32)
+    if p.size == 0 or not np.isfinite(p).all():
+        return False
+    if _dominant_value_fraction(p) > max_constant_fraction:
+        return False
+    return float(p.std()) >= min_std
 
 
 def fov_fraction(patch) -> float:

@@ -8,11 +8,24 @@ ties them together.
 
 Verdict
 -------
-A volume *fails* when the median of its slice scores is below the threshold
-(``fail_below``, or :data:`DEFAULT_THRESHOLD` = 3, "average" on the TIQA 1-5
-scale, when none is given); it *passes* otherwise, and is *unknown* when no
-slice could be scored. Only an explicit ``fail_below`` turns a failure into an
-error (:class:`tomoqc.errors.QCFailed`, exit code 3 on the command line).
+In this order:
+
+- *unknown* when no slice could be scored;
+- *uncertain* when more than :data:`OOD_SHARE_MAX` (20 %) of the scored slices are
+  out of distribution (flag 4: the input is unlike anything the model was trained
+  on, so its scores, low or high, are not to be trusted);
+- *fail* when the median of the slice scores is below the threshold
+  (``fail_below``, or :data:`DEFAULT_THRESHOLD` = 3, "average" on the TIQA 1-5
+  scale, when none is given);
+- *uncertain* when the median ``score_uncertainty`` exceeds
+  :data:`UNCERTAINTY_MAX` (0.5 score units: the score could then be a whole grade
+  away, as likely as not, from what the model says);
+- *pass* otherwise.
+
+Only an explicit ``fail_below`` turns a failure into an error
+(:class:`tomoqc.errors.QCFailed`, exit code 3 on the command line); *uncertain*
+never does: it asks a person to look. Outputs of earlier versions, without
+``score_uncertainty``, are judged on the score alone.
 """
 
 from __future__ import annotations
@@ -31,9 +44,17 @@ import numpy as np
 
 from tomoqc.errors import InputError, OptionError, QCFailed
 
-__all__ = ["DEFAULT_THRESHOLD", "summarize", "report", "plot_volume", "worst_ranges"]
+__all__ = ["DEFAULT_THRESHOLD", "UNCERTAINTY_MAX", "OOD_SHARE_MAX", "VERDICTS", "summarize", "report",
+           "plot_volume", "worst_ranges"]
 
 DEFAULT_THRESHOLD = 3.0
+#: median score_uncertainty (score units) above which a volume is ``uncertain``
+UNCERTAINTY_MAX = 0.5
+#: share of the scored slices out of distribution above which a volume is ``uncertain``
+OOD_SHARE_MAX = 0.2
+VERDICTS = ("pass", "fail", "uncertain", "unknown")
+#: the value of ``flag`` that marks an out-of-distribution slice (tomoqc.pipeline.FLAG_OOD)
+_FLAG_OOD = 4
 #: a distortion is named dominant only when its median severity reaches this value
 SEVERITY_FLOOR = 0.25
 MAX_RANGES = 5
@@ -48,6 +69,8 @@ CSV_FIELDS = [
     "median_score",
     "p5_score",
     "min_score",
+    "median_score_uncertainty",
+    "ood_fraction",
     "worst_slices",
     "dominant_distortion",
     "severity_noise",
@@ -137,8 +160,11 @@ def summarize(ds_or_path, *, fail_below: float | None = None) -> dict:
         ``ring`` or ``none``: the highest median severity over the slices below the
         threshold, or over all scored slices when none is), ``severity`` (median per distortion),
         ``median_ring_index`` (median :func:`tomoqc.metrics.rings.ring_index` of the scored
-        slices; None for outputs without one), ``verdict``
-        (``pass``, ``fail`` or ``unknown``), ``threshold``, ``model_id``.
+        slices; None for outputs without one), ``median_score_uncertainty`` (median
+        ``score_uncertainty`` of the scored slices, score units; None for outputs without
+        one), ``ood_fraction`` (share of the scored slices flagged out of distribution),
+        ``verdict`` (``pass``, ``fail``, ``uncertain`` or ``unknown``: see the module
+        documentation), ``threshold``, ``model_id``.
     """
     ds, where = _open(ds_or_path)
     threshold = DEFAULT_THRESHOLD if fail_below is None else float(fail_below)
@@ -170,11 +196,24 @@ def summarize(ds_or_path, *, fail_below: float | None = None) -> dict:
         k = max(valid, key=valid.get)
         if valid[k] >= SEVERITY_FLOOR:
             dominant = k
+    unc = None
+    if "score_uncertainty" in ds:  # outputs of earlier versions have none
+        u = np.asarray(ds["score_uncertainty"].values, dtype=np.float64)[ok]
+        u = u[np.isfinite(u)]
+        unc = float(np.median(u)) if u.size else None
+    ood = float(np.count_nonzero(flag[ok] == _FLAG_OOD) / ok.sum()) if ok.any() else 0.0
     if ok.any():
         med = float(np.median(s[ok]))
         p5 = float(np.percentile(s[ok], 5))
         mn = float(np.min(s[ok]))
-        verdict = "fail" if med < threshold else "pass"
+        if ood > OOD_SHARE_MAX:
+            verdict = "uncertain"
+        elif med < threshold:
+            verdict = "fail"
+        elif unc is not None and unc > UNCERTAINTY_MAX:
+            verdict = "uncertain"
+        else:
+            verdict = "pass"
     else:
         med = p5 = mn = float("nan")
         verdict = "unknown"
@@ -187,6 +226,8 @@ def summarize(ds_or_path, *, fail_below: float | None = None) -> dict:
         "median_score": _r(med),
         "p5_score": _r(p5),
         "min_score": _r(mn),
+        "median_score_uncertainty": None if unc is None else _r(unc),
+        "ood_fraction": round(ood, 4),
         "worst_slices": worst_ranges(z, s, threshold),
         "dominant_distortion": dominant,
         "severity": sev,
@@ -236,9 +277,10 @@ def _display(img):
 def plot_volume(ds_or_path, png, *, summary: dict | None = None) -> Path:
     """Plot one volume's quality along its slicing axis into ``png``.
 
-    Top: slice score with the threshold and the median; middle: the noise, blur and
-    ring severities; bottom: thumbnails of the worst slices read from the input volume
-    (when it is still there). Flagged slices are marked on the score axis.
+    Top: slice score with a shaded band of +- its ``score_uncertainty`` (when the output
+    has one), the threshold and the median; middle: the severity of each distortion;
+    bottom: thumbnails of the worst slices read from the input volume (when it is still
+    there). Flagged slices are marked on the score axis, out-of-distribution ones apart.
     """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -259,6 +301,12 @@ def plot_volume(ds_or_path, png, *, summary: dict | None = None) -> Path:
                           top=0.95, bottom=0.03, left=0.07, right=0.98)
     ax = fig.add_subplot(gs[0, :])
     thr = summary["threshold"]
+    if "score_uncertainty" in ds:
+        u = np.asarray(ds["score_uncertainty"].values, dtype=np.float64)
+        band = ok & np.isfinite(u)
+        if band.any():
+            ax.fill_between(z, np.where(band, s - u, np.nan), np.where(band, s + u, np.nan), color="#1f5fa8",
+                            alpha=0.2, lw=0, label="score +- uncertainty")
     ax.plot(z, s, "-", color="#1f5fa8", lw=1.5, marker="o" if len(z) <= 80 else None, ms=3, label="slice score")
     ax.axhline(thr, color="#c0392b", ls="--", lw=1, label=f"threshold {thr:g}")
     if summary["median_score"] is not None:
@@ -266,23 +314,29 @@ def plot_volume(ds_or_path, png, *, summary: dict | None = None) -> Path:
     low = ok & (s < thr)
     if low.any():
         ax.fill_between(z, 1, 5, where=low, color="#c0392b", alpha=0.12, step="mid", label="below threshold")
-    flagged = flag != 0
+    oodm = flag == _FLAG_OOD
+    flagged = (flag != 0) & ~oodm
     if flagged.any():
         ax.plot(z[flagged], np.full(int(flagged.sum()), 1.1), "x", color="k", ms=6, label="flagged slice")
+    if oodm.any():
+        ax.plot(z[oodm], np.full(int(oodm.sum()), 1.25), "d", color="#e67e22", ms=5, label="out of distribution")
     ax.set_ylim(1, 5)
     ax.set_xlim(z.min() - 0.5, z.max() + 0.5)
     ax.set_ylabel("score (1-5)")
     name = Path(summary["path"]).name or Path(summary["output"]).name
+    unc = summary.get("median_score_uncertainty")
+    unc_txt = "" if unc is None else f" +- {unc}"
+    ood_txt = f", {100 * summary['ood_fraction']:.0f}% out of distribution" if summary.get("ood_fraction") else ""
     ax.set_title(
-        f"{name}: median {summary['median_score']}, 5th pct {summary['p5_score']}, "
-        f"verdict {summary['verdict'].upper()}, dominant distortion {summary['dominant_distortion']}",
+        f"{name}: median {summary['median_score']}{unc_txt}, 5th pct {summary['p5_score']}, "
+        f"verdict {summary['verdict'].upper()}, dominant distortion {summary['dominant_distortion']}{ood_txt}",
         fontsize=10,
     )
     ax.legend(loc="lower right", fontsize=8, ncol=3)
     ax.grid(alpha=0.3)
 
     ax2 = fig.add_subplot(gs[1, :], sharex=ax)
-    colors = {"noise": "#8e44ad", "blur": "#16a085", "ring": "#d35400"}
+    colors = {"noise": "#8e44ad", "blur": "#16a085", "ring": "#d35400", "streak": "#2c3e50"}
     if "severity" in ds:
         sv = np.asarray(ds["severity"].values, dtype=np.float64)
         for j, d in enumerate(str(x) for x in ds["distortion"].values):
@@ -325,11 +379,24 @@ def _write_text(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def _csv_row(s: dict) -> dict:
-    row = {k: s.get(k) for k in CSV_FIELDS}
+def _csv_fields(summaries) -> list[str]:
+    """CSV_FIELDS with one ``severity_<name>`` column per distortion the outputs hold
+    (noise, blur and ring always, in that order, then any other in order of appearance)."""
+    names = []
+    for s in summaries:
+        for d in s.get("severity") or {}:
+            if f"severity_{d}" not in CSV_FIELDS and d not in names:
+                names.append(d)
+    i = CSV_FIELDS.index("severity_ring") + 1
+    return CSV_FIELDS[:i] + [f"severity_{d}" for d in names] + CSV_FIELDS[i:]
+
+
+def _csv_row(s: dict, fields=CSV_FIELDS) -> dict:
+    row = {k: s.get(k) for k in fields}
     row["worst_slices"] = _fmt_ranges(s["worst_slices"])
-    for d in ("noise", "blur", "ring"):
-        row[f"severity_{d}"] = s["severity"].get(d)
+    for k in fields:
+        if k.startswith("severity_"):
+            row[k] = s["severity"].get(k[len("severity_"):])
     return {k: ("" if v is None else v) for k, v in row.items()}
 
 
@@ -354,7 +421,7 @@ h1{font-size:22px;margin-bottom:4px} .meta{color:#666;font-size:13px;margin-bott
 table{border-collapse:collapse;font-size:13px;margin-bottom:24px} th,td{border:1px solid #ccc;padding:4px 8px;text-align:right}
 th{background:#f2f2f2} td.l{text-align:left}
 .pass{background:#d5f5e3;color:#145a32;font-weight:600} .fail{background:#fadbd8;color:#78281f;font-weight:600}
-.unknown{background:#eee;color:#555;font-weight:600}
+.unknown{background:#eee;color:#555;font-weight:600} .uncertain{background:#fdebd0;color:#7e5109;font-weight:600}
 section{margin:18px 0 28px 0} section h2{font-size:16px;margin-bottom:6px} img{max-width:100%;border:1px solid #ddd}
 """
 
@@ -376,6 +443,8 @@ def _html(summaries, pngs, fail_below, created) -> str:
             f"<td>{s['slices']} / {s['slices_total']}</td>"
             f"<td>{s['flagged']}</td>"
             f"<td>{_num(s['median_score'])}</td>"
+            f"<td>{_num(s.get('median_score_uncertainty'))}</td>"
+            f"<td>{100 * (s.get('ood_fraction') or 0):.0f}%</td>"
             f"<td>{_num(s['p5_score'])}</td>"
             f"<td class=l>{e(_fmt_ranges(s['worst_slices']))}</td>"
             f"<td class=l>{e(s['dominant_distortion'])}</td>"
@@ -392,13 +461,17 @@ def _html(summaries, pngs, fail_below, created) -> str:
         )
     thr = DEFAULT_THRESHOLD if fail_below is None else fail_below
     n_fail = sum(s["verdict"] == "fail" for s in summaries)
+    n_unc = sum(s["verdict"] == "uncertain" for s in summaries)
     return (
         "<!DOCTYPE html><html lang=en><head><meta charset='utf-8'><title>tomoqc quality report</title>"
         f"<style>{_CSS}</style></head><body>"
         "<h1>tomoqc quality report</h1>"
-        f"<div class=meta>{len(summaries)} volume(s), {n_fail} below the threshold {thr:g} (median slice score); "
+        f"<div class=meta>{len(summaries)} volume(s), {n_fail} below the threshold {thr:g} (median slice score), "
+        f"{n_unc} uncertain (median score uncertainty above {UNCERTAINTY_MAX:g} or more than "
+        f"{100 * OOD_SHARE_MAX:.0f}% of slices out of distribution); "
         f"created {e(created)} by tomoqc {e(__version__)}. Scores: 1 terrible - 5 excellent.</div>"
-        "<table><tr><th>volume</th><th>slices scored</th><th>flagged</th><th>median</th><th>5th pct</th>"
+        "<table><tr><th>volume</th><th>slices scored</th><th>flagged</th><th>median</th><th>+-</th>"
+        "<th>out of distribution</th><th>5th pct</th>"
         "<th>worst slices</th><th>dominant distortion</th><th>verdict</th></tr>"
         + "".join(rows)
         + "</table>"
@@ -468,10 +541,11 @@ def report(paths, out, *, fail_below: float | None = None, plots: bool = True) -
         pngs.append(png)
     files = []
     buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=CSV_FIELDS)
+    fields = _csv_fields(summaries)
+    w = csv.DictWriter(buf, fieldnames=fields)
     w.writeheader()
     for s in summaries:
-        w.writerow(_csv_row(s))
+        w.writerow(_csv_row(s, fields))
     _write_text(out / "report.csv", buf.getvalue())
     files.append(str(out / "report.csv"))
     result = {

@@ -167,7 +167,7 @@ def rings_cmd(
     dataset: Optional[str] = typer.Option(None, "--dataset", "-d", help="Array path inside an HDF5 file or zarr group."),
     index: Optional[int] = typer.Option(None, "--slice", help="Slice to measure (default: the middle one)."),
     axis: str = typer.Option("z", "--axis", help="Slicing axis: z, y or x."),
-    center: Optional[str] = typer.Option(None, "--center", help="Rotation axis as ROW,COL (default: slice centre)."),
+    center: Optional[str] = typer.Option(None, "--center", help="Rotation axis as ROW,COL, or auto to look for it (default: slice centre)."),
     png: Optional[Path] = typer.Option(None, "--png", help="Write the slice and its ring profile to this PNG."),
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
 ) -> None:
@@ -187,15 +187,16 @@ def rings_cmd(
     if not 0 <= k < nz:
         raise OptionError(f"--slice {k} is outside the volume's {nz} slices (0-{nz - 1})")
     img = np.asarray(vol[k].values)
-    if ctr is not None and not (0 <= ctr[0] < img.shape[0] and 0 <= ctr[1] < img.shape[1]):
+    if isinstance(ctr, tuple) and not (0 <= ctr[0] < img.shape[0] and 0 <= ctr[1] < img.shape[1]):
         raise OptionError(f"--center {center} is outside the {img.shape[0]} x {img.shape[1]} slice")
     prof = ring_profile(img, center=ctr)
     if not math.isfinite(prof.index):
         raise InputError(volume, f"slice {k} cannot be measured (no finite pixels, or no radius of at least "
                                  f"{prof.min_radius:g} px about the axis fits in it)")
     rings = _strongest_rings(prof)
+    source = "slice centre" if ctr is None else ("found" if ctr == "auto" else "given")
     result = {"volume": str(volume), "slice": k, "axis": axis, "center": [round(c, 2) for c in prof.center],
-              "ring_index": round(prof.index, 6), "strongest_radii": rings}
+              "center_source": source, "ring_index": round(prof.index, 6), "strongest_radii": rings}
     if png is not None:
         from tomoqc.preprocess import normalize_slice
 
@@ -208,7 +209,7 @@ def rings_cmd(
 
     con = Console()
     con.print(f"{volume} slice {k}: ring index [bold]{prof.index:.4f}[/bold] "
-              f"(axis at row {prof.center[0]:.1f}, col {prof.center[1]:.1f}; about 0 without rings, "
+              f"(axis at row {prof.center[0]:.1f}, col {prof.center[1]:.1f}, {source}; about 0 without rings, "
               f"below 0.01 on clean test phantoms)")
     con.print("strongest concentric structure (where the rings are, when there are any):")
     for r in rings:

@@ -11,6 +11,9 @@ import typer
 from tomoqc.cli import app
 
 _SLURM = "SLURM (--cluster slurm)"
+_FAIL_HELP = ("Exit 3 when a volume's verdict is 'fail' (median score below S). A volume whose score is "
+              "'uncertain' (median score uncertainty above 0.5, or more than 20% of its slices unlike the "
+              "model's training data) does not exit 3: look at it.")
 
 
 def _print_summaries(summaries, as_json: bool) -> None:
@@ -20,6 +23,7 @@ def _print_summaries(summaries, as_json: bool) -> None:
                                      "dominant_distortion", "verdict")}
             row.update({k: s[k] for k in ("slices_total", "flagged", "min_score", "worst_slices",
                                           "severity", "median_ring_index", "threshold", "model_id")})
+            row.update({k: s.get(k) for k in ("median_score_uncertainty", "ood_fraction")})
             print(json.dumps(row), flush=True)
         return
     from rich.console import Console
@@ -28,17 +32,19 @@ def _print_summaries(summaries, as_json: bool) -> None:
     table = Table(title="slice quality (1 terrible - 5 excellent)", title_justify="left")
     for col in ("volume", "slices", "median", "5th pct", "worst slices", "dominant", "verdict"):
         table.add_column(col, justify="left" if col in ("volume", "worst slices", "dominant") else "right")
-    colours = {"pass": "green", "fail": "bold red", "unknown": "yellow"}
+    colours = {"pass": "green", "fail": "bold red", "uncertain": "bold yellow", "unknown": "yellow"}
     for s in summaries:
         worst = " ".join(f"{a}" if a == b else f"{a}-{b}" for a, b in s["worst_slices"])
         table.add_row(
             Path(s["path"]).name or s["output"],
             f"{s['slices']}/{s['slices_total']}",
-            "-" if s["median_score"] is None else f"{s['median_score']:.2f}",
+            ("-" if s["median_score"] is None else f"{s['median_score']:.2f}")
+            + ("" if s.get("median_score_uncertainty") is None else f"±{s['median_score_uncertainty']:.2f}"),
             "-" if s["p5_score"] is None else f"{s['p5_score']:.2f}",
             worst,
             s["dominant_distortion"],
-            f"[{colours[s['verdict']]}]{s['verdict']}[/]",
+            f"[{colours.get(s['verdict'], 'yellow')}]{s['verdict']}[/]"
+            + (f" ({100 * s['ood_fraction']:.0f}% OOD)" if s.get("ood_fraction") else ""),
         )
     Console().print(table)
 
@@ -78,18 +84,31 @@ def score(
     gpus: Optional[int] = typer.Option(None, "--gpus", help="GPUs per worker job.", rich_help_panel=_SLURM),
     interface: Optional[str] = typer.Option(None, "--interface", help="Network interface, e.g. ib0.", rich_help_panel=_SLURM),
     local_directory: Optional[str] = typer.Option(None, "--local-directory", help="Node-local scratch folder.", rich_help_panel=_SLURM),
-    no_ring_term: bool = typer.Option(
-        False, "--no-ring-term",
-        help="Score with the network alone, without the ring term (for samples with thin concentric structure "
-             "of their own centred on the axis, such as a holder's wall). The ring index is written either way."),
+    no_measured_terms: bool = typer.Option(
+        False, "--no-measured-terms", "--no-ring-term",
+        help="Score with the network alone, without the measured noise, blur, ring and streak terms (for "
+             "samples with thin concentric structure of their own centred on the axis, such as a holder's wall). "
+             "The indicators are written either way."),
     ring_center: Optional[str] = typer.Option(
-        None, "--ring-center", help="Rotation axis in the slices as ROW,COL for the ring index (default: slice centre)."),
-    fail_below: Optional[float] = typer.Option(None, "--fail-below", help="Exit 3 when a volume's median score is below S."),
+        None, "--ring-center",
+        help="Rotation axis in the slices as ROW,COL for the ring index (default: found once per volume; "
+             "'auto' says so explicitly)."),
+    tta_views: int = typer.Option(
+        2, "--tta-views",
+        help="Test-time views of up to 4 patches per slice for the score uncertainty: 1, 2 (identity and "
+             "transpose), 4 or 8 (every flip and rotation). Scores do not depend on it."),
+    fail_below: Optional[float] = typer.Option(None, "--fail-below", help=_FAIL_HELP),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing quality outputs."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object per volume per line."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
     """Score every slice of each volume; write <volume>.quality.zarr and print a summary.
+
+    Each slice gets a score (1-5), a score uncertainty (about one standard deviation, in score
+    units) and a flag (4: out of distribution, the input is unlike the model's training data).
+    Verdicts: pass; fail (median score below the threshold, 3 or --fail-below); uncertain (the
+    median uncertainty is above 0.5 or more than 20% of the slices are out of distribution: the
+    score is not to be trusted, look at the volume); unknown (nothing could be scored).
 
     A run that is interrupted resumes where it stopped when started again.
     """
@@ -110,6 +129,8 @@ def score(
             options = {"local_directory": local_directory}
     if fail_below is not None and not (1.0 <= fail_below <= 5.0):
         raise OptionError(f"--fail-below must be between 1 and 5, got {fail_below}")
+    if tta_views not in (1, 2, 4, 8):
+        raise OptionError(f"--tta-views must be 1, 2, 4 or 8, got {tta_views}")
     if not volumes:
         raise OptionError("no volume given")
     from tomoqc.metrics.rings import check_center
@@ -130,7 +151,7 @@ def score(
         for v in volumes:
             kwargs = dict(model=model, out=out, dataset=dataset, axis=axis, step=step, batch_size=batch_size,
                           overwrite=overwrite, chunk_slices=chunk_slices, progress=not quiet,
-                          ring_term=not no_ring_term, ring_center=center)
+                          measured_terms=not no_measured_terms, ring_center=center, tta=tta_views)
             if client is None:
                 ds = score_volume(v, cluster="none", **kwargs)
             else:
@@ -148,7 +169,7 @@ def score(
 def report(
     paths: List[Path] = typer.Argument(..., help="Quality outputs (*.quality.zarr) to aggregate."),
     out: Path = typer.Option(..., "--out", "-o", help="Folder for report.csv, report.json, PNGs and index.html."),
-    fail_below: Optional[float] = typer.Option(None, "--fail-below", help="Exit 3 when a volume's median score is below S."),
+    fail_below: Optional[float] = typer.Option(None, "--fail-below", help=_FAIL_HELP),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object per volume per line."),
 ) -> None:
     """Aggregate quality outputs into a report (CSV, JSON, PNG plots and index.html)."""

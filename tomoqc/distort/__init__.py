@@ -6,7 +6,8 @@
 ``domain="physics"``
     The same impairments as they arise in a scan: projections, counting noise,
     detector blur and detector-gain rings, then filtered back-projection
-    (:mod:`tomoqc.distort.physics`).
+    (:mod:`tomoqc.distort.physics`); and a fourth, ``streak``: too few projections
+    (angular undersampling), which only exists in the physics domain.
 
 Both take images scaled to ``[0, 1]`` and return float32 images; level 0 is the
 identity for the image domain and the clean reconstruction for the physics domain.
@@ -18,14 +19,26 @@ import numpy as np
 
 from tomoqc.errors import OptionError
 
-__all__ = ["DISTORTIONS", "LEVELS", "DOMAINS", "MIX_ORDER", "apply", "apply_mixture", "reference"]
+__all__ = ["DISTORTIONS", "ALL_DISTORTIONS", "PHYSICS_ONLY", "LEVELS", "DOMAINS", "MIX_ORDER", "distortions_of",
+           "apply", "apply_mixture", "reference"]
 
+#: The impairments of both domains (the TIQA report's three).
 DISTORTIONS = ("noise", "blur", "ring")
+#: Impairments that only arise in a scan (physics domain).
+PHYSICS_ONLY = ("streak",)
+#: Every impairment the data engine makes.
+ALL_DISTORTIONS = DISTORTIONS + PHYSICS_ONLY
 LEVELS = (1, 2, 3, 4, 5)
 DOMAINS = ("image", "physics")
 #: Order in which the impairments of a mixture are applied in the image domain
 #: (detector blur and ring offsets before counting noise, as in a scan).
 MIX_ORDER = ("blur", "ring", "noise")
+
+
+def distortions_of(domain: str) -> tuple[str, ...]:
+    """The impairments ``domain`` can make."""
+    _module(domain)
+    return ALL_DISTORTIONS if domain == "physics" else DISTORTIONS
 
 
 def _module(domain: str):
@@ -57,13 +70,14 @@ def reference(img, *, domain: str = "image", **kwargs) -> np.ndarray:
     return _module(domain).reference(img, **kwargs)
 
 
-def _check_mix(levels: dict) -> dict:
+def _check_mix(levels: dict, domain: str = "image") -> dict:
     if not isinstance(levels, dict) or not levels:
         raise OptionError("a mixture is a non-empty dict like {'noise': 2, 'ring': 3}")
+    allowed = distortions_of(domain)
     out = {}
     for k, v in levels.items():
-        if k not in DISTORTIONS:
-            raise OptionError(f"unknown distortion {k!r} in mixture; choose from {DISTORTIONS}")
+        if k not in allowed:
+            raise OptionError(f"unknown distortion {k!r} in a {domain}-domain mixture; choose from {allowed}")
         if int(v) != v or not 0 <= int(v) <= 5:
             raise OptionError(f"mixture level for {k!r} must be an integer 0..5, got {v!r}")
         out[k] = int(v)
@@ -77,7 +91,7 @@ def apply_mixture(img, levels: dict, *, domain: str = "image", rng=None, **kwarg
     in the physics domain they enter one simulated scan together
     (:func:`tomoqc.distort.physics.apply_mixture`).
     """
-    levels = _check_mix(levels)
+    levels = _check_mix(levels, domain)
     if domain == "physics":
         return _module(domain).apply_mixture(img, levels, rng=rng, **kwargs)
     mod = _module(domain)

@@ -17,6 +17,13 @@ A slice (values in ``[0, 1]``, read as attenuation) is scanned and reconstructed
    counting noise is simulated) and filtered back-projection (ramp filter), scaled back
    to image units.
 
+The fourth impairment, ``streak``, scans with fewer projections than the
+``ceil(pi/2 * N)`` that sample an ``N`` px slice fully (a fast scan): filtered
+back-projection of too few views leaves the streaks of angular aliasing (Kak and Slaney,
+ch. 5). Its levels keep 1/3, 1/6, 1/12, 1/24 and 1/48 of the full set
+(:data:`STREAK_FRACTION`); like the other single impairments it is simulated without
+counting noise, so that it alone separates the image from its reference.
+
 The clean reference is the same chain with no noise, no PSF, matched gains and the
 full set of angles, so that a distorted image differs from its reference only by the
 impairment. Levels 1..5 of each impairment are calibrated so that the mean PSNR
@@ -53,6 +60,8 @@ __all__ = [
     "FLUX",
     "PSF_SIGMA",
     "RING_DEFECTS",
+    "STREAK_FRACTION",
+    "streak_angles",
     "Scanner",
     "scanner",
     "stripe_gains",
@@ -82,6 +91,20 @@ RING_DEFECTS = (
     {"full": 0.09, "mismatch": 0.13, "partial": 0.05, "dead": 0},
     {"full": 0.12, "mismatch": 0.20, "partial": 0.07, "dead": 1},
 )
+
+
+#: Share of the full set of projections kept at streak levels 1..5.
+STREAK_FRACTION = (1 / 3, 1 / 6, 1 / 12, 1 / 24, 1 / 48)
+_KINDS = ("noise", "blur", "ring", "streak")
+
+
+def streak_angles(shape, level: int) -> int | None:
+    """Projections of a scan of an image of ``shape`` at streak ``level`` (None: the full set)."""
+    lv = check_level(level)
+    if lv == 0:
+        return None
+    full = int(math.ceil(math.pi / 2 * max(int(s) for s in shape)))
+    return max(2, int(round(full * STREAK_FRACTION[lv - 1])))
 
 
 def _as_image(img) -> np.ndarray:
@@ -128,7 +151,9 @@ class Scanner:
     shape : (int, int)
         Image shape ``(H, W)``.
     n_angles : int, optional
-        Number of projections over ``[0, pi)``; default ``ceil(pi/2 * max(shape))``.
+        Number of projections over ``[0, pi)``; default ``ceil(pi/2 * max(shape))``. A
+        multiple of 4 is raised by one (such a set holds exactly 45 degrees, where the
+        pixel-driven projector aliases).
     center : (float, float), optional
         Rotation axis ``(row, col)``; default the image centre.
     filter : str
@@ -143,6 +168,11 @@ class Scanner:
         self.n_angles = int(n_angles) if n_angles else int(math.ceil(math.pi / 2 * max(h, w)))
         if self.n_angles < 1:
             raise OptionError(f"n_angles must be >= 1, got {n_angles}")
+        if self.n_angles % 4 == 0:
+            # a set of n = 4k angles over [0, pi) holds exactly 45 degrees, where every pixel
+            # centre projects onto a lattice of spacing 1 / sqrt(2) and the pixel-driven
+            # projector aliases into a strong 45-degree streak; one more angle avoids it
+            self.n_angles += 1
         self.angles = np.arange(self.n_angles) * (math.pi / self.n_angles)
         cy, cx = ((h - 1) / 2.0, (w - 1) / 2.0) if center is None else map(float, center)
         self.center = (cy, cx)
@@ -371,10 +401,12 @@ def reference(img, *, attenuation=ATTENUATION, filter="ramp") -> np.ndarray:
 def level_params(distortion: str, level: int) -> dict:
     """Scan parameters of ``distortion`` at ``level`` (1..5), for manifests."""
     lv = check_level(level)
-    if distortion not in ("noise", "blur", "ring"):
-        raise OptionError(f"unknown distortion {distortion!r}; choose from noise, blur, ring")
+    if distortion not in _KINDS:
+        raise OptionError(f"unknown distortion {distortion!r}; choose from {', '.join(_KINDS)}")
     if lv == 0:
         return {}
+    if distortion == "streak":
+        return {"angle_fraction": STREAK_FRACTION[lv - 1]}
     if distortion == "noise":
         return {"flux": FLUX[lv - 1]}
     if distortion == "blur":
@@ -422,22 +454,38 @@ def apply_many(img, specs, *, rng=None, attenuation=ATTENUATION, filter="ramp",
     sc_ref = scanner(a.shape, None, filter)
     k = attenuation / max(a.shape)
     p_ref = sc_ref.project(a) * k
-    sc = scanner(a.shape, n_angles, filter)
-    p = p_ref if sc is sc_ref else sc.project(a) * k
-    sinos = [p_ref]
+    # specs grouped by their number of projections (a streak level scans fewer of them)
+    levels = []
     for spec in specs:
         lv = {d: check_level(v) for d, v in spec.items()}
         for d in lv:
-            if d not in ("noise", "blur", "ring"):
-                raise OptionError(f"unknown distortion {d!r}; choose from noise, blur, ring")
-        kw = _scan_kwargs(lv, sc.n_det, a.shape, rng)
-        sinos.append(_measure(p, rng=rng, **kw))
-    if sc is sc_ref:
-        recs = sc.reconstruct(np.stack(sinos)) / k
-        ref, dist = recs[0], list(recs[1:])
-    else:
-        ref = sc_ref.reconstruct(sinos[0]) / k
-        dist = list(sc.reconstruct(np.stack(sinos[1:])) / k) if specs else []
+            if d not in _KINDS:
+                raise OptionError(f"unknown distortion {d!r}; choose from {', '.join(_KINDS)}")
+        levels.append(lv)
+    projections = {}
+    dist: list = [None] * len(levels)
+    ref = None
+    for i, lv in enumerate(levels):
+        na = streak_angles(a.shape, lv["streak"]) if lv.get("streak") else n_angles
+        projections.setdefault(na, []).append(i)
+    groups = sorted(projections.items(), key=lambda kv: -1 if kv[0] is None else kv[0])
+    if not any(na is None for na, _ in groups):
+        groups.insert(0, (None, []))
+    for na, idx in groups:
+        sc = scanner(a.shape, na, filter)
+        p = p_ref if sc is sc_ref else sc.project(a) * k
+        sinos = [_measure(p, rng=rng, **_scan_kwargs(levels[i], sc.n_det, a.shape, rng)) for i in idx]
+        if sc is sc_ref and ref is None:
+            sinos.insert(0, p_ref)
+        if not sinos:
+            continue
+        recs = list(sc.reconstruct(np.stack(sinos)) / k)
+        if sc is sc_ref and ref is None:
+            ref = recs.pop(0)
+        for i, r in zip(idx, recs):
+            dist[i] = r
+    if ref is None:
+        ref = sc_ref.reconstruct(p_ref) / k
     return ref.astype(np.float32), [d.astype(np.float32) for d in dist]
 
 
@@ -448,8 +496,8 @@ def apply(img, distortion: str, level: int, *, rng=None, center=None, **kwargs):
     accepted for signature compatibility with the image domain; the rotation axis is
     the image centre. Extra keyword arguments go to :func:`apply_many`.
     """
-    if distortion not in ("noise", "blur", "ring"):
-        raise OptionError(f"unknown distortion {distortion!r}; choose from noise, blur, ring")
+    if distortion not in _KINDS:
+        raise OptionError(f"unknown distortion {distortion!r}; choose from {', '.join(_KINDS)}")
     if center is not None:
         raise OptionError("the physics domain rotates about the image centre; center is not supported")
     _, (out,) = apply_many(img, [{distortion: check_level(level)}], rng=rng, **kwargs)

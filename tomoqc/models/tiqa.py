@@ -18,6 +18,14 @@ rising logistic from the raw score to the label scale, per patch) and ``ring_ter
 :func:`tomoqc.metrics.rings.ring_index`, allows, and the ring severity is the measured
 one). ``raw=True`` gives the network's own outputs.
 
+Each slice score comes with ``score_uncertainty``, in units of the 1-5 score and roughly
+one standard deviation: the spread of the slice score over test-time views of its patches
+(identity and transpose by default, up to the 8 flips and rotations of the square), and
+the standard error of the mean over its patches, added in quadrature. A slice unlike the
+model's training data (:mod:`tomoqc.models.trust`: raw score outside the range seen in
+training, or pooled features far from the training features) is flagged
+``FLAG_OOD`` and its uncertainty is inflated by :data:`OOD_UNCERTAINTY`.
+
 References
 ----------
 .. [1] M. Tan and Q. V. Le, "EfficientNet: Rethinking model scaling for convolutional
@@ -47,13 +55,20 @@ __all__ = [
     "RingTerm",
     "fit_ring_term",
     "DISTORTIONS",
+    "HEAD_DISTORTIONS",
+    "TTA_PATCHES",
     "PATCH",
     "RESIZE_SHORT_SIDE",
     "FLAG_CONSTANT",
     "FLAG_NO_VALID_PATCH",
     "FLAG_PADDED",
     "FLAG_NONFINITE",
+    "FLAG_RELAXED",
+    "FLAG_OOD",
     "FLAG_NAMES",
+    "TTA_VIEWS",
+    "DEFAULT_TTA_VIEWS",
+    "OOD_UNCERTAINTY",
     "SAMPLING_MODES",
     "build_tiqa",
     "set_batchnorm_momentum",
@@ -67,7 +82,11 @@ __all__ = [
     "file_sha256",
 ]
 
-DISTORTIONS = ("noise", "blur", "ring")
+#: Impairments a score reports a severity for. The network's severity head has outputs for the
+#: first three; ``streak`` (and, with measured terms, all four) is measured.
+DISTORTIONS = ("noise", "blur", "ring", "streak")
+#: Outputs of the network's severity head.
+HEAD_DISTORTIONS = ("noise", "blur", "ring")
 PATCH = 224
 RESIZE_SHORT_SIDE = 255
 SCORE_RANGE = (1.0, 5.0)
@@ -78,12 +97,49 @@ FLAG_CONSTANT = 1  #: the slice has no contrast (constant or no finite value)
 FLAG_NO_VALID_PATCH = 2  #: no patch holds sample; the score is NaN
 FLAG_PADDED = 4  #: the slice is smaller than a patch and was padded by reflection
 FLAG_NONFINITE = 8  #: the slice held NaN or infinite values (set to 0 before scoring)
+#: no patch passed :func:`tomoqc.preprocess.patch_validity`; scored from the patches with
+#: any structure (:func:`tomoqc.preprocess.patch_has_structure`): saturated, binary, mostly dark
+FLAG_RELAXED = 16
+#: out of distribution (:mod:`tomoqc.models.trust`): the score is not to be trusted
+FLAG_OOD = 32
 FLAG_NAMES = {
     FLAG_CONSTANT: "constant",
     FLAG_NO_VALID_PATCH: "no_valid_patch",
     FLAG_PADDED: "padded",
     FLAG_NONFINITE: "nonfinite",
+    FLAG_RELAXED: "relaxed",
+    FLAG_OOD: "out_of_distribution",
 }
+
+#: Test-time views of a square patch, in the order they are used: ``tta=2`` takes the
+#: first two, ``tta=8`` all eight symmetries of the square.
+TTA_VIEWS = ("identity", "transpose", "flip_x", "flip_y", "rot90", "rot180", "rot270", "antitranspose")
+#: Views per patch by default: twice the inference of one view (measured: see the card
+#: or docs); the spread over views is part of ``score_uncertainty``.
+DEFAULT_TTA_VIEWS = 2
+#: Added in quadrature to the score uncertainty of an out-of-distribution slice (score units).
+OOD_UNCERTAINTY = 1.0
+#: Patches of a slice that get the further test-time views.
+TTA_PATCHES = 4
+
+
+def _view(x: np.ndarray, k: int) -> np.ndarray:
+    """View ``k`` of :data:`TTA_VIEWS` of a batch of square patches (b, s, s)."""
+    if k == 0:
+        return x
+    if k == 1:
+        return x.transpose(0, 2, 1)
+    if k == 2:
+        return x[:, :, ::-1]
+    if k == 3:
+        return x[:, ::-1, :]
+    if k == 4:
+        return np.rot90(x, 1, axes=(1, 2))
+    if k == 5:
+        return x[:, ::-1, ::-1]
+    if k == 6:
+        return np.rot90(x, 3, axes=(1, 2))
+    return x[:, ::-1, ::-1].transpose(0, 2, 1)
 
 _WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 _DEFAULT_NAME = "tiqa_default.keras"
@@ -201,7 +257,7 @@ def build_tiqa(
 
     s = layers.Dense(dense_units // 2, activation="relu", kernel_initializer=init(3), name="severity_dense")(feat)
     s = layers.Dropout(dropout, seed=None if seed is None else seed + 7, name="severity_dropout")(s)
-    severity = layers.Dense(len(DISTORTIONS), activation="sigmoid", kernel_initializer=init(4), name="severity")(s)
+    severity = layers.Dense(len(HEAD_DISTORTIONS), activation="sigmoid", kernel_initializer=init(4), name="severity")(s)
 
     return keras.Model(inp, {"score": score, "severity": severity}, name="tiqa")
 
@@ -292,11 +348,11 @@ def random_crops(img: np.ndarray, n: int, rng: np.random.Generator, patch: int =
 
 
 def _baseline_from_card(card: dict) -> np.ndarray:
-    """``severity_baseline`` of a model card as an array in DISTORTIONS order (zeros if absent)."""
+    """``severity_baseline`` of a model card as an array in HEAD_DISTORTIONS order (zeros if absent)."""
     b = card.get("severity_baseline") if isinstance(card, dict) else None
-    out = np.zeros(len(DISTORTIONS), np.float32)
+    out = np.zeros(len(HEAD_DISTORTIONS), np.float32)
     if isinstance(b, dict):
-        for i, d in enumerate(DISTORTIONS):
+        for i, d in enumerate(HEAD_DISTORTIONS):
             v = b.get(d)
             if isinstance(v, (int, float)) and 0.0 <= float(v) < 1.0:
                 out[i] = float(v)
@@ -312,12 +368,12 @@ def _raw_outputs(model, images, *, batch: int = 32) -> tuple[np.ndarray, np.ndar
         group = imgs[i : i + batch]
         stacks = [np.stack(group)] if len({a.shape for a in group}) == 1 else [a[None] for a in group]
         for x in stacks:
-            res = model.score_slices(x, raw=True)
+            res = model.score_slices(x, raw=True, tta=1, ood=False, measure=False)
             scores.append(res["score"])
             sev.append(res["severity"])
     if not scores:
-        return np.zeros(0, np.float32), np.zeros((0, len(DISTORTIONS)), np.float32)
-    return np.concatenate(scores), np.concatenate(sev)
+        return np.zeros(0, np.float32), np.zeros((0, len(HEAD_DISTORTIONS)), np.float32)
+    return np.concatenate(scores), np.concatenate(sev)[:, : len(HEAD_DISTORTIONS)]
 
 
 def from_baseline(severity, baseline) -> np.ndarray:
@@ -347,7 +403,7 @@ def severity_baseline(model, images, *, batch: int = 32) -> dict:
     if not len(sev):
         raise InputError(None, "no clean image could be scored for the severity baseline")
     med = np.median(sev, axis=0)
-    return {**{d: round(float(v), 6) for d, v in zip(DISTORTIONS, med)}, "n": int(len(sev))}
+    return {**{d: round(float(v), 6) for d, v in zip(HEAD_DISTORTIONS, med)}, "n": int(len(sev))}
 
 
 def _calibration_from_card(card: dict):
@@ -557,6 +613,22 @@ def score_calibration(model, images, labels, *, batch: int = 32) -> dict:
     return calibration_from_scores(raw, labels)
 
 
+def _check_views(views) -> int:
+    v = int(views)
+    if v not in (1, 2, 4, 8):
+        raise OptionError(f"test-time views must be 1, 2, 4 or 8, got {views}")
+    return v
+
+
+def _head_width(model) -> int:
+    """Outputs of the network's severity head (3 for noise, blur, ring)."""
+    try:
+        out = model.output["severity"]
+        return int(out.shape[-1])
+    except (AttributeError, KeyError, TypeError, IndexError):
+        return len(HEAD_DISTORTIONS)
+
+
 class TiqaModel:
     """A loaded TIQA network with batched inference and slice scoring.
 
@@ -589,9 +661,19 @@ class TiqaModel:
         The strictly increasing map from the network's raw score to the label scale, from
         the model card's ``score_calibration`` (:func:`calibration_from_scores`); applied to
         every patch score before clipping to 1-5, unless ``raw``.
+    tta_views : int
+        Test-time views per patch (:data:`TTA_VIEWS`) when ``score_slices`` is not told.
+    raw_range : (float, float) or None
+        Test (a) of :mod:`tomoqc.models.trust`: the raw slice scores seen in training.
+    trust : tomoqc.models.trust.FeatureDistance or None
+        Test (b): the in-distribution statistics of the pooled features, from the card's
+        ``trust.features``.
     """
 
-    def __init__(self, keras_model, *, path=None, model_id=None, batch_size: int = 16, card=None):
+    def __init__(self, keras_model, *, path=None, model_id=None, batch_size: int = 16, card=None,
+                 tta_views: int = DEFAULT_TTA_VIEWS):
+        from tomoqc.models.trust import CARD_KEY, FeatureDistance, raw_range_from_card
+
         if int(batch_size) < 1:
             raise OptionError(f"batch_size must be >= 1, got {batch_size}")
         self.model = keras_model
@@ -611,25 +693,90 @@ class TiqaModel:
         self.severity_baseline = _baseline_from_card(self.card)
         self.calibration = _calibration_from_card(self.card)
         self.ring_term = _ring_term_from_card(self.card)
+        from tomoqc.models.measured import MeasuredTerms
+
+        self.measured_terms = MeasuredTerms.from_card(self.card)
+        self.tta_views = _check_views(tta_views)
+        self.raw_range = raw_range_from_card(self.card)
+        entry = self.card.get(CARD_KEY)
+        self.trust = FeatureDistance.from_card(entry.get("features")) if isinstance(entry, dict) else None
         self._fn = None
+        self._has_features = None
 
     def __repr__(self) -> str:
         return f"TiqaModel(model_id={self.model_id!r}, path={str(self.path) if self.path else None!r})"
 
     # -- raw inference -------------------------------------------------------
     def _predict_fn(self):
+        """The compiled network call: raw score, raw severity and (when the network has a
+        ``pool`` layer) the pooled backbone features, from one forward pass."""
         if self._fn is None:
+            import keras
             import tensorflow as tf
 
             model = self.model
+            try:
+                pooled = model.get_layer("pool").output
+                outs = model.output
+                net = keras.Model(model.inputs, [outs["score"], outs["severity"], pooled], name="tiqa_features")
+                self._has_features = True
+            except (ValueError, KeyError, AttributeError, TypeError):
+                net = None
+                self._has_features = False
 
-            @tf.function(reduce_retracing=True)
-            def fn(x):
-                out = model(x, training=False)
-                return out["score"], out["severity"]
+            if net is not None:
+                @tf.function(reduce_retracing=True)
+                def fn(x):
+                    s, v, f = net(x, training=False)
+                    return s, v, f
+            else:
+                @tf.function(reduce_retracing=True)
+                def fn(x):
+                    out = model(x, training=False)
+                    return out["score"], out["severity"], tf.zeros((tf.shape(x)[0], 0), tf.float32)
 
             self._fn = fn
         return self._fn
+
+    def _infer(self, x: np.ndarray, *, views: int = 1, batch_size: int | None = None, features: bool = False):
+        """Raw outputs of patches ``x`` (n, s, s) under ``views`` test-time views.
+
+        Returns raw scores (V, n), raw severities (V, n, k) and, with ``features``, the
+        pooled features (V, n, D) (D = 0 for a network without a ``pool`` layer). Views are
+        made batch by batch, so memory grows with the batch, not with ``views``.
+        """
+        n = x.shape[0]
+        bs = self.batch_size if batch_size is None else int(batch_size)
+        fn = self._predict_fn()
+        scores = sev = feats = None
+        for v in range(views):
+            for i in range(0, n, bs):
+                chunk = _view(x[i : i + bs], v)
+                m = len(chunk)
+                if m < bs:
+                    chunk = np.concatenate([chunk, np.zeros((bs - m,) + chunk.shape[1:], np.float32)])
+                s, sv, f = fn(np.ascontiguousarray(chunk)[..., None])
+                sv = np.asarray(sv)
+                if scores is None:
+                    scores = np.empty((views, n), np.float32)
+                    sev = np.empty((views, n, sv.shape[1]), np.float32)
+                    if features:
+                        feats = np.empty((views, n, int(f.shape[1])), np.float32)
+                scores[v, i : i + m] = np.asarray(s)[:m, 0]
+                sev[v, i : i + m] = sv[:m]
+                if features:
+                    feats[v, i : i + m] = np.asarray(f)[:m]
+        return scores, sev, feats
+
+    def _finish(self, scores: np.ndarray, sev: np.ndarray):
+        """Calibrate and clip raw scores and measure severities from the clean baseline."""
+        if self.calibration is not None:
+            scores = np.asarray(self.calibration(scores), np.float32)
+        scores = np.clip(scores, *SCORE_RANGE).astype(np.float32)
+        b = self.severity_baseline[: sev.shape[-1]]
+        if b.any():
+            sev = from_baseline(sev, b).astype(np.float32)
+        return scores, sev
 
     def predict_patches(self, patches, *, raw: bool = False, batch_size: int | None = None):
         """Score normalised patches.
@@ -649,8 +796,8 @@ class TiqaModel:
         Returns
         -------
         score : ndarray of float32, shape (n,)
-        severity : ndarray of float32, shape (n, 3)
-            For noise, blur and ring, in [0, 1].
+        severity : ndarray of float32, shape (n, k)
+            The network's severity outputs (noise, blur and ring: k = 3), in [0, 1].
         """
         x = np.asarray(patches, dtype=np.float32)
         if x.ndim == 4 and x.shape[-1] == 1:
@@ -659,28 +806,13 @@ class TiqaModel:
             raise InputError(None, f"patches must have shape (n, h, w), got {x.shape}")
         n = x.shape[0]
         if n == 0:
-            return np.zeros(0, np.float32), np.zeros((0, len(DISTORTIONS)), np.float32)
+            return np.zeros(0, np.float32), np.zeros((0, _head_width(self.model)), np.float32)
         if not np.isfinite(x).all():
             raise InputError(None, "patches contain NaN or infinite values")
-        bs = self.batch_size if batch_size is None else int(batch_size)
-        fn = self._predict_fn()
-        scores = np.empty(n, np.float32)
-        sev = np.empty((n, len(DISTORTIONS)), np.float32)
-        for i in range(0, n, bs):
-            chunk = x[i : i + bs]
-            m = len(chunk)
-            if m < bs:
-                chunk = np.concatenate([chunk, np.zeros((bs - m,) + chunk.shape[1:], np.float32)])
-            s, v = fn(chunk[..., None])
-            scores[i : i + m] = np.asarray(s)[:m, 0]
-            sev[i : i + m] = np.asarray(v)[:m]
+        s, v, _ = self._infer(x, views=1, batch_size=batch_size)
+        scores, sev = s[0], v[0]
         if not raw:
-            if self.calibration is not None:
-                scores = np.asarray(self.calibration(scores), np.float32)
-            np.clip(scores, *SCORE_RANGE, out=scores)
-            b = self.severity_baseline
-            if b.any():
-                sev = from_baseline(sev, b).astype(np.float32)
+            scores, sev = self._finish(scores, sev)
         return scores, sev
 
     # -- slices --------------------------------------------------------------
@@ -694,8 +826,12 @@ class TiqaModel:
         seed: int = 0,
         raw: bool = False,
         normalize: bool = True,
-        ring_term: bool = True,
+        measured_terms: bool = True,
         ring_center=None,
+        tta: int | None = None,
+        ood: bool = True,
+        features: bool = False,
+        measure: bool = True,
     ) -> dict:
         """Score whole slices of any size.
 
@@ -706,9 +842,12 @@ class TiqaModel:
             :func:`tomoqc.preprocess.normalize_slice` unless ``normalize`` is False.
         mode : {"grid", "resize_crop", "random"}, optional
             ``"grid"``: every patch of :func:`patch_grid`; patches outside the field of view
-            or holding only air (:func:`tomoqc.preprocess.patch_validity`) are left out and
-            NaN in the patch map. ``"resize_crop"``: the TIQA report's single central crop
-            after resizing the short side to 255. ``"random"``: RankIQA's mean over
+            or holding only air (:func:`tomoqc.preprocess.patch_validity`, with the slice's
+            :func:`tomoqc.preprocess.outside_values`) are left out and NaN in the patch map.
+            When no patch of a slice passes but some show structure
+            (:func:`tomoqc.preprocess.patch_has_structure`), those are scored and the slice
+            is flagged ``FLAG_RELAXED``. ``"resize_crop"``: the TIQA report's single central
+            crop after resizing the short side to 255. ``"random"``: RankIQA's mean over
             ``n_crops`` random crops (seeded; crops without sample are skipped).
             Defaults to the model card's choice, else ``"grid"``.
         quantile : float in [0, 1], optional
@@ -722,32 +861,64 @@ class TiqaModel:
         normalize : bool
             Set False when slices are already normalised to [0, 1].
 
-        ring_term : bool
-            Apply the model card's ring term (below); False scores with the network alone
-            (the ring index is still measured). Turn it off for samples with thin
+        measured_terms : bool
+            Apply the model card's measured terms (below); False scores with the network
+            alone (the indicators are still measured). Turn it off for samples with thin
             concentric structure of their own centred on the axis, such as a holder's wall.
-        ring_center : (float, float), optional
-            ``(row, col)`` of the rotation axis in the slice, for the ring index; default
-            the slice centre (a reconstruction cropped off-axis needs it).
+        ring_center : None, "auto" or (float, float)
+            ``(row, col)`` of the rotation axis in the slices, for the ring index; by default
+            (None or ``"auto"``) it is found once for all the slices of the call
+            (:func:`tomoqc.metrics.rings.resolve_ring_center`: the slice centre unless
+            concentric structure about another axis is clearly stronger).
+        tta : int, optional
+            Test-time views (1, 2, 4 or 8 of :data:`TTA_VIEWS`; default the model's
+            ``tta_views``) of up to :data:`TTA_PATCHES` patches of each slice, for the
+            spread part of ``score_uncertainty``. Patch scores are the identity view's, so
+            scores do not depend on ``tta``.
+        ood : bool
+            Run the out-of-distribution tests (:mod:`tomoqc.models.trust`) when the model
+            card holds their statistics.
+        features : bool
+            Also return the pooled features of the scored patches (to fit the tests).
+        measure : bool
+            Measure the indicators (False: NaN indicators and no measured terms; for fits
+            of the network's own outputs).
 
-        When the model card has a ``ring_term`` (:class:`RingTerm`), the slice score is the
-        soft minimum of the aggregated patch scores and the ring-limited score of the
-        slice's ring index (the rotation axis taken at the slice centre), and the ring
-        severity is the one the index measures when the term has a severity map; the
-        patch map stays the network's.
+        When the model card has ``measured_terms``
+        (:class:`tomoqc.models.measured.MeasuredTerms`), the slice score combines the
+        aggregated patch scores with the slice's measured noise, blur, ring and streak
+        indicators, every one of which can only lower it, and the severities are the
+        measured ones; the patch map stays the network's. (A card of an earlier version
+        with a ``ring_term``, :class:`RingTerm`, gets that term instead.)
 
         Returns
         -------
         dict
             ``score`` (n,) float32, NaN for a slice without a valid patch;
+            ``score_uncertainty`` (n,) float32, in units of the score, roughly one standard
+            deviation: the standard deviation of the slice score over the test-time views
+            and the standard error of the mean over the slice's patches, added in
+            quadrature, plus :data:`OOD_UNCERTAINTY` in quadrature for an
+            out-of-distribution slice (NaN where the score is);
+            ``raw_score`` (n,) float32, the mean raw network output (before calibration);
+            ``ood_distance`` (n,) float32, the slice's feature distance in units of the
+            card's threshold (> 1: out of distribution; NaN without statistics);
             ``patch_score`` (n, py, px) float32, NaN where a patch is excluded (grid mode;
             other modes give (n, 1, 1) holding the slice score);
-            ``severity`` (n, 3) float32, mean over valid patches;
+            ``severity`` (n, len(DISTORTIONS)) float32, mean over valid patches (columns
+            the network has no output for are NaN);
             ``flags`` (n,) int32 bit mask (``FLAG_*`` constants, see ``FLAG_NAMES``);
             ``valid_fraction`` (n,) float32, share of patches scored;
             ``ring_index`` (n,) float32, :func:`tomoqc.metrics.rings.ring_index` of the
-            normalised slice about its centre (NaN for a constant or too small slice).
+            normalised slice about ``ring_center`` (NaN for a constant or too small slice);
+            ``indicators``: dict of (n,) float32 arrays for noise, blur, ring and streak
+            (:func:`tomoqc.models.measured.measure_indicators`); ``network_score`` (n,)
+            float32, the score before the measured terms; ``ring_center`` and
+            ``ring_center_source`` (``"given"``, ``"found"`` or ``"slice centre"``);
+            ``views`` (int); with ``features``, ``features``: a list of (m_i, D) arrays.
         """
+        from tomoqc.preprocess import outside_values, patch_has_structure
+
         mode = self.sampling if mode is None else mode
         if mode not in SAMPLING_MODES:
             raise OptionError(f"mode must be one of {', '.join(SAMPLING_MODES)}, got {mode!r}")
@@ -755,7 +926,8 @@ class TiqaModel:
             raise OptionError(f"quantile must be in [0, 1], got {quantile}")
         if int(n_crops) < 1:
             raise OptionError(f"n_crops must be >= 1, got {n_crops}")
-        from tomoqc.metrics.rings import check_center, ring_index
+        views = self.tta_views if tta is None else _check_views(tta)
+        from tomoqc.metrics.rings import check_center
 
         ring_center = check_center(ring_center, "ring_center")
         arr = np.asarray(slices)
@@ -788,6 +960,15 @@ class TiqaModel:
                     flags[i] |= FLAG_PADDED
             prepared.append(img)
 
+        def pick(i, pats, outside):
+            """Indices of the patches of slice ``i`` to score; the relaxed test when none passes."""
+            keep = [k for k in range(len(pats)) if patch_validity(pats[k], outside=outside)]
+            if not keep:
+                keep = [k for k in range(len(pats)) if patch_has_structure(pats[k])]
+                if keep:
+                    flags[i] |= FLAG_RELAXED
+            return keep
+
         rng = np.random.default_rng(seed)
         owners: list[int] = []
         cells: list[int] = []
@@ -801,11 +982,10 @@ class TiqaModel:
                 if flags[i] & FLAG_CONSTANT:
                     continue
                 pats = extract_patches(img, starts)
-                for k in range(len(pats)):
-                    if patch_validity(pats[k]):
-                        owners.append(i)
-                        cells.append(k)
-                        batches.append(pats[k])
+                for k in pick(i, pats, outside_values(whole[i])):
+                    owners.append(i)
+                    cells.append(k)
+                    batches.append(pats[k])
             n_cells = py * px
         elif mode == "resize_crop":
             py = px = 1
@@ -823,61 +1003,148 @@ class TiqaModel:
                 if flags[i] & FLAG_CONSTANT:
                     continue
                 pats = random_crops(img, int(n_crops), rng)
-                for k in range(len(pats)):
-                    if patch_validity(pats[k]):
-                        owners.append(i)
-                        cells.append(k)
-                        batches.append(pats[k])
+                for k in pick(i, pats, outside_values(whole[i])):
+                    owners.append(i)
+                    cells.append(k)
+                    batches.append(pats[k])
 
-        if batches:
-            s, v = self.predict_patches(np.stack(batches), raw=raw)
-        else:
-            s = np.zeros(0, np.float32)
-            v = np.zeros((0, len(DISTORTIONS)), np.float32)
+        want_feats = features or (ood and self.trust is not None)
         owners_a = np.asarray(owners, dtype=np.int64)
         cells_a = np.asarray(cells, dtype=np.int64)
+        # the identity view of every patch scores; further views of a few patches per slice
+        # measure how much the score moves under flips and turns (the spread part of the
+        # uncertainty) at a cost that does not grow with the slice
+        tta_sel = np.zeros(len(owners_a), bool)
+        if views > 1:
+            for i in np.unique(owners_a):
+                idx = np.flatnonzero(owners_a == i)
+                pick_idx = idx[np.linspace(0, len(idx) - 1, min(len(idx), TTA_PATCHES)).round().astype(int)]
+                tta_sel[pick_idx] = True
+        tta_spread = {}
+        if batches:
+            stack = np.stack(batches)
+            rs, rv, feats = self._infer(stack, views=1, features=want_feats)
+            s_one, v_one = (rs, rv) if raw else self._finish(rs, rv)
+            s, v, raw_patch = s_one[0], v_one[0], rs[0]
+            if views > 1 and tta_sel.any():
+                rs_t, rv_t, _ = self._infer(stack[tta_sel], views=views)
+                s_t = rs_t if raw else self._finish(rs_t, rv_t)[0]
+                own_t = owners_a[tta_sel]
+                for i in np.unique(own_t):
+                    tta_spread[int(i)] = s_t[:, own_t == i]  # (V, m_i)
+            feats = None if feats is None else feats
+        else:
+            k_out = _head_width(self.model)
+            s = np.zeros(0, np.float32)
+            v = np.zeros((0, k_out), np.float32)
+            raw_patch = np.zeros(0, np.float32)
+            feats = None
 
         per_cell = np.full((n, n_cells), np.nan, np.float32)
         if len(owners_a):
             per_cell[owners_a, cells_a] = s
+        nd = len(DISTORTIONS)
+        k_net = min(v.shape[1], nd)
         score = np.full(n, np.nan, np.float32)
-        severity = np.full((n, len(DISTORTIONS)), np.nan, np.float32)
+        severity = np.full((n, nd), np.nan, np.float32)
         valid_fraction = np.zeros(n, np.float32)
+        uncertainty = np.full(n, np.nan, np.float32)
+        raw_score = np.full(n, np.nan, np.float32)
+        ood_distance = np.full(n, np.nan, np.float32)
+        patch_feats = [] if features else None
+
+        def agg(vals):
+            return np.quantile(vals, float(quantile), axis=-1) if quantile is not None else vals.mean(axis=-1)
+
         for i in range(n):
             sel = owners_a == i
+            if features:
+                patch_feats.append(feats[:, sel].reshape(-1, feats.shape[-1]) if sel.any() else
+                                   np.zeros((0, 0 if feats is None else feats.shape[-1]), np.float32))
             if not sel.any():
                 flags[i] |= FLAG_NO_VALID_PATCH
                 continue
             vals = s[sel]
-            score[i] = np.quantile(vals, float(quantile)) if quantile is not None else vals.mean()
-            severity[i] = v[sel].mean(axis=0)
+            score[i] = agg(vals)
+            severity[i, :k_net] = v[sel].mean(axis=0)[:k_net]
             valid_fraction[i] = sel.sum() / n_cells
-        # the ring index of each whole slice (tomoqc.metrics.rings), and the ring term on the slice score
-        term = self.ring_term
-        settings = term.settings if term is not None else {}
-        ring_idx = np.full(n, np.nan, np.float32)
-        for i in range(n):
-            if not flags[i] & FLAG_CONSTANT:
-                ring_idx[i] = ring_index(whole[i], center=ring_center, normalize=False, **settings)
-        if term is not None and ring_term and not raw:
-            score = np.clip(term.combine(score, ring_idx), *SCORE_RANGE).astype(np.float32)
-            if term.severity_map is not None:
-                measured = term.severity(ring_idx)
+            raw_score[i] = raw_patch[sel].mean()
+            # the slice score's spread over the views, and the standard error over its patches
+            tta_sd = 0.0
+            if i in tta_spread and tta_spread[i].shape[0] > 1:
+                tta_sd = float(np.std(agg(tta_spread[i]), ddof=1))
+            m = int(sel.sum())
+            se = float(np.std(vals, ddof=1) / np.sqrt(m)) if m > 1 else 0.0
+            u2 = tta_sd**2 + se**2
+            if ood:
+                out = False
+                if self.raw_range is not None and not raw:
+                    lo, hi = self.raw_range
+                    out = not lo <= raw_score[i] <= hi
+                if self.trust is not None and feats is not None and feats.shape[-1] == self.trust.dim:
+                    d = self.trust.slice_distance(feats[:, sel].reshape(-1, feats.shape[-1]))
+                    ood_distance[i] = d / self.trust.threshold
+                    out = out or bool(ood_distance[i] > 1.0)
+                if out:
+                    flags[i] |= FLAG_OOD
+                    u2 += OOD_UNCERTAINTY**2
+            uncertainty[i] = np.sqrt(u2)
+        # measured indicators of each whole slice (tomoqc.models.measured), and the terms
+        from tomoqc.metrics.rings import resolve_ring_center
+        from tomoqc.models.measured import INDICATORS, measure_indicators
+
+        terms = self.measured_terms
+        legacy = self.ring_term if terms is None else None
+        settings = terms.ring_settings if terms is not None else (legacy.settings if legacy is not None else {})
+        live = [i for i in range(n) if not flags[i] & FLAG_CONSTANT] if measure else []
+        if live:
+            centre, centre_source = resolve_ring_center(np.stack([whole[i] for i in live]), ring_center, **settings)
+        else:
+            centre, centre_source = None, "slice centre"
+        indicators = {k: np.full(n, np.nan, np.float32) for k in INDICATORS}
+        for i in live:
+            for k, val in measure_indicators(whole[i], ring_center=centre, ring_settings=settings).items():
+                indicators[k][i] = val
+        ring_idx = indicators["ring"]
+        network_score = score.copy()
+        if terms is not None and measured_terms and measure and not raw:
+            score = terms.combine(score, indicators).astype(np.float32)
+            for k in INDICATORS:
+                if k in terms.severity_lines and k in DISTORTIONS:
+                    measured = terms.severity(k, indicators[k])
+                    col = DISTORTIONS.index(k)
+                    ok = np.isfinite(measured) & np.isfinite(score)
+                    severity[ok, col] = measured[ok]
+        elif legacy is not None and measured_terms and measure and not raw:
+            score = np.clip(legacy.combine(score, ring_idx), *SCORE_RANGE).astype(np.float32)
+            if legacy.severity_map is not None:
+                measured = legacy.severity(ring_idx)
                 ok = np.isfinite(measured) & np.isfinite(severity[:, DISTORTIONS.index("ring")])
                 severity[ok, DISTORTIONS.index("ring")] = measured[ok]
         if mode == "grid":
             patch_score = per_cell.reshape(n, py, px)
         else:
             patch_score = score.reshape(n, 1, 1).copy()
-        return {
+        out = {
             "score": score,
+            "score_uncertainty": uncertainty,
+            "raw_score": raw_score,
+            "ood_distance": ood_distance,
             "ring_index": ring_idx,
+            "indicators": indicators,
+            "network_score": network_score,
+            "ring_center": centre,
+            "ring_center_source": centre_source,
             "patch_score": patch_score,
             "severity": severity,
             "flags": flags,
             "valid_fraction": valid_fraction,
             "mode": mode,
+            "views": views,
         }
+        if features:
+            out["features"] = patch_feats
+        return out
 
 
 # --------------------------------------------------------------------------- loading
@@ -895,7 +1162,7 @@ def _read_card(path: Path) -> dict:
         return {}
 
 
-def load_model(path=None, *, batch_size: int = 16) -> TiqaModel:
+def load_model(path=None, *, batch_size: int = 16, tta_views: int = DEFAULT_TTA_VIEWS) -> TiqaModel:
     """Load a TIQA model from a ``.keras`` file.
 
     Parameters
@@ -905,6 +1172,8 @@ def load_model(path=None, *, batch_size: int = 16) -> TiqaModel:
         (``tomoqc/models/weights/tiqa_default.keras``).
     batch_size : int
         Patches per network call.
+    tta_views : int
+        Test-time views per patch (1, 2, 4 or 8; :data:`TTA_VIEWS`).
 
     Returns
     -------
@@ -932,4 +1201,4 @@ def load_model(path=None, *, batch_size: int = 16) -> TiqaModel:
     outs = km.output if isinstance(km.output, dict) else None
     if outs is None or "score" not in outs or "severity" not in outs:
         raise InputError(p, "not a TIQA model: expected outputs 'score' and 'severity'")
-    return TiqaModel(km, path=p, batch_size=batch_size, card=_read_card(p))
+    return TiqaModel(km, path=p, batch_size=batch_size, card=_read_card(p), tta_views=tta_views)

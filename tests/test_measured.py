@@ -1,0 +1,123 @@
+"""Measured terms (tomoqc.models.measured): how indicators bound the network's score."""
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from tomoqc.errors import OptionError
+from tomoqc.models.measured import INDICATORS, MeasuredTerms, fit_measured_terms, fit_severity_line
+
+TYPICAL = {"noise": 0.03, "blur": 1.0, "ring": 0.004, "streak": 0.1}
+
+
+def _terms(**w):
+    weights = {k: 1.0 for k in INDICATORS}
+    weights.update(w)
+    return MeasuredTerms(weights, TYPICAL, severity={"noise": (1.0, 0.25)})
+
+
+def test_typical_indicators_keep_the_network_score():
+    t = _terms()
+    s = np.array([1.5, 2.0, 3.0, 4.0, 4.9])
+    out = t.combine(s, {k: np.full(5, v) for k, v in TYPICAL.items()})
+    np.testing.assert_allclose(out, s, atol=1e-9)
+
+
+def test_formula():
+    t = _terms(noise=2.0)
+    ind = dict(TYPICAL, noise=0.09)
+    q = (3.0 - 1) / 4
+    z = np.log(q / (1 - q)) - 2.0 * np.log((0.03 + 0.09) / 0.06)
+    assert float(t.combine(np.array([3.0]), {k: np.array([v]) for k, v in ind.items()})[0]) == pytest.approx(
+        1 + 4 / (1 + np.exp(-z)))
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    name=st.sampled_from(INDICATORS),
+    base=st.floats(1e-5, 10.0),
+    factor=st.floats(1.0001, 100.0),
+    score=st.floats(1.0, 5.0),
+)
+def test_more_of_any_indicator_always_lowers_the_score(name, base, factor, score):
+    # strictly, at every level: no threshold below which an indicator does nothing
+    t = _terms()
+    lo = {k: np.array([TYPICAL[k]]) for k in INDICATORS}
+    hi = dict(lo)
+    lo[name] = np.array([base])
+    hi[name] = np.array([base * factor])
+    a = t.combine(np.array([score]), lo)[0]
+    b = t.combine(np.array([score]), hi)[0]
+    assert b < a
+    assert 1.0 < b < 5.0 and 1.0 < a < 5.0
+
+
+def test_missing_indicator_counts_as_typical_and_missing_score_stays_missing():
+    t = _terms()
+    ind = {k: np.array([np.nan, TYPICAL[k]]) for k in INDICATORS}
+    out = t.combine(np.array([3.0, np.nan]), ind)
+    assert out[0] == pytest.approx(3.0) and np.isnan(out[1])
+
+
+def test_severity_line_and_card_round_trip():
+    t = _terms()
+    x = np.array([np.exp(-4.0), np.exp(-2.0), np.exp(0.0), np.nan])
+    np.testing.assert_allclose(t.severity("noise", x)[:3], [0.0, 0.5, 1.0])
+    assert np.isnan(t.severity("noise", x)[3])
+    card = {"measured_terms": t.to_card()}
+    back = MeasuredTerms.from_card(card)
+    assert back.weights == t.weights and back.typical == t.typical
+    assert back.severity_lines == {"noise": (1.0, 0.25)}
+    assert MeasuredTerms.from_card({}) is None
+
+
+def test_bad_terms_are_refused():
+    with pytest.raises(OptionError):
+        MeasuredTerms({"noise": -1.0}, TYPICAL)
+    with pytest.raises(OptionError):
+        MeasuredTerms({"noise": 1.0}, dict(TYPICAL, ring=0.0))
+    with pytest.raises(OptionError):
+        MeasuredTerms({"sharpness": 1.0}, TYPICAL)
+    with pytest.raises(OptionError):
+        MeasuredTerms({}, TYPICAL, severity={"noise": (0.0, -1.0)})
+
+
+def test_fit_severity_line_recovers_a_known_line():
+    x = np.exp(np.linspace(-5, -1, 20))
+    level = 5 * (1.2 + 0.3 * np.log(x))
+    u, v = fit_severity_line(x, level)
+    assert u == pytest.approx(1.2) and v == pytest.approx(0.3)
+    with pytest.raises(OptionError):
+        fit_severity_line(x, -level)
+
+
+def test_fit_orders_pairs_the_network_gets_wrong():
+    # a network that cannot see noise (its score rises a little with it); pairs of rising noise
+    rng = np.random.default_rng(0)
+    n = 40
+    noise = np.exp(rng.uniform(np.log(0.01), np.log(0.3), n))
+    net = 3.5 + 0.2 * np.log(noise / 0.03) / 3 + rng.normal(0, 0.02, n)
+    ind = {"noise": noise, "blur": np.ones(n), "ring": np.full(n, 0.004), "streak": np.full(n, 0.1)}
+    pairs = np.array([(i, j) for i in range(n) for j in range(n) if noise[i] < noise[j] / 1.2])
+    fit = fit_measured_terms(net, ind, pairs, typical=TYPICAL)
+    assert fit["pair_accuracy_network"] < 0.2
+    assert fit["pair_accuracy"] > 0.95
+    assert fit["weights"]["noise"] > fit["weights"]["ring"]
+    with pytest.raises(OptionError):
+        fit_measured_terms(net, ind, np.zeros((0, 2)), typical=TYPICAL)
+
+
+def test_labels_pull_the_weights_to_the_label_scale():
+    # labels that fall with noise exactly as the combined score does for c_noise = 1.5
+    rng = np.random.default_rng(1)
+    n = 60
+    noise = np.exp(rng.uniform(np.log(0.01), np.log(0.3), n))
+    net = np.full(n, 4.0)
+    ind = {"noise": noise, "blur": np.ones(n), "ring": np.full(n, 0.004), "streak": np.full(n, 0.1)}
+    truth = MeasuredTerms({"noise": 1.5, "blur": 0.0, "ring": 0.0, "streak": 0.0}, TYPICAL).combine(net, ind)
+    pairs = np.array([(0, 1)]) if noise[0] < noise[1] else np.array([(1, 0)])
+    fit = fit_measured_terms(net, ind, pairs, typical=TYPICAL, labels=truth, label_weight=10.0, l2=0.0,
+                             steps=4000)
+    assert fit["weights"]["noise"] == pytest.approx(1.5, rel=0.05)
+    assert fit["label_rmse"] < 0.02

@@ -1,0 +1,124 @@
+"""No-reference physical measures (tomoqc.metrics.nr): noise and undersampling streaks."""
+
+import numpy as np
+import pytest
+
+from tomoqc.errors import InputError, OptionError
+from tomoqc.metrics.nr import contrast, noise_index, noise_sigma, sample_mask, streak_index
+
+
+def _steps(n=256):
+    img = np.zeros((n, n))
+    img[:, n // 3 :] = 1.0
+    img[n // 2 :, 2 * n // 3 :] = 0.5
+    return img
+
+
+@pytest.mark.parametrize("sigma", [0.01, 0.05, 0.2])
+def test_noise_sigma_recovers_white_noise(sigma):
+    rng = np.random.default_rng(1)
+    img = _steps() + rng.normal(0, sigma, (256, 256))
+    assert noise_sigma(img) == pytest.approx(sigma, rel=0.06)
+
+
+def test_noise_index_is_sigma_over_contrast_and_invariant_to_gain_and_offset():
+    rng = np.random.default_rng(2)
+    img = _steps() + rng.normal(0, 0.05, (256, 256))
+    v = noise_index(img)
+    # contrast of the noise-free steps is 1 (1st to 99th percentile of 0 / 0.5 / 1)
+    assert v == pytest.approx(0.05, rel=0.1)
+    assert noise_index(img * 37.0 + 1000.0) == pytest.approx(v, rel=1e-6)
+
+
+def test_noise_index_rises_with_noise():
+    rng = np.random.default_rng(3)
+    base = _steps()
+    vals = [noise_index(base + rng.normal(0, s, base.shape)) for s in (0.0, 0.01, 0.02, 0.04, 0.08, 0.16)]
+    assert vals[0] == 0.0
+    assert all(b > a for a, b in zip(vals, vals[1:]))
+
+
+def test_constant_field_of_view_is_left_out():
+    rng = np.random.default_rng(4)
+    n = 256
+    yy, xx = np.mgrid[:n, :n] - (n - 1) / 2
+    inside = np.hypot(yy, xx) < 100
+    img = np.where(inside, _steps() + rng.normal(0, 0.05, (n, n)), -3.0)
+    m = sample_mask(img)
+    assert m[inside].mean() > 0.99 and not m[np.hypot(yy, xx) > 104].any()
+    # the constant outside does not dilute the noise estimate
+    assert noise_sigma(img) == pytest.approx(0.05, rel=0.08)
+    assert np.isnan(noise_index(np.full((64, 64), 2.0)))
+    assert np.isnan(contrast(np.full((64, 64), 2.0)))
+
+
+def test_streak_index_rises_as_projections_are_removed():
+    from tomoqc.distort import physics
+    from tomoqc.phantom import electrode_slice
+
+    img = electrode_slice((128, 128), seed=5)[0]
+    img = (img - img.min()) / np.ptp(img)
+    full = physics.scanner(img.shape).n_angles
+    vals = [
+        streak_index(physics.simulate_scan(img, n_angles=int(full * f), flux=2e4, rng=0))
+        for f in (1.0, 1 / 2, 1 / 4, 1 / 8)
+    ]
+    assert all(b > a for a, b in zip(vals, vals[1:])), vals
+    assert vals[-1] > 3 * vals[0]
+
+
+def test_streak_index_of_isotropic_images_is_small():
+    rng = np.random.default_rng(6)
+    white = rng.normal(size=(256, 256))
+    assert streak_index(white) < 0.05
+    from scipy import ndimage
+
+    blurred = ndimage.gaussian_filter(rng.normal(size=(256, 256)), 2.0) + 0.01 * white
+    assert streak_index(blurred) < 0.1
+
+
+def test_bad_input():
+    with pytest.raises(InputError):
+        noise_index(np.zeros((4, 4, 4)))
+    with pytest.raises(InputError):
+        streak_index(np.zeros((64, 64), complex))
+    with pytest.raises(OptionError):
+        streak_index(np.zeros((64, 64)), band=(0.4, 0.2))
+    assert np.isnan(streak_index(np.zeros((16, 16))))
+
+
+def test_correlated_noise_is_seen_at_coarser_levels():
+    from tomoqc.metrics.nr import noise_levels
+
+    rng = np.random.default_rng(7)
+    white = rng.normal(0, 0.05, (128, 128))
+    # the same noise on a grid twice as fine (each value repeated 2 x 2): the finest band reads 0
+    coarse = np.kron(white, np.ones((2, 2)))
+    lv = noise_levels(_steps(256) + coarse)
+    # white-equivalent: white noise whose 2 x 2 means have sd 0.05 has sd 0.1
+    assert lv[0] < 0.005 and lv[1] == pytest.approx(0.1, rel=0.12)
+    assert noise_sigma(_steps(256) + coarse) > 0.04
+    np.testing.assert_allclose(noise_levels(_steps(256) + rng.normal(0, 0.05, (256, 256))), 0.05, rtol=0.12)
+
+
+def test_blur_index_rises_with_blur_and_not_with_noise():
+    from scipy import ndimage
+
+    from tomoqc.distort import physics
+    from tomoqc.metrics.nr import blur_index
+    from tomoqc.phantom import electrode_slice
+
+    img = electrode_slice((128, 128), seed=8)[0]
+    img = (img - img.min()) / np.ptp(img)
+    blurred = [blur_index(physics.simulate_scan(img, flux=2e4, psf_sigma=s, rng=0)) for s in (0.0, 1.0, 2.0, 4.0)]
+    assert all(b > a for a, b in zip(blurred, blurred[1:])), blurred
+    noisy = [blur_index(physics.simulate_scan(img, flux=f, rng=0)) for f in (1e5, 2e4, 5e3, 1e3)]
+    # noise is taken off before the ratio: it does not read as sharpness
+    assert max(noisy) < 1.15 * min(noisy) and max(noisy) < 0.9 * blurred[2]
+    # an image-domain Gaussian blur of width b gives the analytic ratio for a step edge
+    rng = np.random.default_rng(9)
+    for b in (1.0, 2.0, 4.0):
+        step = ndimage.gaussian_filter(_steps(256), b) + rng.normal(0, 0.01, (256, 256))
+        r = np.sqrt(3.0**2 + b**2) / np.sqrt(1.5**2 + b**2)
+        assert blur_index(step) == pytest.approx(1 / (r - 1), rel=0.15)
+    assert blur_index(step * 5 + 7) == pytest.approx(blur_index(step), rel=1e-6)

@@ -1,0 +1,261 @@
+"""Measured terms: physical indicators of a slice that bound the network's score.
+
+A network learns what its training images show; on real scans its features can miss what a
+physicist measures directly (NOTES.md: on real reconstructions the bare network orders dose
+and angle series below chance). The slice score therefore combines the network's calibrated
+score ``s`` (1-5) with four measured indicators ``x_k`` of the whole slice:
+
+* ``noise`` - :func:`tomoqc.metrics.nr.noise_index`, noise in units of the slice's contrast;
+* ``blur`` - :func:`tomoqc.metrics.nr.blur_index`, edge blur from gradient energies at two
+  scales, corrected for noise;
+* ``ring`` - :func:`tomoqc.metrics.rings.ring_index`, coherent concentric structure about the
+  (automatically found) rotation axis;
+* ``streak`` - :func:`tomoqc.metrics.nr.streak_index`, the spokes that too few projections
+  leave in the power spectrum.
+
+The combination works on the logit of the score's position in [1, 5]::
+
+    z     = logit((s - 1) / 4) - sum_k c_k * log((t_k + x_k) / (2 t_k))
+    score = 1 + 4 / (1 + exp(-z))
+
+with ``c_k > 0`` and ``t_k > 0`` the typical value of indicator ``k`` on clean slices, so that a
+slice whose indicators sit at their clean level keeps the network's score. The score falls
+*strictly* as any indicator rises, at every value (there is no threshold below which an
+indicator does nothing, and no clipping plateau: the logistic keeps the score inside (1, 5)
+smoothly). The weights ``c_k`` are fitted (:func:`fit_measured_terms`) so that within series
+of the same slice at rising impairment the score falls, on phantoms and on real slices that
+were re-projected and scanned again; the fit is recorded in the model card.
+
+Each indicator also gives the *severity* of its impairment,
+``clip(u_k + v_k * log(x_k), 0, 1)`` (``v_k > 0``), a straight line in ``log(x)`` fitted to
+level / 5 of generated series; these replace the network head's severities.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from tomoqc.errors import OptionError
+
+__all__ = ["INDICATORS", "MeasuredTerms", "measure_indicators", "fit_measured_terms", "fit_severity_line"]
+
+#: Indicators measured on every slice, in the order of the arrays below.
+INDICATORS = ("noise", "blur", "ring", "streak")
+_EPS = 1e-4
+
+
+def measure_indicators(img, *, ring_center=None, ring_settings=None) -> dict:
+    """The four indicators of one normalised slice (values in [0, 1]).
+
+    ``ring_center`` is the rotation axis ``(row, col)`` for the ring index (None: the slice
+    centre; see :func:`tomoqc.metrics.rings.resolve_ring_center` for finding it). Returns
+    ``{"noise", "blur", "ring", "streak"}`` (NaN where a measure is undefined, e.g. for a
+    constant slice).
+    """
+    from tomoqc.metrics.nr import blur_index, noise_index, streak_index
+    from tomoqc.metrics.rings import ring_index
+
+    settings = dict(ring_settings or {})
+    a = np.asarray(img, dtype=np.float32)
+    return {
+        "noise": float(noise_index(a)),
+        "blur": float(blur_index(a)),
+        "ring": float(ring_index(a, center=ring_center, normalize=False, **settings)),
+        "streak": float(streak_index(a)),
+    }
+
+
+def _logit_score(score):
+    q = (np.asarray(score, np.float64) - 1.0) / 4.0
+    q = np.clip(q, 1e-3, 1.0 - 1e-3)
+    return np.log(q / (1.0 - q))
+
+
+class MeasuredTerms:
+    """The combination of the network's score with measured indicators (module doc).
+
+    Parameters
+    ----------
+    weights : dict
+        ``{indicator: c_k}``, each > 0.
+    typical : dict
+        ``{indicator: t_k}``, each > 0: the indicator's value on clean slices.
+    severity : dict, optional
+        ``{indicator: (u_k, v_k)}`` severity lines, ``v_k > 0``.
+    ring_settings : dict, optional
+        Options for :func:`tomoqc.metrics.rings.ring_index` (sectors, window, min_radius).
+    info : dict, optional
+        What the fit recorded (kept in the card).
+    """
+
+    def __init__(self, weights: dict, typical: dict, *, severity: dict | None = None,
+                 ring_settings: dict | None = None, info: dict | None = None):
+        for k in list(weights) + list(typical):
+            if k not in INDICATORS:
+                raise OptionError(f"unknown indicator {k!r}; choose from {', '.join(INDICATORS)}")
+        self.weights = {k: float(weights.get(k, 0.0)) for k in INDICATORS}
+        self.typical = {k: float(typical.get(k, 1.0)) for k in INDICATORS}
+        for k in INDICATORS:
+            if not self.weights[k] >= 0 or not math.isfinite(self.weights[k]):
+                raise OptionError(f"weight of {k} must be >= 0, got {self.weights[k]}")
+            if not self.typical[k] > 0:
+                raise OptionError(f"typical value of {k} must be > 0, got {self.typical[k]}")
+        self.severity_lines = {}
+        for k, uv in (severity or {}).items():
+            u, v = (float(x) for x in uv)
+            if not v > 0:
+                raise OptionError(f"severity slope of {k} must be > 0, got {v}")
+            self.severity_lines[k] = (u, v)
+        self.ring_settings = dict(ring_settings or {})
+        self.info = dict(info or {})
+
+    def penalty(self, indicators: dict) -> np.ndarray:
+        """``sum_k c_k log((t_k + x_k) / (2 t_k))`` per slice; NaN indicators count as typical."""
+        total = None
+        for k in INDICATORS:
+            x = np.asarray(indicators[k], np.float64)
+            t = self.typical[k]
+            x = np.where(np.isfinite(x), np.maximum(x, 0.0), t)
+            term = self.weights[k] * np.log((t + x) / (2.0 * t))
+            total = term if total is None else total + term
+        return total
+
+    def combine(self, score, indicators: dict) -> np.ndarray:
+        """Slice scores from the network's calibrated scores and the indicators."""
+        z = _logit_score(score) - self.penalty(indicators)
+        out = 1.0 + 4.0 / (1.0 + np.exp(-z))
+        return np.where(np.isfinite(np.asarray(score, np.float64)), out, np.nan)
+
+    def severity(self, name: str, x) -> np.ndarray:
+        """Measured severity of ``name`` in [0, 1] (NaN where the indicator is)."""
+        u, v = self.severity_lines[name]
+        x = np.asarray(x, np.float64)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            s = u + v * np.log(np.maximum(x, _EPS))
+        return np.where(np.isfinite(x), np.clip(s, 0.0, 1.0), np.nan)
+
+    def to_card(self) -> dict:
+        return {
+            "weights": self.weights,
+            "typical": self.typical,
+            "severity": {k: list(v) for k, v in self.severity_lines.items()},
+            "ring_settings": self.ring_settings,
+            **self.info,
+        }
+
+    @classmethod
+    def from_card(cls, card: dict | None):
+        """The terms stored in a model card (``card["measured_terms"]``), or None."""
+        if not isinstance(card, dict):
+            return None
+        d = card.get("measured_terms")
+        if not isinstance(d, dict):
+            return None
+        info = {k: v for k, v in d.items() if k not in ("weights", "typical", "severity", "ring_settings")}
+        return cls(d["weights"], d["typical"], severity=d.get("severity"), ring_settings=d.get("ring_settings"),
+                   info=info)
+
+
+def fit_severity_line(x, level, *, max_level: int = 5) -> tuple[float, float]:
+    """Least-squares line ``level / max_level ~ u + v log(x)``; returns ``(u, v)``, ``v > 0``."""
+    x = np.asarray(x, np.float64)
+    y = np.asarray(level, np.float64) / float(max_level)
+    ok = np.isfinite(x) & np.isfinite(y) & (x > 0)
+    if ok.sum() < 3:
+        raise OptionError("need at least 3 finite, positive indicator values to fit a severity line")
+    lx = np.log(np.maximum(x[ok], _EPS))
+    v, u = np.polyfit(lx, y[ok], 1)
+    if not v > 0:
+        raise OptionError(f"the severity does not rise with the indicator (slope {v:.3g})")
+    return float(u), float(v)
+
+
+def fit_measured_terms(score, indicators: dict, pairs, *, typical: dict, weights=None, labels=None,
+                       label_weight: float = 1.0, tau: float = 0.25, l2: float = 0.05, init: float = 0.5,
+                       steps: int = 3000, lr: float = 0.05) -> dict:
+    """Fit the weights ``c_k`` so that the combined score orders known pairs.
+
+    Parameters
+    ----------
+    score : array (n,)
+        The network's calibrated slice scores.
+    indicators : dict of arrays (n,)
+        Measured indicators.
+    pairs : array (m, 2) of int
+        ``(better, worse)`` index pairs whose order is known (same slice, rising impairment).
+    typical : dict
+        ``t_k`` per indicator.
+    weights : array (m,), optional
+        Weight of each pair in the loss (default all 1).
+    labels : array (n,), optional
+        Quality labels (1-5) of the images that have one (NaN elsewhere): the squared error
+        of the combined score against them, times ``label_weight``, joins the loss, so that
+        the terms keep the score on the label scale where labels exist.
+    tau : float
+        Temperature of the pairwise logistic loss, in logit units.
+    l2 : float
+        Ridge penalty on the weights (keeps them finite when the pairs are separable).
+
+    Returns
+    -------
+    dict
+        ``weights``, ``pair_accuracy`` (after), ``pair_accuracy_network`` (before), ``loss``.
+    """
+    s = _logit_score(score)
+    pairs = np.asarray(pairs, np.intp)
+    if pairs.ndim != 2 or pairs.shape[1] != 2 or len(pairs) == 0:
+        raise OptionError("pairs must be a non-empty (m, 2) array of (better, worse) indices")
+    feats = []
+    for k in INDICATORS:
+        x = np.asarray(indicators[k], np.float64)
+        t = float(typical[k])
+        x = np.where(np.isfinite(x), np.maximum(x, 0.0), t)
+        feats.append(np.log((t + x) / (2.0 * t)))
+    F = np.stack(feats, axis=1)  # (n, K)
+    lab = None if labels is None else np.asarray(labels, np.float64)
+    if lab is not None and lab.shape != s.shape:
+        raise OptionError("labels must hold one value (or NaN) per image")
+    has_lab = np.zeros(len(s), bool) if lab is None else (np.isfinite(lab) & np.isfinite(s))
+    pw = np.ones(len(pairs)) if weights is None else np.asarray(weights, np.float64)
+    if pw.shape != (len(pairs),) or not np.all(pw >= 0):
+        raise OptionError("weights must be one non-negative number per pair")
+    ok = np.isfinite(s[pairs]).all(axis=1)
+    pairs = pairs[ok]
+    pw = pw[ok] / pw[ok].mean()
+    ds = s[pairs[:, 0]] - s[pairs[:, 1]]
+    dF = F[pairs[:, 0]] - F[pairs[:, 1]]  # z_b - z_w = ds - dF @ c
+    # c = softplus(w) keeps every weight positive; plain gradient descent with Adam steps
+    w = np.full(len(INDICATORS), math.log(math.expm1(init)))
+    m = np.zeros_like(w)
+    v = np.zeros_like(w)
+    for it in range(1, steps + 1):
+        c = np.log1p(np.exp(w))
+        margin = (ds - dF @ c) / tau
+        p = 1.0 / (1.0 + np.exp(margin))  # d loss / d margin = -p for loss = log(1 + e^-margin)
+        grad_c = (pw[:, None] * p[:, None] * dF).mean(axis=0) / tau + 2 * l2 * c
+        if has_lab.any():
+            z = s[has_lab] - F[has_lab] @ c
+            sig = 1.0 / (1.0 + np.exp(-z))
+            err = 1.0 + 4.0 * sig - lab[has_lab]
+            # d score / d c = -4 sig (1 - sig) F
+            grad_c += label_weight * (2 * err * (-4 * sig * (1 - sig)))[:, None].__mul__(F[has_lab]).mean(axis=0)
+        g = grad_c * (1.0 / (1.0 + np.exp(-w)))
+        m = 0.9 * m + 0.1 * g
+        v = 0.999 * v + 0.001 * g * g
+        w -= lr * (m / (1 - 0.9**it)) / (np.sqrt(v / (1 - 0.999**it)) + 1e-8)
+    c = np.log1p(np.exp(w))
+    margin = ds - dF @ c
+    rmse = None
+    if has_lab.any():
+        z = s[has_lab] - F[has_lab] @ c
+        rmse = float(np.sqrt(np.mean((1.0 + 4.0 / (1.0 + np.exp(-z)) - lab[has_lab]) ** 2)))
+    return {
+        "label_rmse": rmse,
+        "weights": {k: float(c[i]) for i, k in enumerate(INDICATORS)},
+        "pair_accuracy": float(np.mean((margin > 0) + 0.5 * (margin == 0))),
+        "pair_accuracy_network": float(np.mean((ds > 0) + 0.5 * (ds == 0))),
+        "loss": float(np.mean(pw * np.logaddexp(0.0, -margin / tau))),
+        "pairs": int(len(pairs)),
+    }

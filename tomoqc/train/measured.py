@@ -1,0 +1,356 @@
+"""Fitting the measured terms of a TIQA model (:mod:`tomoqc.models.measured`) on series of known order.
+
+Training series, each of known order:
+
+* reference slices - real reconstructions of the real-data folder (``TRAIN_SAMPLES``) and
+  electrode phantoms - re-projected and scanned again (:mod:`tomoqc.distort.physics`) with
+  rising dose loss, fewer projections, detector blur and miscalibrated detector columns; the
+  phantoms also get the image-domain recipes;
+* real measured data degraded directly (:func:`tomoqc.realdata.degraded_series`,
+  ``TRAIN_SERIES``: Savu rows and HTC2022 discs): thinned counts / dose noise, fewer
+  projections, detector blur, column gain mismatch, stripe removal on and off - each as the
+  float reconstruction and as 8-bit PNG and JPEG exports (the way images reach users).
+
+No sample of ``benchmarks/real_orderings.py`` is used: its HTC2022 discs, Savu rows and
+re-projected slices are all left out (the Savu rows here are other rows of the same scan, the
+only raw synchrotron scan of the folder).
+
+:func:`fit_card_terms` scores every image with the network alone, measures the indicators,
+takes each indicator's typical clean value, fits the weights so that the combined score
+orders the series' pairs (the real series weigh as much as the simulated ones together) and
+the severity lines, and returns the card entry. Scored tables are cached in its work folder.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["TRAIN_SAMPLES", "TRAIN_SERIES", "fit_card_terms", "reference_slices", "series_for", "image_series",
+           "real_series_rows", "export_roundtrip"]
+
+#: Real samples used for fitting (kept apart from the real-orderings benchmark's samples).
+TRAIN_SAMPLES = (
+    ("qim3d/NT_128x128x128.tif", (40, 90)),
+    ("qim3d/fibers_150x150x150.tif", (50, 100)),
+    ("qim3d/fly_150x256x256.tif", (60, 100)),
+    ("qim3d/shell_225x128x128.tif", (80, 150)),
+    ("qbi/wood.tif", None),
+    ("qbi/asphalt_gray.tif", None),
+    ("qbi/NMC_90wt_2000bar_115.tif", None),
+    ("battery_xct/cell_vol/im046.tif", None),
+    ("battery_xct/cell_vol/im091.tif", None),
+    ("imars3d/expected_slice_300.npy", None),
+)
+#: Series of real measured data (kind, sample) for the fit; disjoint from the benchmark's.
+TRAIN_SERIES = (
+    *[("dose", s) for s in ("savu:80", "savu:112", "htc:01c", "htc:03a", "htc:04c", "htc:06b")],
+    *[("angles", s) for s in ("savu:96", "htc:02c", "htc:05b", "htc:07b")],
+    *[("stripes", s) for s in ("savu:80", "savu:112", "htc:03c", "htc:06c")],
+    *[("blur", s) for s in ("savu:96", "htc:04a", "htc:tc")],
+    *[("gain", s) for s in ("savu:80", "htc:07c", "htc:td")],
+)
+EXPORTS = ("png", "jpeg")
+SIZE = 256
+FLUX_SERIES = (1e5, 2e4, 5e3, 1.5e3, 500.0, 150.0)
+ANGLE_FRACTIONS = (1.0, 1 / 2, 1 / 4, 1 / 8, 1 / 16)
+BLUR_SERIES = (0.0, 1.0, 2.0, 4.0, 8.0)
+BASE_FLUX = 2e4
+#: Ridge penalty and temperature of the pairwise fit (chosen on the fit's own series; a
+#: stronger ridge left the noise weight too small to overrule the network on real dose series)
+L2 = 0.002
+TAU = 0.25
+#: Weight of the squared error against labels (labelled sets) in the fit.
+LABEL_WEIGHT = 1.0
+
+
+def _log(msg):
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def read_image(path: Path) -> np.ndarray:
+    """A 2-D or 3-D array from .npy, or a TIFF (tifffile, else Pillow for codecs it lacks)."""
+    if path.suffix == ".npy":
+        return np.load(path)
+    try:
+        import tifffile
+
+        return tifffile.imread(path)
+    except Exception:
+        from PIL import Image
+
+        return np.asarray(Image.open(path))
+
+
+def reference_slices(realdata: Path, phantoms: int, seed: int):
+    """``[(name, slice in [0, 1], SIZE x SIZE)]``: real samples and phantoms."""
+    from skimage.transform import resize
+
+    from tomoqc.phantom import electrode_slice
+    from tomoqc.preprocess import normalize_slice
+
+    out = []
+    for rel, zs in TRAIN_SAMPLES:
+        p = realdata / rel
+        if not p.is_file():
+            _log(f"skipping missing {p}")
+            continue
+        a = read_image(p)
+        if a.ndim == 3 and a.shape[-1] in (3, 4):
+            a = a[..., 0]
+        slices = [a[z] for z in zs] if a.ndim == 3 else [a]
+        for i, s in enumerate(slices):
+            s = np.asarray(s, np.float64)
+            h, w = s.shape
+            n = min(h, w)
+            s = s[(h - n) // 2 : (h - n) // 2 + n, (w - n) // 2 : (w - n) // 2 + n]
+            s = resize(s, (SIZE, SIZE), anti_aliasing=True, preserve_range=True)
+            out.append((f"{Path(rel).stem}#{i}", normalize_slice(s).astype(np.float64)))
+    for k in range(phantoms):
+        img = electrode_slice((SIZE, SIZE), seed=seed + k, randomize=True)[0]
+        out.append((f"phantom#{k}", normalize_slice(img).astype(np.float64)))
+    return out
+
+
+def series_for(img: np.ndarray, rng: np.random.Generator):
+    """``{kind: [images, best first]}`` of one reference, from one re-projection."""
+    from tomoqc.distort import physics
+
+    k = physics.ATTENUATION / SIZE
+    sc = physics.scanner(img.shape)
+    p = sc.project(img) * k
+    out = {}
+    out["dose"] = [sc.reconstruct(physics._measure(p, flux=f, rng=rng)) / k for f in FLUX_SERIES]
+    out["blur"] = [sc.reconstruct(physics._measure(p, flux=BASE_FLUX, psf_sigma=s, rng=rng)) / k for s in BLUR_SERIES]
+    half = SIZE / 2.0
+    ax = (sc.n_det - 1) / 2.0
+    rings = [sc.reconstruct(physics._measure(p, flux=BASE_FLUX, rng=rng)) / k]
+    for lv in range(1, 6):
+        d = physics.stripe_gains(sc.n_det, rng=rng, extent=(ax - half, ax + half + 1), **physics.RING_DEFECTS[lv - 1])
+        rings.append(sc.reconstruct(physics._measure(p, flux=BASE_FLUX, defects=d, rng=rng)) / k)
+    out["ring"] = rings
+    angles = []
+    for frac in ANGLE_FRACTIONS:
+        na = max(8, int(round(sc.n_angles * frac)))
+        s2 = physics.scanner(img.shape, na)
+        # the same photons per projection: fewer projections also means less dose
+        angles.append(s2.reconstruct(physics._measure(s2.project(img) * k, flux=BASE_FLUX, rng=rng)) / k)
+    out["streak"] = angles
+    return {kind: [a.astype(np.float32) for a in imgs] for kind, imgs in out.items()}
+
+
+def image_series(img: np.ndarray, rng: np.random.Generator):
+    """The report's image-domain recipes at levels 0..5 (phantoms only)."""
+    from tomoqc.distort import image as idist
+
+    return {f"img_{d}": [img.astype(np.float32)] + [idist.apply(img, d, lv, rng=rng).astype(np.float32)
+                                                    for lv in range(1, 6)] for d in ("noise", "blur", "ring")}
+
+
+def export_roundtrip(img: np.ndarray, window, fmt: str) -> np.ndarray:
+    """``img`` as an 8-bit PNG or JPEG (quality 90) export with display window ``window``, read back."""
+    import io
+
+    from PIL import Image
+
+    lo, hi = window
+    u8 = (np.clip((img - lo) / (hi - lo), 0, 1) * 255 + 0.5).astype(np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(u8).save(buf, format="PNG" if fmt == "png" else "JPEG", **({} if fmt == "png" else {"quality": 90}))
+    buf.seek(0)
+    return np.asarray(Image.open(buf), np.float32)
+
+
+def real_series_rows(realdata: Path, model, seed: int):
+    """Scored rows of the real-data series (``TRAIN_SERIES``), float and exports."""
+    from tomoqc.models.measured import measure_indicators
+    from tomoqc.preprocess import normalize_slice
+    from tomoqc.realdata import RealSources, degraded_series
+
+    src = RealSources(realdata)
+    rows = []
+    t0 = time.time()
+    for j, (kind, sample) in enumerate(TRAIN_SERIES):
+        series = degraded_series(src, kind, sample, seed + j)
+        imgs = [np.asarray(a, np.float32) for _, a in series]
+        lo, hi = np.percentile(imgs[0], [0.5, 99.5])
+        window = (float(lo), float(hi if hi > lo else lo + 1))
+        for fmt in ("float",) + EXPORTS:
+            stack = imgs if fmt == "float" else [export_roundtrip(a, window, fmt) for a in imgs]
+            res = model.score_slices(np.stack(stack), measured_terms=False, tta=1, ood=False, measure=False)
+            for lv, a in enumerate(stack):
+                n = normalize_slice(a)
+                c = ((n.shape[0] - 1) / 2.0, (n.shape[1] - 1) / 2.0)
+                rows.append({"reference": f"{sample}/{fmt}", "kind": f"real_{kind}", "level": lv,
+                             "network": float(res["score"][lv]), **measure_indicators(n, ring_center=c)})
+        _log(f"{kind} {sample}: done ({time.time() - t0:.0f} s)")
+    return rows
+
+
+def _read_rows(path: Path) -> list:
+    with open(path, newline="") as fh:
+        return [{k: (v if k in ("reference", "kind") else float(v)) for k, v in r.items()} for r in csv.DictReader(fh)]
+
+
+def _write_rows(path: Path, rows: list) -> None:
+    tmp = path.with_suffix(".tmp")
+    with open(tmp, "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    os.replace(tmp, path)
+
+
+def labelled_rows(model, directories, log=_log) -> list:
+    """Scored rows of labelled datasets (manifest with ``label``): network score, indicators, label."""
+    from tomoqc.dataset import read_manifest
+    from tomoqc.models.measured import measure_indicators
+    from tomoqc.preprocess import normalize_slice
+
+    rows = []
+    t0 = time.time()
+    for d in directories:
+        d = Path(d)
+        table = [r for r in read_manifest(d) if r.get("label") not in (None, "")]
+        by_ref: dict = {}
+        for r in table:
+            by_ref.setdefault((r["reference"], r.get("domain") or "image"), []).append(r)
+        for (ref, domain), rr in by_ref.items():
+            imgs = [np.load(d / r["file"]).astype(np.float32) for r in rr]
+            res = model.score_slices(np.stack(imgs), measured_terms=False, tta=1, ood=False, measure=False)
+            for r, a, sc in zip(rr, imgs, res["score"]):
+                n = normalize_slice(a)
+                c = ((n.shape[0] - 1) / 2.0, (n.shape[1] - 1) / 2.0)
+                rows.append({"reference": f"{d.name}/{ref}/{domain}", "kind": f"lab_{r['distortion']}",
+                             "level": int(r["level"]), "network": float(sc), "label": float(r["label"]),
+                             **measure_indicators(n, ring_center=c)})
+        log(f"labelled {d}: {len(table)} images ({time.time() - t0:.0f} s)")
+    return rows
+
+
+def fit_card_terms(model, realdata, work, *, labelled=(), phantoms: int = 6, seed: int = 20261130,
+                   log=_log) -> dict:
+    """Fit the measured terms of ``model`` (a :class:`tomoqc.models.tiqa.TiqaModel`); return the card entry.
+
+    ``realdata`` is the real-data folder; ``labelled`` optional dataset folders with labels
+    (``tomoqc label``): their images join the pairs (levels of one reference) and the label
+    term of :func:`tomoqc.models.measured.fit_measured_terms`, and give the severity lines.
+    ``work`` caches the scored tables (``series.csv``, ``series_real.csv``,
+    ``labelled.csv``) so that a rerun only refits.
+    """
+    from tomoqc.models.measured import INDICATORS, MeasuredTerms, fit_measured_terms, fit_severity_line
+    from tomoqc.models.measured import measure_indicators
+    from tomoqc.preprocess import normalize_slice
+
+    realdata, work = Path(realdata), Path(work)
+    work.mkdir(parents=True, exist_ok=True)
+    table_path = work / "series.csv"
+    refs = reference_slices(realdata, phantoms, seed)
+    log(f"{len(refs)} references")
+    if table_path.is_file():
+        rows = _read_rows(table_path)
+        log(f"read {len(rows)} scored images from {table_path}")
+    else:
+        rows = []
+        rng = np.random.default_rng(seed)
+        t0 = time.time()
+        centre = ((SIZE - 1) / 2.0, (SIZE - 1) / 2.0)
+        for name, img in refs:
+            ser = series_for(img, rng)
+            if name.startswith("phantom"):
+                ser.update(image_series(img, rng))
+            for kind, imgs in ser.items():
+                res = model.score_slices(np.stack(imgs), measured_terms=False, tta=1, ood=False, measure=False)
+                for lv, a in enumerate(imgs):
+                    ind = measure_indicators(normalize_slice(a), ring_center=centre)
+                    rows.append({"reference": name, "kind": kind, "level": lv,
+                                 "network": float(res["score"][lv]), **ind})
+            log(f"{name}: done ({time.time() - t0:.0f} s)")
+        _write_rows(table_path, rows)
+    real_path = work / "series_real.csv"
+    if real_path.is_file():
+        real_rows = _read_rows(real_path)
+    else:
+        real_rows = real_series_rows(realdata, model, seed)
+        _write_rows(real_path, real_rows)
+    lab_rows = []
+    if labelled:
+        lab_path = work / "labelled.csv"
+        if lab_path.is_file():
+            lab_rows = _read_rows(lab_path)
+        else:
+            lab_rows = labelled_rows(model, labelled, log=log)
+            _write_rows(lab_path, lab_rows)
+    for r in rows + real_rows:
+        r.setdefault("label", float("nan"))
+    rows = rows + real_rows + lab_rows
+    score = np.array([r["network"] for r in rows])
+    labels = np.array([r["label"] for r in rows], np.float64)
+    ind = {k: np.array([r[k] for r in rows], np.float64) for k in INDICATORS}
+    clean = np.array([r["level"] == 0 and not r["kind"].startswith(("img_", "real_stripes")) for r in rows])
+    typical = {k: float(np.nanmedian(ind[k][clean])) for k in INDICATORS}
+    pairs = []
+    groups: dict = {}
+    for i, r in enumerate(rows):
+        if r["kind"].startswith("lab_"):
+            # one labelled reference: its clean image and every single impairment's levels
+            if r["kind"] in ("lab_none", "lab_mixed"):
+                continue
+            groups.setdefault((r["reference"], r["kind"]), []).append(i)
+        else:
+            groups.setdefault((r["reference"], r["kind"]), []).append(i)
+    clean_of = {r["reference"]: i for i, r in enumerate(rows) if r["kind"] == "lab_none"}
+    for key, idx in groups.items():
+        if key[0] in clean_of and key[1].startswith("lab_"):
+            idx.insert(0, clean_of[key[0]])
+    for idx in groups.values():
+        for a in idx:
+            for b in idx:
+                if rows[a]["level"] < rows[b]["level"]:
+                    pairs.append((a, b))
+    # the real series count as much as the simulated ones together
+    is_real = np.array([rows[a]["kind"].startswith("real_") for a, _ in pairs])
+    pw = np.where(is_real, max(1.0, (~is_real).sum() / max(1, is_real.sum())), 1.0)
+    fit = fit_measured_terms(score, ind, np.array(pairs), typical=typical, weights=pw, labels=labels,
+                             label_weight=LABEL_WEIGHT, l2=L2, tau=TAU)
+    log(f"typical {typical}")
+    log(f"fit {fit}")
+    sev = {}
+    levels = np.array([r["level"] for r in rows])
+    for k, kinds in (("noise", ("dose", "lab_noise")), ("blur", ("blur", "lab_blur")), ("ring", ("ring", "lab_ring")),
+                     ("streak", ("streak", "lab_streak"))):
+        # the indicator's own series and, where labelled sets exist, their clean images as level 0
+        sel = np.array([r["kind"] in kinds or r["kind"] == "lab_none" for r in rows])
+        sev[k] = fit_severity_line(ind[k][sel], levels[sel])
+    log(f"severity lines {sev}")
+    terms = MeasuredTerms(fit["weights"], typical, severity=sev)
+    comb = terms.combine(score, ind)
+    table = {}
+    for (_, kind), idx in groups.items():
+        t = table.setdefault(kind, [0, 0, 0])
+        for a in idx:
+            for b in idx:
+                if rows[a]["level"] < rows[b]["level"]:
+                    t[0] += 1
+                    t[1] += score[a] > score[b]
+                    t[2] += comb[a] > comb[b]
+    by_kind = {kind: {"pairs": n, "network": round(net / n, 4), "combined": round(c / n, 4)}
+               for kind, (n, net, c) in sorted(table.items())}
+    for kind, v in by_kind.items():
+        log(f"{kind:12s} pairs {v['pairs']:4d}  network {v['network']:.3f}  combined {v['combined']:.3f}")
+    entry = terms.to_card()
+    entry.update({
+        "fitted_on": (f"series of {len(refs)} references ({sum(not r[0].startswith('phantom') for r in refs)} real "
+                      f"slices of {{{', '.join(s for s, _ in TRAIN_SAMPLES)}}} and {phantoms} phantoms) "
+                      "re-projected and scanned with rising dose loss, fewer projections, detector blur and "
+                      "detector-gain defects, phantoms also image-domain; and real measured data degraded "
+                      f"directly ({', '.join(f'{k} {s}' for k, s in TRAIN_SERIES)}), float and 8-bit exports"),
+        "pairs": fit["pairs"], "pair_accuracy": fit["pair_accuracy"],
+        "pair_accuracy_network": fit["pair_accuracy_network"], "label_rmse": fit["label_rmse"],
+        "labelled": [str(Path(d).name) for d in labelled], "by_kind": by_kind, "seed": seed,
+    })
+    return entry
