@@ -34,11 +34,18 @@ at the 0.5/99.5 percentiles of the group's best image. Each is scored with the `
 CLI (``tomoqc score ... --json --workers 0``: one single-slice volume per image; several
 images go to one CLI call to save start-up time, each scored on its own) or, with
 ``--api``, in-process. The baseline is minus the robust noise level of the finest
-diagonal Haar band. Pair accuracy = share of within-group pairs (same format) ordered
-right (ties 0.5). The last line printed is ``real-orderings: <accuracy>`` (tomoqc,
+diagonal Haar band. The *previous* column is the release before the real-data work
+(commit ``PREVIOUS_COMMIT``): its own code and bundled model, extracted with ``git archive``
+and run through its own CLI. Pair accuracy = share of within-group pairs (same format)
+ordered right (ties 0.5). The last line printed is ``real-orderings: <accuracy>`` (tomoqc,
 current model, all formats).
 
-Run: ``.venv/bin/python benchmarks/real_orderings.py`` (about 10-20 minutes on 2 cores).
+None of these samples is used to fit the bundled model's measured terms
+(:mod:`tomoqc.train.measured` uses other HTC2022 discs, other Savu rows of the same scan,
+and other real slices).
+
+Run: ``.venv/bin/python benchmarks/real_orderings.py`` (about 20 minutes per model on 2
+cores; scores are cached in ``--out``).
 """
 
 from __future__ import annotations
@@ -360,7 +367,9 @@ def main(argv=None):
         for name, _ in fmt_sets:
             header += f" {m[:8] + '/' + name:>16s}"
     print(f"\npair accuracy ({'api' if args.api else 'CLI'}; model {cols['tomoqc'][0] or 'bundled'}"
-          + (f"; previous {cols['previous'][0]}" if "previous" in cols else "; previous: not available") + ")")
+          + ("; previous: " + (str(cols["previous"][0]) if cols["previous"][2] is None else
+                                 f"release {PREVIOUS_COMMIT} (its code and model)") if "previous" in cols
+             else "; previous: not available") + ")")
     print(header)
     for kind in [*kinds, "ALL"]:
         sub = [r for r in rows if kind == "ALL" or r["kind"] == kind]

@@ -121,3 +121,44 @@ def test_labels_pull_the_weights_to_the_label_scale():
                              steps=4000)
     assert fit["weights"]["noise"] == pytest.approx(1.5, rel=0.05)
     assert fit["label_rmse"] < 0.02
+
+
+def test_model_applies_the_measured_terms_unless_told_not_to(model_path):
+    """A model card with measured terms: the slice score is the terms' combination of the
+    network's score and the measured indicators, every severity is the measured one, and the
+    disagreement joins the uncertainty; measured_terms=False and raw give the network alone."""
+    from tomoqc.models.tiqa import DISAGREEMENT_SHARE, DISTORTIONS, load_model
+    from tomoqc.phantom import electrode_slice
+    import json
+    import shutil
+
+    img = electrode_slice((224, 224), seed=3)[0]
+    img = (img - img.min()) / np.ptp(img)
+    rng = np.random.default_rng(0)
+    stack = np.stack([img + rng.normal(0, s, img.shape) for s in (0.0, 0.05, 0.2)]).astype(np.float32)
+    terms = MeasuredTerms({"noise": 2.0, "blur": 0.5, "ring": 0.5, "streak": 0.5}, TYPICAL,
+                          severity={"noise": (1.0, 0.25), "blur": (0.2, 0.2), "ring": (1.5, 0.3),
+                                    "streak": (0.6, 0.2)})
+    p = model_path.parent / "with_terms.keras"
+    shutil.copyfile(model_path, p)
+    p.with_suffix(".json").write_text(json.dumps({"measured_terms": terms.to_card()}))
+    plain, m = load_model(model_path), load_model(p)
+    a, b = plain.score_slices(stack, ring_center=(111.5, 111.5)), m.score_slices(stack, ring_center=(111.5, 111.5))
+    np.testing.assert_allclose(a["score"], b["network_score"], rtol=1e-6)
+    np.testing.assert_allclose(b["score"], terms.combine(a["score"], b["indicators"]), rtol=1e-5)
+    assert b["indicators"]["noise"][2] > b["indicators"]["noise"][1] > b["indicators"]["noise"][0]
+    for k in ("noise", "blur", "ring", "streak"):
+        np.testing.assert_allclose(b["severity"][:, DISTORTIONS.index(k)], terms.severity(k, b["indicators"][k]),
+                                   rtol=1e-5)
+    gap = np.abs(b["score"] - a["score"])
+    np.testing.assert_allclose(b["score_uncertainty"], np.sqrt(a["score_uncertainty"] ** 2 + (DISAGREEMENT_SHARE * gap) ** 2),
+                               rtol=1e-4)
+    assert np.isnan(a["severity"][:, DISTORTIONS.index("streak")]).all()  # the head has no streak output
+    np.testing.assert_array_equal(m.score_slices(stack, measured_terms=False)["score"], a["score"])
+
+
+def test_anchored_severity_line_reads_zero_at_the_anchor():
+    x = np.exp(np.linspace(-5, -1, 20))
+    level = 5 * 0.3 * (np.log(x) - np.log(0.01))
+    u, v = fit_severity_line(x, level, anchor=0.01)
+    assert v == pytest.approx(0.3) and u + v * np.log(0.01) == pytest.approx(0.0, abs=1e-12)

@@ -75,8 +75,12 @@ def h5_volume(tmp_path_factory):
 
 
 def direct(model, vol, indices):
-    """Each slice scored alone, straight through the model."""
-    rows = [score_block(model, vol[i : i + 1]) for i in indices]
+    """Each slice scored alone, straight through the model, about the rotation axis found for
+    the volume as the pipeline finds it (once, from the scored slices)."""
+    from tomoqc.pipeline import _volume_ring_center
+
+    centre, _ = _volume_ring_center(vol, np.asarray(list(indices)), None)
+    rows = [score_block(model, vol[i : i + 1], ring_center=centre) for i in indices]
     return {k: np.concatenate([r[k] for r in rows]) for k in rows[0]}
 
 

@@ -157,7 +157,7 @@ def test_model_applies_the_ring_term_to_slice_scores_unless_raw():
     np.testing.assert_allclose(b["severity"][:, 2], ringed.ring_term.severity(a["ring_index"]), rtol=1e-5)
     np.testing.assert_array_equal(a["severity"][:, :2], b["severity"][:, :2])
     # ring_term=False: the network alone, as a model without the term
-    off = ringed.score_slices(stack, ring_term=False)
+    off = ringed.score_slices(stack, measured_terms=False)
     np.testing.assert_array_equal(off["score"], a["score"])
     np.testing.assert_array_equal(off["severity"], a["severity"])
     with pytest.raises(OptionError, match="ring_center"):
@@ -181,15 +181,20 @@ def test_partial_rings_are_seen_and_rise_with_amplitude():
     power (90 degrees: 0.17, index ratio 0.41; 180 degrees: 0.42, ratio 0.65), where all pairs kept f**2."""
     shape = (256, 256)
     noisy = _texture(shape, 1) + np.random.default_rng(101).normal(0, 0.05, shape)
-    clean = ring_index(noisy, normalize=False)
-    full = ring_index(noisy + _arc(shape, 0.06, RADII, 1.0), normalize=False)
+    clean = ring_index(noisy, normalize=False, pairs="local")
+    full = ring_index(noisy + _arc(shape, 0.06, RADII, 1.0), normalize=False, pairs="local")
     for frac in (0.25, 0.5):
-        by_amp = [ring_index(noisy + _arc(shape, a, RADII, frac), normalize=False) for a in (0.03, 0.06, 0.12, 0.24)]
+        by_amp = [ring_index(noisy + _arc(shape, a, RADII, frac), normalize=False, pairs="local")
+                  for a in (0.03, 0.06, 0.12, 0.24)]
         assert np.all(np.diff(by_amp) > 0), (frac, by_amp)
         assert by_amp[1] > 3 * clean and by_amp[1] > 0.25 * full, (frac, by_amp, clean, full)
+        # the default (the larger of local and all pairs) sees the arc too, rising with amplitude
+        both = [ring_index(noisy + _arc(shape, a, RADII, frac), normalize=False) for a in (0.03, 0.06, 0.12, 0.24)]
+        assert np.all(np.diff(both) > 0) and both[1] > 1.8 * ring_index(noisy, normalize=False), both
+        assert all(b >= lo for b, lo in zip(both, by_amp))
         # without noise the arc reads close to the analytic share of the full ring
-        flat = ring_index(0.5 + _arc(shape, 0.06, RADII, frac), normalize=False)
-        alone = ring_index(_rings(shape, 0.06, RADII), normalize=False)
+        flat = ring_index(0.5 + _arc(shape, 0.06, RADII, frac), normalize=False, pairs="local")
+        alone = ring_index(_rings(shape, 0.06, RADII), normalize=False, pairs="local")
         n = frac * 32
         assert flat == pytest.approx(alone * np.sqrt((2 * n - 5) / 64), rel=0.15), (frac, flat, alone)
     # the earlier definition (all pairs) is kept as an option; it sees a quarter arc far less
@@ -257,3 +262,19 @@ def test_auto_axis_without_rings_is_not_accepted():
     at_c = ring_index(img, center=c, normalize=False)
     at_centre = ring_index(img, center=centre, normalize=False)
     assert at_c < 1.5 * at_centre + 0.003 or resolve_ring_center(img)[1] == "slice centre"
+
+
+
+def test_default_index_sees_a_winding_concentric_structure_that_local_pairs_miss():
+    """A spiral (a battery's jelly roll) anti-correlates sectors 2-3 apart; the default index, the
+    larger of local and all pairs, is never below either, and rises as rings are added to it."""
+    shape = (256, 256)
+    yy, xx = np.indices(shape, dtype=np.float64)
+    r = np.hypot(yy - 127.5, xx - 127.5)
+    th = np.arctan2(yy - 127.5, xx - 127.5)
+    spiral = 0.5 + 0.3 * np.cos(2 * np.pi * (r - 6.0 * th / (2 * np.pi)) / 6.0)
+    base = spiral + np.random.default_rng(5).normal(0, 0.02, shape)
+    got = {p: ring_index(base, normalize=False, pairs=p) for p in ("local", "all", "both")}
+    assert got["both"] == pytest.approx(max(got["local"], got["all"]))
+    more = [ring_index(base + _rings(shape, a, RADII, background=0.0), normalize=False) for a in (0.02, 0.05, 0.1)]
+    assert got["both"] < more[0] < more[1] < more[2]

@@ -241,7 +241,7 @@ def _volume_ring_center(vol, zsel, ring_center, *, probes: int = 5):
         picks = zsel[:1]
     slices = []
     for z in picks:
-        img, constant = normalize_slice_flagged(np.asarray(vol[int(z)].values))
+        img, constant = normalize_slice_flagged(np.asarray(vol[int(z)]))
         if not constant:
             slices.append(img)
     if not slices:

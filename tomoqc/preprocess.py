@@ -32,7 +32,7 @@ __all__ = [
 
 
 def normalize_slice_flagged(
-    img, *, low: float = 0.5, high: float = 99.5
+    img, *, low: float = 0.5, high: float = 99.5, clip: bool = True
 ) -> tuple[np.ndarray, bool]:
     """Normalise a slice to [0, 1] and say whether it held any contrast.
 
@@ -43,11 +43,15 @@ def normalize_slice_flagged(
         when the percentiles are computed and set to 0 in the output.
     low, high : float
         Percentiles (0-100) mapped to 0 and 1; values outside are clipped.
+    clip : bool
+        False keeps values outside [0, 1] (the same affine map, unclipped; non-finite
+        pixels become NaN): what measurements of noise need, since clipping the tails of a
+        noisy slice hides part of its noise.
 
     Returns
     -------
     out : ndarray of float32, same shape
-        The normalised slice, in [0, 1].
+        The normalised slice, in [0, 1] (with ``clip``).
     constant : bool
         True when the slice has no finite values or all of them are equal (a constant
         slice; when only the two percentiles coincide, the full range is used instead). Its output is then all zeros, a defined value, and the caller decides what
@@ -83,9 +87,10 @@ def normalize_slice_flagged(
         out = ((work - lo) * (1.0 / (hi - lo))).astype(np.float32)
     else:
         out = (x - np.float32(lo)) * np.float32(1.0 / (hi - lo))
-    np.clip(out, 0.0, 1.0, out=out)
+    if clip:
+        np.clip(out, 0.0, 1.0, out=out)
     if not all_finite:
-        out[~finite] = 0.0
+        out[~finite] = 0.0 if clip else np.nan
     return out.astype(np.float32, copy=False), False
 
 

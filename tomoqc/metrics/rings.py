@@ -181,8 +181,8 @@ def _check_options(sectors, window, min_radius, pairs):
         raise OptionError(f"sectors must be an integer >= 8, got {sectors}")
     if not window > 0 or not min_radius >= 0:
         raise OptionError(f"window must be > 0 and min_radius >= 0, got {window} and {min_radius}")
-    if pairs not in ("local", "all"):
-        raise OptionError(f"pairs must be 'local' or 'all', got {pairs!r}")
+    if pairs not in ("both", "local", "all"):
+        raise OptionError(f"pairs must be 'both', 'local' or 'all', got {pairs!r}")
 
 
 def _inscribed(h, w, cy, cx) -> float:
@@ -190,7 +190,7 @@ def _inscribed(h, w, cy, cx) -> float:
 
 
 def ring_profile(img, *, center=None, sectors: int = 32, window: float = 4.5, min_radius: float = 12.0,
-                 normalize: bool = True, pairs: str = "local", max_shift: float = 0.2) -> RingProfile:
+                 normalize: bool = True, pairs: str = "both", max_shift: float = 0.2) -> RingProfile:
     """Coherent ring power about the rotation axis as a function of radius (module doc).
 
     Parameters
@@ -212,10 +212,14 @@ def ring_profile(img, *, center=None, sectors: int = 32, window: float = 4.5, mi
         Measure in units of the slice's robust range
         (:func:`tomoqc.preprocess.normalize_slice`), so that the index does not depend on
         the intensity units of the reconstruction.
-    pairs : "local" or "all"
-        Which sector pairs make the coherent power: ``"local"`` (default) the pairs 2 and 3
-        sectors apart, which sees partial rings (arcs); ``"all"`` every pair of different
-        sectors (earlier versions' index: an arc over a share f of the circle counts f**2).
+    pairs : "both", "local" or "all"
+        Which sector pairs make the coherent power: ``"local"`` the pairs 2 and 3 sectors
+        apart, which sees partial rings (arcs); ``"all"`` every pair of different sectors
+        (earlier versions' index: an arc over a share f of the circle counts f**2);
+        ``"both"`` (default) the larger of the two indices. Local pairs alone can read 0
+        where all pairs see rings plainly (a concentric structure that winds, such as a
+        battery's jelly roll, makes sectors 2-3 apart anti-correlated), and all pairs alone
+        miss arcs.
     max_shift : float
         With ``center="auto"``: how far from the slice centre the axis is searched, as a
         share of the smaller side.
@@ -252,7 +256,14 @@ def ring_profile(img, *, center=None, sectors: int = 32, window: float = 4.5, mi
     if n == 0 or not keep_r.any() or not finite.any():
         return empty
     resid, has = _residuals(a, finite, _cells(h, w, cy, cx, k, n), k, n, window)
-    power = _power(resid, has, pairs)
+    if pairs == "both":
+        candidates = [_power(resid, has, "all"), _power(resid, has, "local")]
+        with np.errstate(all="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            means = [np.nanmean(np.where(keep_r, p, np.nan)) for p in candidates]
+        power = candidates[int(np.nanargmax([-np.inf if not np.isfinite(v) else v for v in means]))]
+    else:
+        power = _power(resid, has, pairs)
     m = has.sum(axis=0)
     with np.errstate(all="ignore"):
         mean = np.where(m >= 1, resid.sum(axis=0) / np.maximum(m, 1), np.nan)
@@ -266,7 +277,7 @@ def ring_profile(img, *, center=None, sectors: int = 32, window: float = 4.5, mi
 
 
 def ring_index(img, *, center=None, sectors: int = 32, window: float = 4.5, min_radius: float = 12.0,
-               normalize: bool = True, pairs: str = "local", max_shift: float = 0.2) -> float:
+               normalize: bool = True, pairs: str = "both", max_shift: float = 0.2) -> float:
     """RMS coherent ring amplitude of a slice (0 without rings; NaN when it cannot be measured).
 
     Same parameters as :func:`ring_profile`.

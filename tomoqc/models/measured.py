@@ -47,18 +47,25 @@ _EPS = 1e-4
 
 
 def measure_indicators(img, *, ring_center=None, ring_settings=None) -> dict:
-    """The four indicators of one normalised slice (values in [0, 1]).
+    """The four indicators of one slice (any dtype and scale).
 
-    ``ring_center`` is the rotation axis ``(row, col)`` for the ring index (None: the slice
-    centre; see :func:`tomoqc.metrics.rings.resolve_ring_center` for finding it). Returns
+    The slice is mapped by the robust affine map of
+    :func:`tomoqc.preprocess.normalize_slice` but *not clipped* (clipping the tails of a noisy
+    slice hides part of its noise); noise, blur and streak indices do not depend on that map,
+    and the ring index is then in units of the slice's robust range. ``ring_center`` is the
+    rotation axis ``(row, col)`` for the ring index (None: the slice centre; see
+    :func:`tomoqc.metrics.rings.resolve_ring_center` for finding it). Returns
     ``{"noise", "blur", "ring", "streak"}`` (NaN where a measure is undefined, e.g. for a
     constant slice).
     """
     from tomoqc.metrics.nr import blur_index, noise_index, streak_index
     from tomoqc.metrics.rings import ring_index
+    from tomoqc.preprocess import normalize_slice_flagged
 
     settings = dict(ring_settings or {})
-    a = np.asarray(img, dtype=np.float32)
+    a, constant = normalize_slice_flagged(np.asarray(img), clip=False)
+    if constant:
+        return {k: float("nan") for k in INDICATORS}
     return {
         "noise": float(noise_index(a)),
         "blur": float(blur_index(a)),
@@ -158,15 +165,27 @@ class MeasuredTerms:
                    info=info)
 
 
-def fit_severity_line(x, level, *, max_level: int = 5) -> tuple[float, float]:
-    """Least-squares line ``level / max_level ~ u + v log(x)``; returns ``(u, v)``, ``v > 0``."""
+def fit_severity_line(x, level, *, anchor: float | None = None, max_level: int = 5) -> tuple[float, float]:
+    """Least-squares line ``level / max_level ~ u + v log(x)``; returns ``(u, v)``, ``v > 0``.
+
+    With ``anchor`` (an indicator's typical clean value) the line is held to 0 there,
+    ``u = -v log(anchor)``, and only the slope is fitted: clean slices then read about 0
+    whatever the spread of the series' own first levels.
+    """
     x = np.asarray(x, np.float64)
     y = np.asarray(level, np.float64) / float(max_level)
     ok = np.isfinite(x) & np.isfinite(y) & (x > 0)
     if ok.sum() < 3:
         raise OptionError("need at least 3 finite, positive indicator values to fit a severity line")
     lx = np.log(np.maximum(x[ok], _EPS))
-    v, u = np.polyfit(lx, y[ok], 1)
+    if anchor is not None:
+        if not anchor > 0:
+            raise OptionError(f"anchor must be > 0, got {anchor}")
+        d = lx - math.log(max(float(anchor), _EPS))
+        v = float(np.sum(d * y[ok]) / max(np.sum(d * d), 1e-12))
+        u = -v * math.log(max(float(anchor), _EPS))
+    else:
+        v, u = np.polyfit(lx, y[ok], 1)
     if not v > 0:
         raise OptionError(f"the severity does not rise with the indicator (slope {v:.3g})")
     return float(u), float(v)

@@ -121,6 +121,9 @@ DEFAULT_TTA_VIEWS = 2
 OOD_UNCERTAINTY = 1.0
 #: Patches of a slice that get the further test-time views.
 TTA_PATCHES = 4
+#: Share of the gap between the network's score and the score with the measured terms that
+#: counts as uncertainty (added in quadrature).
+DISAGREEMENT_SHARE = 0.25
 
 
 def _view(x: np.ndarray, k: int) -> np.ndarray:
@@ -896,10 +899,12 @@ class TiqaModel:
         dict
             ``score`` (n,) float32, NaN for a slice without a valid patch;
             ``score_uncertainty`` (n,) float32, in units of the score, roughly one standard
-            deviation: the standard deviation of the slice score over the test-time views
-            and the standard error of the mean over the slice's patches, added in
-            quadrature, plus :data:`OOD_UNCERTAINTY` in quadrature for an
-            out-of-distribution slice (NaN where the score is);
+            deviation: the standard deviation of the slice score over the test-time views,
+            the standard error of the mean over the slice's patches and
+            :data:`DISAGREEMENT_SHARE` of the gap between the network's score and the
+            score with the measured terms, added in quadrature, plus
+            :data:`OOD_UNCERTAINTY` in quadrature for an out-of-distribution slice (NaN
+            where the score is);
             ``raw_score`` (n,) float32, the mean raw network output (before calibration);
             ``ood_distance`` (n,) float32, the slice's feature distance in units of the
             card's threshold (> 1: out of distribution; NaN without statistics);
@@ -939,7 +944,8 @@ class TiqaModel:
         flags = np.zeros(n, np.int32)
 
         prepared = []
-        whole = []  # normalised slices before padding, for the ring index
+        whole = []  # normalised slices before padding
+        measured_on = []  # the slices as given, for the measured indicators (which normalise without clipping)
         for i in range(n):
             sl = arr[i]
             if normalize:
@@ -948,11 +954,14 @@ class TiqaModel:
                 img, constant = normalize_slice_flagged(sl)
                 if constant:
                     flags[i] |= FLAG_CONSTANT
+                measured_on.append(sl)
             else:
                 img = np.asarray(sl, dtype=np.float32)
                 if not np.isfinite(img).all():
                     flags[i] |= FLAG_NONFINITE
                     img = np.where(np.isfinite(img), img, 0.0).astype(np.float32)
+            if not normalize:
+                measured_on.append(img)
             whole.append(img)
             if mode != "resize_crop":
                 img, padded = _pad_to(img, PATCH)
@@ -1103,12 +1112,16 @@ class TiqaModel:
             centre, centre_source = None, "slice centre"
         indicators = {k: np.full(n, np.nan, np.float32) for k in INDICATORS}
         for i in live:
-            for k, val in measure_indicators(whole[i], ring_center=centre, ring_settings=settings).items():
+            for k, val in measure_indicators(measured_on[i], ring_center=centre, ring_settings=settings).items():
                 indicators[k][i] = val
         ring_idx = indicators["ring"]
         network_score = score.copy()
         if terms is not None and measured_terms and measure and not raw:
             score = terms.combine(score, indicators).astype(np.float32)
+            # where the measured indicators overrule the network, the two disagree: part of
+            # that disagreement joins the uncertainty
+            gap = np.nan_to_num(np.abs(score - network_score))
+            uncertainty = np.sqrt(uncertainty**2 + (DISAGREEMENT_SHARE * gap) ** 2).astype(np.float32)
             for k in INDICATORS:
                 if k in terms.severity_lines and k in DISTORTIONS:
                     measured = terms.severity(k, indicators[k])

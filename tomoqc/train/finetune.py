@@ -619,6 +619,19 @@ def evaluate_dataset(model, data_dir, *, mode: str | None = None, progress: bool
                 })
             prog.advance(task)
 
+    from tomoqc.models.tiqa import DISTORTIONS as MODEL_DISTORTIONS
+
+    # the impairments the model reports a severity for (the network's three, and streak when
+    # the model measures it), in the order of its severity vector
+    width = max((len(p["severity"]) for p in per_image), default=len(DISTORTIONS))
+    names = tuple(MODEL_DISTORTIONS[:width])
+
+    def named(sev, d):
+        """Whether the largest finite severity is ``d``'s."""
+        sev = np.asarray(sev, float)
+        i = names.index(d)
+        return bool(np.isfinite(sev[i]) and sev[i] >= np.nanmax(sev))
+
     def group_stats(items, dist_filter, domain):
         items = [p for p in items if np.isfinite(p["pred"])]
         lab = np.array([p["label"] for p in items], float)
@@ -629,9 +642,9 @@ def evaluate_dataset(model, data_dir, *, mode: str | None = None, progress: bool
         out["plcc"] = _plcc(pred[ok], lab[ok]) if ok.sum() > 2 else float("nan")
         # within-reference ordering by level (single distortions, reference image included)
         lv = []
-        dists = DISTORTIONS if dist_filter == "ALL" else (dist_filter,)
+        dists = names if dist_filter == "ALL" else (dist_filter,)
         for d in dists:
-            if d not in DISTORTIONS:
+            if d not in names:
                 continue
             for ref in {p["reference"] for p in items}:
                 grp = [p for p in per_image if p["reference"] == ref and p["domain"] in _domains(domain)
@@ -641,8 +654,8 @@ def evaluate_dataset(model, data_dir, *, mode: str | None = None, progress: bool
                     if len({p["level"] for p in g}) >= 3:
                         lv.append(_spearman([p["pred"] for p in g], [-p["level"] for p in g]))
         out["level_srocc"] = float(np.mean(lv)) if lv else float("nan")
-        hits = [int(np.argmax(p["severity"]) == DISTORTIONS.index(p["distortion"])) for p in items
-                if p["distortion"] in DISTORTIONS and p["level"] >= 2 and np.all(np.isfinite(p["severity"]))]
+        hits = [int(named(p["severity"], p["distortion"])) for p in items
+                if p["distortion"] in names and p["level"] >= 2 and np.isfinite(p["severity"]).any()]
         out["severity_acc"] = float(np.mean(hits)) if hits else float("nan")
         return out
 
@@ -650,7 +663,7 @@ def evaluate_dataset(model, data_dir, *, mode: str | None = None, progress: bool
     table = []
     for dom in domains + ["ALL"]:
         in_dom = [p for p in per_image if dom == "ALL" or p["domain"] == dom]
-        for d in list(DISTORTIONS) + ["mixed", "ALL"]:
+        for d in list(names) + ["mixed", "ALL"]:
             items = [p for p in in_dom if d == "ALL" or p["distortion"] == d or (p["level"] == 0 and d != "mixed")]
             if d == "mixed":
                 items = [p for p in in_dom if p["distortion"] == "mixed" or p["level"] == 0]

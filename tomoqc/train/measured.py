@@ -64,8 +64,11 @@ BASE_FLUX = 2e4
 #: stronger ridge left the noise weight too small to overrule the network on real dose series)
 L2 = 0.002
 TAU = 0.25
-#: Weight of the squared error against labels (labelled sets) in the fit.
-LABEL_WEIGHT = 1.0
+#: Weight of the real series' pairs (together) against the simulated ones (together).
+REAL_WEIGHT = 1.0
+#: Weight of the squared error against labels (labelled sets) in the fit: small, so that the
+#: labels keep the terms on the label scale without undoing what the real series ask for.
+LABEL_WEIGHT = 0.03
 
 
 def _log(msg):
@@ -168,7 +171,6 @@ def export_roundtrip(img: np.ndarray, window, fmt: str) -> np.ndarray:
 def real_series_rows(realdata: Path, model, seed: int):
     """Scored rows of the real-data series (``TRAIN_SERIES``), float and exports."""
     from tomoqc.models.measured import measure_indicators
-    from tomoqc.preprocess import normalize_slice
     from tomoqc.realdata import RealSources, degraded_series
 
     src = RealSources(realdata)
@@ -183,7 +185,7 @@ def real_series_rows(realdata: Path, model, seed: int):
             stack = imgs if fmt == "float" else [export_roundtrip(a, window, fmt) for a in imgs]
             res = model.score_slices(np.stack(stack), measured_terms=False, tta=1, ood=False, measure=False)
             for lv, a in enumerate(stack):
-                n = normalize_slice(a)
+                n = a
                 c = ((n.shape[0] - 1) / 2.0, (n.shape[1] - 1) / 2.0)
                 rows.append({"reference": f"{sample}/{fmt}", "kind": f"real_{kind}", "level": lv,
                              "network": float(res["score"][lv]), **measure_indicators(n, ring_center=c)})
@@ -209,7 +211,6 @@ def labelled_rows(model, directories, log=_log) -> list:
     """Scored rows of labelled datasets (manifest with ``label``): network score, indicators, label."""
     from tomoqc.dataset import read_manifest
     from tomoqc.models.measured import measure_indicators
-    from tomoqc.preprocess import normalize_slice
 
     rows = []
     t0 = time.time()
@@ -223,7 +224,7 @@ def labelled_rows(model, directories, log=_log) -> list:
             imgs = [np.load(d / r["file"]).astype(np.float32) for r in rr]
             res = model.score_slices(np.stack(imgs), measured_terms=False, tta=1, ood=False, measure=False)
             for r, a, sc in zip(rr, imgs, res["score"]):
-                n = normalize_slice(a)
+                n = a
                 c = ((n.shape[0] - 1) / 2.0, (n.shape[1] - 1) / 2.0)
                 rows.append({"reference": f"{d.name}/{ref}/{domain}", "kind": f"lab_{r['distortion']}",
                              "level": int(r["level"]), "network": float(sc), "label": float(r["label"]),
@@ -244,7 +245,6 @@ def fit_card_terms(model, realdata, work, *, labelled=(), phantoms: int = 6, see
     """
     from tomoqc.models.measured import INDICATORS, MeasuredTerms, fit_measured_terms, fit_severity_line
     from tomoqc.models.measured import measure_indicators
-    from tomoqc.preprocess import normalize_slice
 
     realdata, work = Path(realdata), Path(work)
     work.mkdir(parents=True, exist_ok=True)
@@ -266,7 +266,7 @@ def fit_card_terms(model, realdata, work, *, labelled=(), phantoms: int = 6, see
             for kind, imgs in ser.items():
                 res = model.score_slices(np.stack(imgs), measured_terms=False, tta=1, ood=False, measure=False)
                 for lv, a in enumerate(imgs):
-                    ind = measure_indicators(normalize_slice(a), ring_center=centre)
+                    ind = measure_indicators(a, ring_center=centre)
                     rows.append({"reference": name, "kind": kind, "level": lv,
                                  "network": float(res["score"][lv]), **ind})
             log(f"{name}: done ({time.time() - t0:.0f} s)")
@@ -312,20 +312,24 @@ def fit_card_terms(model, realdata, work, *, labelled=(), phantoms: int = 6, see
             for b in idx:
                 if rows[a]["level"] < rows[b]["level"]:
                     pairs.append((a, b))
-    # the real series count as much as the simulated ones together
+    # the real series count REAL_WEIGHT times as much as the simulated ones together
     is_real = np.array([rows[a]["kind"].startswith("real_") for a, _ in pairs])
-    pw = np.where(is_real, max(1.0, (~is_real).sum() / max(1, is_real.sum())), 1.0)
+    pw = np.where(is_real, REAL_WEIGHT * max(1.0, (~is_real).sum() / max(1, is_real.sum())), 1.0)
     fit = fit_measured_terms(score, ind, np.array(pairs), typical=typical, weights=pw, labels=labels,
                              label_weight=LABEL_WEIGHT, l2=L2, tau=TAU)
     log(f"typical {typical}")
     log(f"fit {fit}")
     sev = {}
     levels = np.array([r["level"] for r in rows])
+    # severities read 0 up to where clean slices reach: the line is anchored at the 90th
+    # percentile of the indicator over the clean slices (truly clean phantoms included)
+    clean_all = np.array([r["level"] == 0 and r["kind"] != "real_stripes" for r in rows])
+    anchors = {k: float(np.nanquantile(ind[k][clean_all], 0.9)) for k in INDICATORS}
     for k, kinds in (("noise", ("dose", "lab_noise")), ("blur", ("blur", "lab_blur")), ("ring", ("ring", "lab_ring")),
                      ("streak", ("streak", "lab_streak"))):
         # the indicator's own series and, where labelled sets exist, their clean images as level 0
         sel = np.array([r["kind"] in kinds or r["kind"] == "lab_none" for r in rows])
-        sev[k] = fit_severity_line(ind[k][sel], levels[sel])
+        sev[k] = fit_severity_line(ind[k][sel], levels[sel], anchor=anchors[k])
     log(f"severity lines {sev}")
     terms = MeasuredTerms(fit["weights"], typical, severity=sev)
     comb = terms.combine(score, ind)
