@@ -157,11 +157,9 @@ def build_groups(realdata, out, *, kinds=KINDS, formats=FORMATS, seed=2026, log=
 
 # ------------------------------------------------------------------------ scoring
 def _sha(path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for b in iter(lambda: f.read(1 << 20), b""):
-            h.update(b)
-    return h.hexdigest()
+    from tomoqc.models.tiqa import file_sha256
+
+    return file_sha256(path)
 
 
 def _read_image(path):

@@ -190,7 +190,7 @@ def _inscribed(h, w, cy, cx) -> float:
 
 
 def ring_profile(img, *, center=None, sectors: int = 32, window: float = 4.5, min_radius: float = 12.0,
-                 normalize: bool = True, pairs: str = "both", max_shift: float = 0.2) -> RingProfile:
+                 normalize: bool = True, pairs: str = "local", max_shift: float = 0.2) -> RingProfile:
     """Coherent ring power about the rotation axis as a function of radius (module doc).
 
     Parameters
@@ -216,10 +216,11 @@ def ring_profile(img, *, center=None, sectors: int = 32, window: float = 4.5, mi
         Which sector pairs make the coherent power: ``"local"`` the pairs 2 and 3 sectors
         apart, which sees partial rings (arcs); ``"all"`` every pair of different sectors
         (earlier versions' index: an arc over a share f of the circle counts f**2);
-        ``"both"`` (default) the larger of the two indices. Local pairs alone can read 0
-        where all pairs see rings plainly (a concentric structure that winds, such as a
-        battery's jelly roll, makes sectors 2-3 apart anti-correlated), and all pairs alone
-        miss arcs.
+        ``"both"`` the larger of the two indices. Local pairs (the default) see arcs, and
+        they do not take a winding concentric structure for rings (a battery's jelly roll
+        makes sectors 2-3 apart anti-correlated, so it reads about 0 where all pairs read
+        it as strong rings); the price is that rings added on top of such a structure are
+        not seen either.
     max_shift : float
         With ``center="auto"``: how far from the slice centre the axis is searched, as a
         share of the smaller side.
@@ -277,7 +278,7 @@ def ring_profile(img, *, center=None, sectors: int = 32, window: float = 4.5, mi
 
 
 def ring_index(img, *, center=None, sectors: int = 32, window: float = 4.5, min_radius: float = 12.0,
-               normalize: bool = True, pairs: str = "both", max_shift: float = 0.2) -> float:
+               normalize: bool = True, pairs: str = "local", max_shift: float = 0.2) -> float:
     """RMS coherent ring amplitude of a slice (0 without rings; NaN when it cannot be measured).
 
     Same parameters as :func:`ring_profile`.
