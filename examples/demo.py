@@ -69,7 +69,7 @@ def main(argv=None) -> int:
     names = [str(d) for d in ds["distortion"].values]
     table = Table(title="example volume: mean slice score per part (ground truth from the generator)",
                   title_justify="left")
-    for col in ("slices", "true impairment", "mean score", "noise", "blur", "ring"):
+    for col in ("slices", "true impairment", "mean score", *names):
         table.add_column(col, justify="left" if col in ("slices", "true impairment") else "right")
     for seg in segs:
         sl = slice(int(seg["z_start"]), int(seg["z_stop"]))

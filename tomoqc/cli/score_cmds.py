@@ -95,7 +95,7 @@ def score(
              "'auto' says so explicitly)."),
     tta_views: int = typer.Option(
         2, "--tta-views",
-        help="Test-time views of up to 4 patches per slice for the score uncertainty: 1, 2 (identity and "
+        help="Test-time views of up to 2 patches per slice for the score uncertainty: 1, 2 (identity and "
              "transpose), 4 or 8 (every flip and rotation). Scores do not depend on it."),
     fail_below: Optional[float] = typer.Option(None, "--fail-below", help=_FAIL_HELP),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing quality outputs."),

@@ -120,7 +120,7 @@ DEFAULT_TTA_VIEWS = 2
 #: Added in quadrature to the score uncertainty of an out-of-distribution slice (score units).
 OOD_UNCERTAINTY = 1.0
 #: Patches of a slice that get the further test-time views.
-TTA_PATCHES = 4
+TTA_PATCHES = 2
 #: Share of the gap between the network's score and the score with the measured terms that
 #: counts as uncertainty (added in quadrature).
 DISAGREEMENT_SHARE = 0.25

@@ -603,11 +603,11 @@ def evaluate_dataset(model, data_dir, *, mode: str | None = None, progress: bool
             shapes = {a.shape for a in imgs}
             results = []
             if len(shapes) == 1:
-                res = model.score_slices(np.stack(imgs), mode=mode)
+                res = model.score_slices(np.stack(imgs), mode=mode, tta=1, ood=False)
                 results = [(res["score"][i], res["severity"][i]) for i in range(len(imgs))]
             else:
                 for a in imgs:
-                    res = model.score_slices(a, mode=mode)
+                    res = model.score_slices(a, mode=mode, tta=1, ood=False)
                     results.append((res["score"][0], res["severity"][0]))
             for r, (s, v) in zip(rr, results):
                 lab = r.get("label")
