@@ -140,7 +140,8 @@ def test_slurm_cluster_scores_equal_local_scores(slurm, pipeline, tiny_data, tmp
         np.testing.assert_allclose(a["severity"].values, b["severity"].values, rtol=0, atol=1e-5)
         np.testing.assert_allclose(a["patch_score"].values, b["patch_score"].values, rtol=0, atol=1e-5)
         values.append(np.concatenate([a["score"].values, a["severity"].values.ravel()]))
-    assert np.ptp(np.concatenate(values)) > 0.01, "constant outputs: the comparison would prove nothing"
+    allv = np.concatenate(values)  # the streak severity is NaN for a network without measured terms
+    assert np.nanmax(allv) - np.nanmin(allv) > 0.01, "constant outputs: the comparison would prove nothing"
     # the work really ran in SLURM jobs, and every worker job is gone again
     deadline = time.monotonic() + 30
     while _worker_jobs() and time.monotonic() < deadline:
