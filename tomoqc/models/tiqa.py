@@ -1041,7 +1041,6 @@ class TiqaModel:
                 own_t = owners_a[tta_sel]
                 for i in np.unique(own_t):
                     tta_spread[int(i)] = s_t[:, own_t == i]  # (V, m_i)
-            feats = None if feats is None else feats
         else:
             k_out = _head_width(self.model)
             s = np.zeros(0, np.float32)
