@@ -302,6 +302,14 @@ def _angle_weights(angles: np.ndarray) -> np.ndarray:
     return w
 
 
+
+def _sinogram(sino) -> np.ndarray:
+    """``sino`` as a float64 2-D array (angles x detector), or one error line."""
+    p = np.asarray(sino, np.float64)
+    if p.ndim != 2:
+        raise InputError(None, f"expected a 2-D sinogram, got shape {p.shape}")
+    return p
+
 def fbp(sino, angles, *, center=None, size=None, filter="ramp", pixel=1.0, chunk=4) -> np.ndarray:
     """Parallel-beam filtered back-projection for any set of angles and axis position.
 
@@ -336,10 +344,8 @@ def fbp(sino, angles, *, center=None, size=None, filter="ramp", pixel=1.0, chunk
     """
     from tomoqc.distort.physics import _ramp_filter
 
-    q = np.asarray(sino, np.float64)
+    q = _sinogram(sino)
     th = np.asarray(angles, np.float64).ravel()
-    if q.ndim != 2:
-        raise InputError(None, f"expected a 2-D sinogram, got shape {q.shape}")
     if q.shape[0] != th.size:
         raise OptionError(f"{th.size} angles for a sinogram of {q.shape[0]} rows")
     if not np.isfinite(q).all():
@@ -625,9 +631,7 @@ def gain_mismatch(sino_log, level: float, rng=None, *, kind: str = "full", exten
     lv = float(level)
     if lv < 0:
         raise OptionError(f"level must be >= 0, got {level}")
-    p = np.asarray(sino_log, np.float64)
-    if p.ndim != 2:
-        raise InputError(None, f"expected a 2-D sinogram, got shape {p.shape}")
+    p = _sinogram(sino_log)
     if lv == 0:
         return p.copy()
     spec = dict(GAIN_KINDS[kind])
@@ -660,9 +664,7 @@ def remove_stripes(sino_log, strength: float) -> np.ndarray:
     st = float(strength)
     if st < 0:
         raise OptionError(f"strength must be >= 0, got {strength}")
-    p = np.asarray(sino_log, np.float64)
-    if p.ndim != 2:
-        raise InputError(None, f"expected a 2-D sinogram, got shape {p.shape}")
+    p = _sinogram(sino_log)
     half = int(round(st))
     if half == 0:
         return p.copy()

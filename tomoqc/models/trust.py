@@ -71,6 +71,17 @@ def _decode(text: str, dtype, shape) -> np.ndarray:
     return a.astype(np.float32).reshape(shape)
 
 
+
+def _feature_rows(features, dim: int, owner: str) -> np.ndarray:
+    """Features as float32 rows of width ``dim`` (one row may come 1-D), or one error line
+    ending in ``owner`` and ``dim`` (e.g. "the statistics have 1280")."""
+    x = np.asarray(features, np.float32)
+    if x.ndim == 1:
+        x = x[None]
+    if x.shape[-1] != dim:
+        raise InputError(None, f"features of width {x.shape[-1]}, {owner} {dim}")
+    return x
+
 class FeatureDistance:
     """The distance of pooled network features from an in-distribution set (test (b)).
 
@@ -104,11 +115,7 @@ class FeatureDistance:
 
     def distance(self, features) -> np.ndarray:
         """Per-row distance ``d`` (about 1 for typical in-distribution features)."""
-        x = np.asarray(features, np.float32)
-        if x.ndim == 1:
-            x = x[None]
-        if x.shape[-1] != self.dim:
-            raise InputError(None, f"features of width {x.shape[-1]}, the statistics have {self.dim}")
+        x = _feature_rows(features, self.dim, "the statistics have")
         c = x - self.mean
         z = c @ self.components.T
         m2 = np.mean((z / self.scales) ** 2, axis=1)
@@ -299,11 +306,7 @@ class DomainClassifier:
 
     def patch_probability(self, features) -> np.ndarray:
         """Per-row probability of *not* being tomography."""
-        x = np.asarray(features, np.float32)
-        if x.ndim == 1:
-            x = x[None]
-        if x.shape[-1] != self.dim:
-            raise InputError(None, f"features of width {x.shape[-1]}, the classifier has {self.dim}")
+        x = _feature_rows(features, self.dim, "the classifier has")
         return _sigmoid(x.astype(np.float64) @ self.weights.astype(np.float64) + self.bias).astype(np.float32)
 
     def slice_probability(self, features) -> float:
