@@ -101,7 +101,7 @@ def test_local_cuda_one_worker_per_gpu():  # pragma: no cover - needs a GPU
 def test_in_flight_limit_counts_workers_an_adaptive_cluster_may_start():
     from distributed import Client, LocalCluster
 
-    from tomoqc.pipeline import _in_flight_limit
+    from tomoqc.engine import in_flight_limit as _in_flight_limit
 
     with LocalCluster(n_workers=0, processes=False, dashboard_address=":0") as cluster:
         with Client(cluster) as client:

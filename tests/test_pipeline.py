@@ -239,7 +239,7 @@ def test_sigkill_mid_run_then_resume_is_identical(model, model_path, tmp_path):
            "--out", str(out), "--workers", "0", "--chunk-slices", "1", "--quiet"]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        deadline = time.time() + 120
+        deadline = time.time() + 300
         while time.time() < deadline:
             done_dir = part / "_done"
             if done_dir.is_dir() and len(list(done_dir.glob("chunk-??????"))) >= 3:
@@ -319,7 +319,7 @@ def test_local_cluster_two_workers_model_loaded_once_per_worker(two_workers, spe
     client = two_workers
     ds = score(path, model=model_path, out=tmp_path, client=client, chunk_slices=1, progress=False)
     assert_same(ds, direct(model, vol, range(10)))
-    loads = client.run(lambda: __import__("tomoqc.pipeline", fromlist=["x"]).MODEL_LOADS)
+    loads = client.run(lambda: __import__("tomoqc.engine", fromlist=["x"]).RESOURCE_LOADS)
     # 10 tasks ran, but each worker process loaded the model at most once
     assert all(n <= 1 for n in loads.values()) and sum(loads.values()) >= 1
     threads = client.run(lambda: os.environ.get("TF_NUM_INTRAOP_THREADS"))

@@ -67,17 +67,12 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import threading
-import time
-import uuid
-from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 
-from tomoqc.errors import InputError, OptionError, TomoqcError
-from tomoqc.io import pid_alive
+from tomoqc.engine import SliceJob, _now, partial_path, prepare_output, run_job
+from tomoqc.errors import InputError, OptionError
 
 __all__ = [
     "FLAG_OK",
@@ -125,86 +120,62 @@ MAX_ALIGNED_BYTES = 256 * 2**20
 #: Fewest patches a task should hold (see ``_default_chunk``).
 MIN_TASK_PATCHES = 64
 OUTPUT_SUFFIX = ".quality.zarr"
-_DONE_DIR = "_done"
 _FORMAT_VERSION = 2
 
-# ----------------------------------------------------------------------------- worker side
-
-_CACHE_LOCK = threading.Lock()
-_MODELS: dict[tuple, object] = {}
-_VOLUMES: dict[tuple, object] = {}
-#: How many times this process loaded a model (read by tests through ``Client.run``).
-MODEL_LOADS = 0
+# ----------------------------------------------------------------------------- the job
 
 
-def _configure_tensorflow() -> None:
-    """Apply the thread and GPU settings a cluster put in this worker's environment."""
-    threads = os.environ.get("TOMOQC_TF_THREADS")
-    growth = os.environ.get("TOMOQC_TF_GPU_GROWTH")
-    if not threads and not growth:
-        return
-    import tensorflow as tf
+class ScoreJob(SliceJob):
+    """The ``score`` job: TIQA network and measured indicators, per slice (see the module docs)."""
 
-    try:
-        if threads:
-            tf.config.threading.set_intra_op_parallelism_threads(int(threads))
-            tf.config.threading.set_inter_op_parallelism_threads(1)
-        if growth:
-            for gpu in tf.config.list_physical_devices("GPU"):
-                tf.config.experimental.set_memory_growth(gpu, True)
-    except RuntimeError:
-        pass  # TensorFlow already initialised in this process: keep its settings
+    kind = "score"
+    verb = "scoring"
 
+    def __init__(self, path: str, sha256: str, batch_size: int, measured_terms: bool, ring_center, tta: int,
+                 grid: tuple[int, int, np.ndarray] | None = None):
+        self.path, self.sha256, self.batch_size = path, sha256, int(batch_size)
+        self.measured_terms, self.ring_center, self.tta = bool(measured_terms), tuple(ring_center), tta
+        self.grid = grid  # (py, px, starts) of the patch grid, for the output layout
 
-def _get_model(path: str, sha256: str, batch_size: int):
-    """The model for ``path`` in this process, loaded on first use only."""
-    global MODEL_LOADS
-    key = (path, sha256, int(batch_size))
-    model = _MODELS.get(key)
-    if model is not None:
+    def resource_key(self) -> tuple:
+        return (self.path, self.sha256, self.batch_size)
+
+    def load_resource(self):
+        from tomoqc.models.tiqa import load_model
+
+        model = load_model(self.path, batch_size=self.batch_size)
+        if self.sha256 and model.sha256 and model.sha256 != self.sha256:
+            raise InputError(self.path, "the model file changed while scoring (SHA-256 differs)")
         return model
-    with _CACHE_LOCK:
-        model = _MODELS.get(key)
-        if model is None:
-            _configure_tensorflow()
-            from tomoqc.models.tiqa import load_model
 
-            model = load_model(path, batch_size=batch_size)
-            if sha256 and model.sha256 and model.sha256 != sha256:
-                raise InputError(path, "the model file changed while scoring (SHA-256 differs)")
-            _MODELS[key] = model
-            MODEL_LOADS += 1
-    return model
+    def process(self, model, block):
+        return score_block(model, block, measured_terms=self.measured_terms, ring_center=self.ring_center,
+                           tta=self.tta)
 
+    def create_store(self, path, zsel, chunk, attrs):
+        py, px, starts = self.grid
+        _template(zsel, py, px, starts, chunk, attrs).to_zarr(str(path), mode="w", compute=False,
+                                                                     consolidated=False)
 
-def _get_volume(path: str, dataset: str | None, axis: str, depth: int = 1):
-    """The volume at ``path`` opened in this process with dask chunks of ``depth`` slices."""
-    key = (path, dataset or "", axis, int(depth))
-    vol = _VOLUMES.get(key)
-    if vol is None:
-        from tomoqc.io import open_volume
+    def store_arrays(self, path):
+        import zarr
 
-        vol = open_volume(path, dataset=dataset or None, axis=axis, chunk_slices=int(depth), check=False)
-        with _CACHE_LOCK:
-            _VOLUMES[key] = vol
-    return vol
+        group = zarr.open_group(str(path), mode="r+", use_consolidated=False)
+        return {name: (group[name], 0) for name in OUTPUT_VARIABLES}
 
+    def memory_arrays(self, n):
+        from tomoqc.models.tiqa import DISTORTIONS
 
-def _read_slices(vol, indices) -> np.ndarray:
-    """Read the slices ``indices`` of a lazily opened volume in this thread.
-
-    Consecutive indices are read as one range, which is one read of the file when the
-    volume was opened with dask chunks aligned on the pipeline's chunks.
-    """
-    import dask
-
-    idx = np.asarray(indices, dtype=np.int64)
-    if len(idx) and np.array_equal(idx, np.arange(idx[0], idx[0] + len(idx))):
-        sel = slice(int(idx[0]), int(idx[0]) + len(idx))
-    else:
-        sel = idx
-    with dask.config.set(scheduler="synchronous"):
-        return np.asarray(vol.data[sel].compute())
+        py, px, _ = self.grid
+        return {
+            "score": (np.full(n, np.nan, np.float32), 0),
+            "score_uncertainty": (np.full(n, np.nan, np.float32), 0),
+            "flag": (np.zeros(n, np.int8), 0),
+            "valid_fraction": (np.zeros(n, np.float32), 0),
+            "patch_score": (np.full((n, py, px), np.nan, np.float32), 0),
+            "severity": (np.full((n, len(DISTORTIONS)), np.nan, np.float32), 0),
+            **{name: (np.full(n, np.nan, np.float32), 0) for name, _ in INDICATOR_VARIABLES},
+        }
 
 
 def _encode_flags(bits: np.ndarray) -> np.ndarray:
@@ -281,33 +252,6 @@ def score_block(model, block: np.ndarray, *, measured_terms: bool = True, ring_c
     }
 
 
-def _run_chunk(source, k: int, indices, model_spec) -> dict:
-    """One dask task: read chunk ``k`` (slices ``indices``), score it, return the results.
-
-    ``source`` is either ``("path", path, dataset, axis, depth)``, read here on the
-    worker (``depth``: slices per read, the chunk length when the chunks are made of
-    consecutive slices, else 1), or an in-memory block of slices. Errors caused by the input come back as a record
-    (``{"error": ...}``) so that the client can raise them with the file's name.
-    """
-    t0 = time.perf_counter()
-    try:
-        path, sha, batch_size, measured_terms, ring_center, tta = model_spec
-        if isinstance(source, tuple) and source and source[0] == "path":
-            _, vpath, dataset, axis, depth = source
-            block = _read_slices(_get_volume(vpath, dataset, axis, depth), indices)
-        else:
-            block = np.asarray(source)
-        model = _get_model(path, sha, batch_size)
-        out = score_block(model, block, measured_terms=measured_terms, ring_center=ring_center, tta=tta)
-    except TomoqcError as err:
-        return {"k": k, "error": str(err), "path": getattr(err, "path", None),
-                "problem": getattr(err, "problem", str(err))}
-    out["k"] = k
-    out["seconds"] = time.perf_counter() - t0
-    out["pid"] = os.getpid()
-    return out
-
-
 # ----------------------------------------------------------------------------- paths
 
 
@@ -319,12 +263,6 @@ def output_path(volume_path, out=None) -> Path:
         name = p.resolve().name
     base = Path(out) if out is not None else p.resolve().parent
     return base / (name + OUTPUT_SUFFIX)
-
-
-def partial_path(final: Path) -> Path:
-    """The temporary name a quality output is built under."""
-    final = Path(final)
-    return final.parent / f".{final.name}.partial"
 
 
 def _model_spec(model, batch_size):
@@ -351,62 +289,6 @@ def _model_spec(model, batch_size):
 
 
 # ----------------------------------------------------------------------------- output store
-
-
-class _ZarrSink:
-    """The partial quality output on disk: chunk-aligned region writes and done markers."""
-
-    def __init__(self, path: Path):
-        import zarr
-
-        self.path = Path(path)
-        self.group = zarr.open_group(str(self.path), mode="r+")
-        self.arrays = {name: self.group[name] for name in OUTPUT_VARIABLES}
-        self.done_dir = self.path / _DONE_DIR
-        self.done_dir.mkdir(exist_ok=True)
-
-    def done(self) -> set[int]:
-        out = set()
-        for f in self.done_dir.iterdir():
-            if f.name.startswith("chunk-") and not f.name.endswith(".tmp"):
-                try:
-                    out.add(int(f.name[6:]))
-                except ValueError:
-                    pass
-        return out
-
-    def write(self, k: int, lo: int, hi: int, res: dict, run_id: str) -> None:
-        for name, arr in self.arrays.items():
-            arr[lo:hi] = res[name]
-        marker = self.done_dir / f"chunk-{k:06d}"
-        tmp = marker.with_name(marker.name + ".tmp")
-        with open(tmp, "w") as fh:
-            json.dump({"run": run_id, "slices": [lo, hi], "seconds": res.get("seconds")}, fh)
-        os.replace(tmp, marker)
-
-
-class _MemorySink:
-    """Results kept in memory (an in-memory volume scored without ``out``)."""
-
-    def __init__(self, n, py, px, nd):
-        self.arrays = {
-            "score": np.full(n, np.nan, np.float32),
-            "score_uncertainty": np.full(n, np.nan, np.float32),
-            "flag": np.zeros(n, np.int8),
-            "valid_fraction": np.zeros(n, np.float32),
-            "patch_score": np.full((n, py, px), np.nan, np.float32),
-            "severity": np.full((n, nd), np.nan, np.float32),
-            **{name: np.full(n, np.nan, np.float32) for name, _ in INDICATOR_VARIABLES},
-        }
-        self._done: set[int] = set()
-
-    def done(self) -> set[int]:
-        return set(self._done)
-
-    def write(self, k, lo, hi, res, run_id):
-        for name, arr in self.arrays.items():
-            arr[lo:hi] = res[name]
-        self._done.add(k)
 
 
 _UNCERTAINTY_ATTRS = {
@@ -457,44 +339,6 @@ def _template(z, py, px, starts, chunk, attrs):
     )
     ds.attrs["patch_size"] = int(PATCH)
     return ds
-
-
-def _read_attrs(path: Path) -> dict:
-    import zarr
-
-    try:
-        return dict(zarr.open_group(str(path), mode="r").attrs)
-    except Exception:
-        return {}
-
-
-# ----------------------------------------------------------------------------- progress
-
-
-def _progress(total: int, label: str, enabled: bool):
-    if not enabled:
-        return None
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn, TimeRemainingColumn
-    from rich.text import Text
-
-    class _Rate(ProgressColumn):
-        def render(self, task):
-            speed = task.finished_speed or task.speed
-            return Text("  -- slices/s" if speed is None else f"{speed:6.1f} slices/s")
-
-    prog = Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        _Rate(),
-        TimeRemainingColumn(),
-        console=Console(stderr=True),
-        transient=False,
-    )
-    prog.start()
-    task = prog.add_task(label, total=total)
-    return prog, task
 
 
 # ----------------------------------------------------------------------------- main entry
@@ -674,168 +518,65 @@ def score(
     elif out is not None:
         final = Path(out)
     if final is not None:
-        if src_path is not None and _same_or_inside(final, Path(src_path)):
-            raise InputError(final, "the output would be written inside the input volume")
-        if final.exists():
-            if not overwrite:
-                raise InputError(final, "output already exists (use --overwrite to replace it)")
-        final.parent.mkdir(parents=True, exist_ok=True)
+        final = prepare_output(final, src_path, overwrite)
 
-    # -- the partial output: resume it when it belongs to the same job ----------------
-    resumed = 0
-    sink = None
-    part = None
-    if final is not None:
-        part = partial_path(final)
-        _check_owner(part)
-        old = _read_attrs(part) if part.exists() else {}
-        # resumed only when made for the same job, with every output variable of this version
-        if (part.exists() and old.get("tomoqc_params") == json.dumps(params, sort_keys=True)
-                and all((part / name).is_dir() for name in OUTPUT_VARIABLES)):
-            chunk = int(old.get("chunk_slices", chunk_slices or DEFAULT_CHUNK_SLICES))
-        else:
-            if part.exists():
-                shutil.rmtree(part)
-            chunk = int(chunk_slices or _default_chunk(vol, step, py * px))
-            attrs = {
-                "title": "tomoqc slice quality",
-                "tomoqc_version": __version__,
-                "model_id": model_id,
-                "model_sha256": msha,
-                "model_path": mpath,
-                "input": src_path or "",
-                "dataset": params["dataset"],
-                **ring_attrs,
-                "axis": axis,
-                "step": step,
-                "batch_size": batch_size,
-                "chunk_slices": chunk,
-                "input_shape": [nz, h, w],
-                "input_dtype": str(vol.attrs.get("dtype", vol.dtype)),
-                "parameters": json.dumps(
-                    {"axis": axis, "step": step, "batch_size": batch_size, "chunk_slices": chunk,
-                     "dataset": params["dataset"], "sampling": "grid", "patch": int(PATCH),
-                     "measured_terms": bool(measured_terms), "ring_center": list(ring_center),
-                     "ring_center_source": ring_source, "tta_views": tta}
-                ),
-                "tta_views": tta,
-                "tomoqc_params": json.dumps(params, sort_keys=True),
-                "complete": False,
-            }
-            tmpl = _template(zsel, py, px, starts, chunk, attrs)
-            tmpl.to_zarr(str(part), mode="w", compute=False, consolidated=False)
-        sink = _ZarrSink(part)
-        (part / _DONE_DIR / "owner").write_text(str(os.getpid()))
-    else:
-        chunk = int(chunk_slices or _default_chunk(vol, step, py * px))
-        sink = _MemorySink(len(zsel), py, px, len(DISTORTIONS))
-
-    bounds = [(k, lo, min(lo + chunk, len(zsel))) for k, lo in enumerate(range(0, len(zsel), chunk))]
-    done = sink.done()
-    resumed = len(done & {k for k, _, _ in bounds})
-    todo = [b for b in bounds if b[0] not in done]
-    run_id = uuid.uuid4().hex[:12]
-    spec = (mpath, msha, batch_size, bool(measured_terms), tuple(ring_center), tta)
-
-    def source_for(lo, hi):
-        idx = zsel[lo:hi]
-        if src_path is not None:
-            return ("path", src_path, params["dataset"] or None, axis, chunk if step == 1 else 1)
-        import dask
-
-        with dask.config.set(scheduler="synchronous"):
-            return np.asarray(vol.isel(z=idx).values)
-
-    label = Path(src_path).name if src_path else "volume"
-    bar = _progress(len(zsel), f"scoring {label}", progress)
-    if bar is not None and resumed:
-        bar[0].reset(bar[1], completed=sum(hi - lo for k, lo, hi in bounds if k in done))
-    t0 = time.perf_counter()
-    try:
-        if client is not None:
-            _run_distributed(client, todo, zsel, source_for, spec, sink, run_id, bar, max_in_flight)
-        elif todo:
-            from tomoqc.cluster import start_cluster
-
-            opts = dict(cluster_options or {})
-            if cluster == "slurm":
-                opts.setdefault("n_chunks", len(todo))
-            with start_cluster(cluster, workers=workers, options=opts) as cl:
-                if cl is None:
-                    _run_inprocess(todo, zsel, source_for, spec, sink, run_id, bar)
-                else:
-                    _run_distributed(cl, todo, zsel, source_for, spec, sink, run_id, bar, max_in_flight)
-    finally:
-        if bar is not None:
-            bar[0].stop()
-    elapsed = time.perf_counter() - t0
-
-    missing = [k for k, _, _ in bounds if k not in sink.done()]
-    if missing:  # pragma: no cover - every path above either writes or raises
-        raise TomoqcError(f"{len(missing)} chunks were not scored")
-
-    if final is None:
-        import xarray as xr
-
-        attrs = {
-            "title": "tomoqc slice quality",
-            "tomoqc_version": __version__,
-            "model_id": model_id,
-            "model_sha256": msha,
-            "model_path": mpath,
-            "input": "",
-            "axis": axis,
-            "step": step,
-            "batch_size": batch_size,
-            "chunk_slices": chunk,
-            "input_shape": [nz, h, w],
-            **ring_attrs,
-            "tta_views": tta,
-            "created": _now(),
-            "complete": True,
-            "chunks_total": len(bounds),
-            "chunks_resumed": 0,
-            "seconds": round(elapsed, 3),
-        }
-        a = sink.arrays
-        return xr.Dataset(
-            {
-                "score": (("z",), a["score"]),
-                "score_uncertainty": (("z",), a["score_uncertainty"], _UNCERTAINTY_ATTRS),
-                "flag": (("z",), a["flag"], {"flag_values": FLAG_VALUES, "flag_meanings": FLAG_MEANINGS}),
-                "valid_fraction": (("z",), a["valid_fraction"]),
-                "patch_score": (("z", "py", "px"), a["patch_score"]),
-                "severity": (("z", "distortion"), a["severity"]),
-                **{name: (("z",), a[name], _INDICATOR_ATTRS[name]) for name, _ in INDICATOR_VARIABLES},
-            },
-            coords={
-                "z": zsel,
-                "distortion": list(DISTORTIONS),
-                "patch_y0": ("py", np.unique(starts[:, 0])),
-                "patch_x0": ("px", np.unique(starts[:, 1])),
-            },
-            attrs=attrs,
-        )
-
-    # -- finish: mark complete, drop the markers, rename -----------------------------
-    import zarr
-
-    g = zarr.open_group(str(part), mode="r+")
-    g.attrs.update(
-        {
-            "created": _now(),
-            "complete": True,
-            "chunks_total": len(bounds),
-            "chunks_resumed": resumed,
-            "seconds": round(elapsed, 3),
-        }
+    dataset_name = params["dataset"]
+    chunk = int(chunk_slices or _default_chunk(vol, step, py * px))
+    attrs = {
+        "title": "tomoqc slice quality",
+        "tomoqc_version": __version__,
+        "model_id": model_id,
+        "model_sha256": msha,
+        "model_path": mpath,
+        "input": src_path or "",
+        "dataset": dataset_name,
+        **ring_attrs,
+        "axis": axis,
+        "step": step,
+        "batch_size": batch_size,
+        "input_shape": [nz, h, w],
+        "input_dtype": str(vol.attrs.get("dtype", vol.dtype)),
+        "parameters": json.dumps(
+            {"axis": axis, "step": step, "batch_size": batch_size, "chunk_slices": chunk,
+             "dataset": dataset_name, "sampling": "grid", "patch": int(PATCH),
+             "measured_terms": bool(measured_terms), "ring_center": list(ring_center),
+             "ring_center_source": ring_source, "tta_views": tta}
+        ),
+        "tta_views": tta,
+    }
+    job = ScoreJob(mpath, msha, batch_size, measured_terms, ring_center, tta, grid=(py, px, starts))
+    run = run_job(
+        job, vol, zsel, src_path=src_path, dataset=dataset_name, axis=axis, final=final, params=params,
+        attrs=attrs, chunk=chunk, contiguous=step == 1, client=client, cluster=cluster, workers=workers,
+        cluster_options=cluster_options, max_in_flight=max_in_flight, progress=progress,
+        label=Path(src_path).name if src_path else "volume",
     )
-    shutil.rmtree(part / _DONE_DIR, ignore_errors=True)
-    _consolidate(part)
-    if final.exists():
-        _remove(final)
-    os.replace(part, final)
-    return open_quality(final)
+    if final is not None:
+        return open_quality(final)
+
+    import xarray as xr
+
+    attrs.update({"chunk_slices": run.chunk, "created": _now(), "complete": True,
+                  "chunks_total": run.chunks_total, "chunks_resumed": 0, "seconds": round(run.seconds, 3)})
+    a = run.arrays
+    return xr.Dataset(
+        {
+            "score": (("z",), a["score"]),
+            "score_uncertainty": (("z",), a["score_uncertainty"], _UNCERTAINTY_ATTRS),
+            "flag": (("z",), a["flag"], {"flag_values": FLAG_VALUES, "flag_meanings": FLAG_MEANINGS}),
+            "valid_fraction": (("z",), a["valid_fraction"]),
+            "patch_score": (("z", "py", "px"), a["patch_score"]),
+            "severity": (("z", "distortion"), a["severity"]),
+            **{name: (("z",), a[name], _INDICATOR_ATTRS[name]) for name, _ in INDICATOR_VARIABLES},
+        },
+        coords={
+            "z": zsel,
+            "distortion": list(DISTORTIONS),
+            "patch_y0": ("py", np.unique(starts[:, 0])),
+            "patch_x0": ("px", np.unique(starts[:, 1])),
+        },
+        attrs=attrs,
+    )
 
 
 def _default_chunk(vol, step: int, patches_per_slice: int) -> int:
@@ -858,50 +599,6 @@ def _default_chunk(vol, step: int, patches_per_slice: int) -> int:
         if aligned <= fits:
             chunk = aligned
     return int(chunk)
-
-
-def _check_owner(part: Path) -> None:
-    """Refuse to share a partial output with another live scoring process on this host."""
-    owner = part / _DONE_DIR / "owner"
-    try:
-        pid = int(owner.read_text().strip())
-    except (OSError, ValueError):
-        return
-    if pid != os.getpid() and pid_alive(pid):
-        raise InputError(part, f"is being written by another tomoqc process (pid {pid}); wait for it or stop it")
-
-
-def _consolidate(path: Path) -> None:
-    """Write consolidated metadata so that ``xarray.open_zarr(path)`` opens it quietly."""
-    import warnings
-
-    import zarr
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        try:
-            zarr.consolidate_metadata(str(path))
-        except Exception:  # optional: the output is complete without it
-            pass
-
-
-def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
-
-
-def _remove(p: Path) -> None:
-    if p.is_dir() and not p.is_symlink():
-        shutil.rmtree(p)
-    else:
-        p.unlink()
-
-
-def _same_or_inside(child: Path, parent: Path) -> bool:
-    try:
-        child.resolve().relative_to(parent.resolve())
-        return parent.resolve().is_dir() or child.resolve() == parent.resolve()
-    except ValueError:
-        return False
 
 
 def open_quality(path, *, require_complete: bool = True):
@@ -929,64 +626,3 @@ def open_quality(path, *, require_complete: bool = True):
     ds.encoding["source"] = str(p.resolve())
     return ds
 
-
-def _write_result(sink, k, lo, hi, res, run_id, bar):
-    if "error" in res:
-        raise InputError(res.get("path"), res.get("problem") or res["error"])
-    sink.write(k, lo, hi, res, run_id)
-    if bar is not None:
-        bar[0].advance(bar[1], hi - lo)
-
-
-def _run_inprocess(todo, zsel, source_for, spec, sink, run_id, bar):
-    for k, lo, hi in todo:
-        res = _run_chunk(source_for(lo, hi), k, zsel[lo:hi], spec)
-        _write_result(sink, k, lo, hi, res, run_id, bar)
-
-
-def _in_flight_limit(client, given):
-    """Chunks to keep submitted: twice the workers plus one, counting the workers an
-    adaptive cluster (e.g. SLURM) may still start, so that it sees enough work to scale up."""
-    if given is not None:
-        return max(1, int(given))
-    from tomoqc.cluster import worker_count
-
-    n = worker_count(client)
-    adaptive = getattr(getattr(client, "cluster", None), "_adaptive", None)
-    maximum = getattr(adaptive, "maximum", None)
-    if maximum is not None and np.isfinite(maximum):
-        n = max(n, int(maximum))
-    return 2 * max(1, n) + 1
-
-
-def _run_distributed(client, todo, zsel, source_for, spec, sink, run_id, bar, max_in_flight):
-    from distributed import as_completed
-
-    if not todo:
-        return
-    queue = list(todo)
-    where = {}
-    ac = as_completed()
-
-    def submit_next():
-        k, lo, hi = queue.pop(0)
-        fut = client.submit(_run_chunk, source_for(lo, hi), k, zsel[lo:hi], spec, pure=False,
-                            key=f"tomoqc-chunk-{run_id}-{k}")
-        where[fut.key] = (k, lo, hi)
-        ac.add(fut)
-
-    for _ in range(min(_in_flight_limit(client, max_in_flight), len(queue))):
-        submit_next()
-    try:
-        for fut in ac:
-            k, lo, hi = where.pop(fut.key)
-            res = fut.result()
-            fut.release()
-            _write_result(sink, k, lo, hi, res, run_id, bar)
-            # top up to the limit (it grows when an adaptive cluster gains workers)
-            while queue and len(where) < _in_flight_limit(client, max_in_flight):
-                submit_next()
-    except BaseException:
-        for f in list(ac.futures):
-            f.cancel()
-        raise
