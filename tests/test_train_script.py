@@ -4,6 +4,7 @@ import importlib.util
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "train_default_model.py"
 
@@ -102,24 +103,26 @@ def test_every_set_is_labelled_on_the_training_anchors(tmp_path):
         mod.label_sets(train, [other], intensity="absolute")
 
 
-def test_one_command_trains_evaluates_installs_and_a_refine_keeps_the_lineage(tmp_path):
-    """The documented command end to end, on a tiny budget: data, labels, rank, finetune,
-    refine, evaluation and a model card whose hash is the installed file's; then a refine of
-    the installed model records what it was refined from."""
-    import hashlib
-    import json
-    import shutil
+TINY = ["--references", "3", "--eval-references", "2", "--size", "224", "--sample-crops", "1",
+        "--rank-epochs", "1", "--rank-steps", "2", "--finetune-epochs", "1", "--finetune-steps", "2",
+        "--refine-epochs", "1", "--refine-steps", "2", "--seed", "5", "--eval-seed", "6",
+        "--ellipse-references", "2", "--severity-head-epochs", "2", "--measured-terms", "none"]
 
-    mod = _script()
-    work = tmp_path / "w"
-    tiny = ["--references", "3", "--eval-references", "2", "--size", "224", "--sample-crops", "1",
-            "--rank-epochs", "1", "--rank-steps", "2", "--finetune-epochs", "1", "--finetune-steps", "2",
-            "--refine-epochs", "1", "--refine-steps", "2", "--seed", "5", "--eval-seed", "6",
-            "--ellipse-references", "2", "--severity-head-epochs", "2", "--measured-terms", "none"]
-    first = tmp_path / "first"
-    assert mod.main(["--work", str(work), "--install", str(first), *tiny]) == 0
-    card = json.loads((first / "tiqa_default.json").read_text())
-    weights = first / "tiqa_default.keras"
+
+def _train_and_install(mod, work, install):
+    """The documented command on a tiny budget; returns its model card and the installed weights."""
+    import json
+
+    assert mod.main(["--work", str(work), "--install", str(install), *TINY]) == 0
+    return json.loads((install / "tiqa_default.json").read_text()), install / "tiqa_default.keras"
+
+
+def test_one_command_trains_evaluates_and_installs(tmp_path):
+    """The documented command end to end, on a tiny budget: data, labels, rank, finetune,
+    refine, evaluation and a model card whose hash is the installed file's."""
+    import hashlib
+
+    card, weights = _train_and_install(_script(), tmp_path / "w", tmp_path / "first")
     assert card["weights_sha256"] == hashlib.sha256(weights.read_bytes()).hexdigest()
     assert card["model_id"] == "tiqa-default-" + card["weights_sha256"][:12]
     assert card["command"].startswith("python scripts/train_default_model.py --work")
@@ -131,11 +134,21 @@ def test_one_command_trains_evaluates_installs_and_a_refine_keeps_the_lineage(tm
     assert card["training"]["refine_from"] is None
     assert card["data"]["train_ellipses"]["references"] == 2
 
-    # refine the installed model (the data and the finished stages of the work folder are
-    # reused; the severity-head stage is redone because it started from another model)
+
+@pytest.mark.slow  # the whole command twice (~6 min on 2 cores); the default suite runs it once above
+def test_a_refine_of_the_installed_model_keeps_the_lineage(tmp_path):
+    """A refine of the installed model records what it was refined from (the data and the finished
+    stages of the work folder are reused; the severity-head stage is redone because it started
+    from another model)."""
+    import json
+    import shutil
+
+    mod = _script()
+    work = tmp_path / "w"
+    card, weights = _train_and_install(mod, work, tmp_path / "first")
     shutil.rmtree(work / "refine")
     second = tmp_path / "second"
-    assert mod.main(["--work", str(work), "--refine-from", str(weights), "--install", str(second), *tiny]) == 0
+    assert mod.main(["--work", str(work), "--refine-from", str(weights), "--install", str(second), *TINY]) == 0
     card2 = json.loads((second / "tiqa_default.json").read_text())
     parent = card2["training"]["refine_from"]
     assert parent["sha256"] == card["weights_sha256"] and parent["model_id"] == card["model_id"]
