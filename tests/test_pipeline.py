@@ -360,20 +360,24 @@ def test_killed_worker_loses_no_slices(two_workers, model, model_path, tmp_path)
     assert victim not in set(client.run(os.getpid).values())  # the worker really died (and was replaced)
 
 
-def test_partial_owned_by_a_live_process_is_not_shared(special_volume, model_path, tmp_path):
+def test_output_locked_by_a_live_process_is_not_shared(special_volume, model_path, tmp_path):
     path, _ = special_volume
     final = output_path(path, tmp_path)
     part = partial_path(final)
-    (part / "_done").mkdir(parents=True)
-    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    holder = subprocess.Popen(
+        [sys.executable, "-c",
+         "import sys, time; from tomoqc.locks import OutputLock; l = OutputLock(sys.argv[1]).acquire(); "
+         "print('held', flush=True); time.sleep(120)", str(final)],
+        stdout=subprocess.PIPE, text=True)
     try:
-        (part / "_done" / "owner").write_text(str(sleeper.pid))
-        with pytest.raises(InputError, match="another tomoqc process"):
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(InputError, match=f"pid {holder.pid}"):
             score(path, model=model_path, out=tmp_path, workers=0, step=5, progress=False)
+        assert not part.exists() and not final.exists()  # nothing written by the refused run
     finally:
-        sleeper.kill()
-        sleeper.wait()
-    # once that process is gone, the run goes ahead
+        holder.kill()
+        holder.wait()
+    # once that process is gone (killed: its lock is stale), the run goes ahead
     ds = score(path, model=model_path, out=tmp_path, workers=0, step=5, progress=False)
     assert list(ds["z"].values) == [0, 5] and not part.exists()
 

@@ -8,7 +8,8 @@ what its output looks like; the engine does everything else, the same way for ev
    whole volume), loads the job's model once per worker process (a cache keyed by the
    job's resource key, e.g. the weights file and its SHA-256), runs the job on the block
    and returns the per-slice results.
-2. The client writes each finished chunk into its own, chunk-aligned region of the output
+2. The client holds the output's lock (:class:`tomoqc.locks.OutputLock`: one writer per
+   output; a second run on the same output is refused with the holder named) and writes each finished chunk into its own, chunk-aligned region of the output
    zarr as soon as it arrives and then drops a *done* marker for it. The output is built
    under a temporary name (``.<name>.partial`` beside the final path); a killed run
    resumes where it stopped (a rerun with the same parameters skips the chunks already
@@ -409,19 +410,6 @@ def _run_distributed(client, todo, zsel, source_for, job, sink, run_id, bar, max
         raise
 
 
-def _check_owner(part: Path) -> None:
-    """Refuse to share a partial output with another live process on this host."""
-    from tomoqc.io import pid_alive
-
-    owner = part / DONE_DIR / "owner"
-    try:
-        pid = int(owner.read_text().strip())
-    except (OSError, ValueError):
-        return
-    if pid != os.getpid() and pid_alive(pid):
-        raise InputError(part, f"is being written by another tomoqc process (pid {pid}); wait for it or stop it")
-
-
 def _store_ready(job: SliceJob, part: Path) -> bool:
     try:
         job.store_arrays(part)
@@ -485,12 +473,28 @@ def run_job(
     label : str
         The name shown in the progress bar.
     """
+    lock = None
+    if final is not None:
+        from tomoqc.locks import OutputLock
+
+        lock = OutputLock(final).acquire()  # one writer per output, until it is renamed into place
+    try:
+        return _run_locked(job, vol, zsel, src_path=src_path, dataset=dataset, axis=axis, final=final,
+                           params=params, attrs=attrs, chunk=chunk, contiguous=contiguous, client=client,
+                           cluster=cluster, workers=workers, cluster_options=cluster_options,
+                           max_in_flight=max_in_flight, progress=progress, label=label, lock=lock)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _run_locked(job, vol, zsel, *, src_path, dataset, axis, final, params, attrs, chunk, contiguous, client,
+                cluster, workers, cluster_options, max_in_flight, progress, label, lock) -> EngineRun:
     n = len(zsel)
     params_json = json.dumps(params, sort_keys=True)
     part = None
     if final is not None:
         part = partial_path(final)
-        _check_owner(part)
         old = _read_attrs(part) if part.exists() else {}
         # resumed only when made for the same job, with every output array there
         if part.exists() and old.get("tomoqc_params") == params_json and _store_ready(job, part):
@@ -501,7 +505,6 @@ def run_job(
             job.create_store(part, zsel, int(chunk),
                              {**attrs, "chunk_slices": int(chunk), "tomoqc_params": params_json, "complete": False})
         sink = _Sink(job.store_arrays(part), part / DONE_DIR)
-        (part / DONE_DIR / "owner").write_text(str(os.getpid()))
     else:
         sink = _Sink(job.memory_arrays(n))
 
@@ -558,6 +561,7 @@ def run_job(
                     "chunks_resumed": resumed, "seconds": round(elapsed, 3)})
     shutil.rmtree(part / DONE_DIR, ignore_errors=True)
     _consolidate(part)
+    lock.check()  # still this run's output: rename it into place
     if final.exists():
         _remove(final)
     os.replace(part, final)
