@@ -1,4 +1,4 @@
-"""Which dask cluster to start or join for slice-wise scoring.
+"""Which dask cluster to start or join for slice-wise work.
 
 :func:`start_cluster` is a context manager that yields a
 :class:`distributed.Client` (or ``None`` for in-process work) and shuts
@@ -24,24 +24,65 @@ Kinds
 ``"slurm"``
     Workers submitted as SLURM jobs through dask-jobqueue
     (:func:`tomoqc.slurm.make_slurm_cluster`), options from ``options``.
-``"tcp://HOST:PORT"`` (or any scheduler address)
+``"tls://HOST:PORT"``, ``"tcp://HOST:PORT"`` (any scheduler address)
     Join a running scheduler; nothing is started or stopped.
 ``"none"`` (or ``workers=0``)
     No cluster: the work runs in this process, one chunk after another.
     Handy for tiny volumes, tests and notebooks.
+
+Security (see :mod:`tomoqc.security`)
+-------------------------------------
+Local clusters listen on 127.0.0.1 only and use TLS with credentials made for the
+run, so that neither other machines nor other users of this one can send them work;
+SLURM clusters use TLS the same way. The dashboard is off unless ``options`` holds
+``dashboard`` (an address, loopback by default); its address is printed on stderr.
+``insecure=True`` turns TLS off, with a warning. Joining a ``tls://`` scheduler uses
+``tls_ca_file``, ``tls_cert`` and ``tls_key`` (or dask's configuration); joining a
+plain ``tcp://`` scheduler on another host warns that the connection is
+unauthenticated.
+
+This module imports :mod:`tomoqc.slurm`, never the reverse.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import sys
 from collections.abc import Iterator
 
 from tomoqc.errors import OptionError
+from tomoqc.security import (
+    LOOPBACK,
+    client_security,
+    dashboard_address,
+    http_config,
+    temporary_security,
+    warn,
+    warn_if_unauthenticated,
+)
+from tomoqc.worker_env import tf_thread_env, worker_env
 
-__all__ = ["KINDS", "available_cores", "start_cluster", "tf_thread_env", "worker_count"]
+__all__ = ["KINDS", "OPTIONS", "available_cores", "start_cluster", "tf_thread_env", "worker_count"]
 
 KINDS = ("local", "local-cuda", "slurm", "none")
+
+#: Options of ``start_cluster(..., options=...)`` for the kinds other than ``slurm``
+#: (whose options are :data:`tomoqc.slurm.OPTIONS`), and the kinds each applies to.
+OPTIONS: dict[str, tuple[str, ...]] = {
+    "memory_limit": ("local",),
+    "local_directory": ("local", "local-cuda"),
+    "devices": ("local-cuda",),
+    "threads": ("local-cuda",),
+    "dashboard": ("local", "local-cuda"),
+    "insecure": ("local", "local-cuda"),
+    "timeout": ("address",),
+    "tls_ca_file": ("address",),
+    "tls_cert": ("address",),
+    "tls_key": ("address",),
+    "n_chunks": ("local", "local-cuda", "address"),  # sizes SLURM clusters only; accepted everywhere
+}
+_ALIASES = {"dashboard_address": "dashboard"}
 
 #: dask settings for the worker processes tomoqc starts on this machine (see above).
 _WORKER_CONFIG = {
@@ -58,34 +99,6 @@ def available_cores() -> int:
         return max(1, os.cpu_count() or 1)
 
 
-def tf_thread_env(threads: int) -> dict[str, str]:
-    """Environment that caps the threads TensorFlow and BLAS libraries start.
-
-    Parameters
-    ----------
-    threads : int
-        Threads each worker process may use for its numerical work.
-
-    Returns
-    -------
-    dict
-        Variables to set in a worker's environment before TensorFlow loads.
-        ``TOMOQC_TF_THREADS`` is read by :mod:`tomoqc.pipeline`, which also sets
-        TensorFlow's thread pools explicitly before the first model is built.
-    """
-    t = str(max(1, int(threads)))
-    return {
-        "OMP_NUM_THREADS": t,
-        "OPENBLAS_NUM_THREADS": t,
-        "MKL_NUM_THREADS": t,
-        "TF_NUM_INTRAOP_THREADS": t,
-        "TF_NUM_INTEROP_THREADS": "1",
-        "TOMOQC_TF_THREADS": t,
-        "TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2"),
-        "KERAS_BACKEND": os.environ.get("KERAS_BACKEND", "tensorflow"),
-    }
-
-
 def _is_address(kind: str) -> bool:
     return "://" in kind
 
@@ -100,6 +113,24 @@ def worker_count(client) -> int:
         return len(client.scheduler_info().get("workers", {}))
 
 
+def _checked_options(kind: str, options: dict | None) -> dict:
+    """Options for a non-SLURM kind, with aliases resolved; unknown or misplaced ones fail."""
+    out: dict = {}
+    where = "address" if _is_address(kind) else kind
+    for raw, value in dict(options or {}).items():
+        key = _ALIASES.get(str(raw).replace("-", "_"), str(raw).replace("-", "_"))
+        if key not in OPTIONS:
+            raise OptionError(f"unknown cluster option {raw!r} for --cluster {kind} "
+                              f"(known: {', '.join(sorted(OPTIONS))})")
+        if value is None or value is False:
+            continue
+        if where not in OPTIONS[key]:
+            applies = " or ".join("a scheduler address" if k == "address" else f"--cluster {k}" for k in OPTIONS[key])
+            raise OptionError(f"cluster option {key!r} applies to {applies}, not to --cluster {kind}")
+        out[key] = value
+    return out
+
+
 @contextlib.contextmanager
 def start_cluster(
     kind: str = "local",
@@ -108,13 +139,13 @@ def start_cluster(
     threads_per_worker: int | None = None,
     options: dict | None = None,
 ) -> Iterator["object | None"]:
-    """Start (or join) a dask cluster for scoring and yield a client.
+    """Start (or join) a dask cluster and yield a client.
 
     Parameters
     ----------
     kind : str
         ``"local"``, ``"local-cuda"``, ``"slurm"``, ``"none"`` or a scheduler
-        address such as ``"tcp://10.0.0.5:8786"``.
+        address such as ``"tls://10.0.0.5:8786"``.
     workers : int, optional
         Number of workers. ``local``: default one per available core;
         ``local-cuda``: ignored (one per visible GPU); ``slurm``: fixed number
@@ -125,10 +156,13 @@ def start_cluster(
         Threads per worker for TensorFlow (``local``: default 1, or the cores
         left per worker when fewer workers than cores are asked for).
     options : dict, optional
-        Extra options. For ``slurm`` they are passed to
-        :func:`tomoqc.slurm.make_slurm_cluster` (queue, account, walltime,
-        cores, memory, gpus, ...). For ``local`` keys ``memory_limit`` and
-        ``local_directory`` are honoured.
+        For ``slurm``: :data:`tomoqc.slurm.OPTIONS` (queue, account, walltime, cores,
+        memory, gpus, ..., ``insecure``, ``dashboard``, ``shared_temp_directory``).
+        For the other kinds: :data:`OPTIONS`: ``dashboard`` (None: off; True or an
+        address such as ``":8787"``, loopback unless a host is given), ``insecure``
+        (no TLS, with a warning), ``memory_limit``, ``local_directory``, ``devices``,
+        ``threads``; and for an address ``timeout``, ``tls_ca_file``, ``tls_cert``,
+        ``tls_key``.
 
     Yields
     ------
@@ -138,9 +172,10 @@ def start_cluster(
     Raises
     ------
     OptionError
-        Unknown kind, bad worker count, or a missing optional dependency.
+        Unknown kind or option, bad worker count, or a missing optional dependency.
+    InputError
+        A credential file that does not exist.
     """
-    options = dict(options or {})
     if workers is not None and int(workers) < 0:
         raise OptionError(f"--workers must be >= 0, got {workers}")
     if threads_per_worker is not None and int(threads_per_worker) < 1:
@@ -151,43 +186,79 @@ def start_cluster(
     if kind in ("none", "sync", "synchronous") or (workers == 0 and not _is_address(kind)):
         yield None
         return
-    if _is_address(kind):
-        from distributed import Client
-
-        try:
-            client = Client(kind, timeout=options.get("timeout", "20s"))
-        except (OSError, TimeoutError) as err:
-            raise OptionError(f"cannot connect to the dask scheduler at {kind}: {err}") from None
-        try:
-            yield client
-        finally:
-            client.close()
+    if kind == "slurm":
+        yield from _slurm(workers, dict(options or {}))
         return
-    if kind == "local":
-        yield from _local(workers, threads_per_worker, options)
-    elif kind == "local-cuda":
-        yield from _local_cuda(options)
-    elif kind == "slurm":
-        yield from _slurm(workers, options)
-    else:
+    if kind not in ("local", "local-cuda") and not _is_address(kind):
         raise OptionError(
             f"unknown cluster {kind!r}; use one of local, local-cuda, slurm, none or a scheduler "
-            "address such as tcp://HOST:8786"
+            "address such as tls://HOST:8786"
         )
+    opts = _checked_options(kind, options)
+    if _is_address(kind):
+        yield from _join(kind, opts)
+    elif kind == "local":
+        yield from _local(workers, threads_per_worker, opts)
+    else:
+        yield from _local_cuda(opts)
 
 
-def _client_of(cluster):
+def _join(address: str, options: dict):
+    from distributed import Client
+
+    security = client_security(address, tls_ca_file=options.get("tls_ca_file"),
+                               tls_cert=options.get("tls_cert"), tls_key=options.get("tls_key"))
+    warn_if_unauthenticated(address)
+    import dask
+
+    # dask's own setting for how long to try, unless the caller says
+    kwargs = {"timeout": options.get("timeout") or dask.config.get("distributed.comm.timeouts.connect")}
+    if security is not None:
+        kwargs["security"] = security
+    try:
+        client = Client(address, **kwargs)
+    except (OSError, TimeoutError) as err:
+        raise OptionError(f"cannot connect to the dask scheduler at {address}: {err}") from None
+    try:
+        yield client
+    finally:
+        client.close()
+
+
+def _client_of(cluster, dashboard: bool = False):
     """Yield a client of ``cluster``; close the client, then the cluster, however the block ends."""
     from distributed import Client
 
     try:
         client = Client(cluster)
         try:
+            if dashboard:
+                print(f"tomoqc: dask dashboard at {client.dashboard_link}", file=sys.stderr, flush=True)
             yield client
         finally:
             client.close()
     finally:
         cluster.close()
+
+
+def _security(options: dict, what: str):
+    """TLS credentials for a cluster started here, or None with a warning when ``insecure``."""
+    if options.get("insecure"):
+        warn(f"--insecure: the {what} accepts connections without authentication from every user of "
+             "this machine (on 127.0.0.1), who could run code as you")
+        return None
+    return temporary_security()
+
+
+def _loopback_kwargs(options: dict) -> dict:
+    """Scheduler, workers and dashboard on the loopback interface; the dashboard only when asked for."""
+    dash = dashboard_address(options.get("dashboard"))
+    return dict(
+        host=LOOPBACK,
+        # dask starts an HTTP server either way: keep it on loopback, serving a health check only
+        dashboard_address=dash or f"{LOOPBACK}:0",
+        scheduler_kwargs={"dashboard": dash is not None},
+    )
 
 
 def _local(workers, threads_per_worker, options):
@@ -197,20 +268,21 @@ def _local(workers, threads_per_worker, options):
     cores = available_cores()
     n = int(workers) if workers else cores
     threads = int(threads_per_worker) if threads_per_worker else max(1, cores // n)
-    env = tf_thread_env(threads)
     kwargs = dict(
         n_workers=n,
         threads_per_worker=1,
         processes=True,
-        dashboard_address=options.get("dashboard_address", ":0"),
         memory_limit=options.get("memory_limit", "auto"),
-        env=env,
+        env=worker_env(threads),
+        security=_security(options, "local dask cluster"),
+        **_loopback_kwargs(options),
     )
     if options.get("local_directory"):
         kwargs["local_directory"] = options["local_directory"]
-    with dask.config.set(_WORKER_CONFIG):
+    dashboard = kwargs["scheduler_kwargs"]["dashboard"]
+    with dask.config.set({**_WORKER_CONFIG, **http_config(dashboard)}):
         cluster = LocalCluster(**kwargs)
-    yield from _client_of(cluster)
+    yield from _client_of(cluster, dashboard)
 
 
 def _local_cuda(options):
@@ -223,30 +295,42 @@ def _local_cuda(options):
             "--cluster local-cuda needs dask-cuda and TensorFlow with CUDA: install tomoqc[gpu]"
         ) from None
 
-    env = tf_thread_env(options.get("threads", 2))
+    env = worker_env(options.get("threads", 2))
     env["TF_FORCE_GPU_ALLOW_GROWTH"] = "true"
     env["TOMOQC_TF_GPU_GROWTH"] = "1"
-    kwargs = dict(threads_per_worker=1, env=env, dashboard_address=options.get("dashboard_address", ":0"))
+    kwargs = dict(threads_per_worker=1, env=env, security=_security(options, "local dask cluster"),
+                  **_loopback_kwargs(options))
     if options.get("devices"):
         kwargs["CUDA_VISIBLE_DEVICES"] = options["devices"]
     if options.get("local_directory"):
         kwargs["local_directory"] = options["local_directory"]
+    dashboard = kwargs["scheduler_kwargs"]["dashboard"]
     try:
-        with dask.config.set(_WORKER_CONFIG):
+        with dask.config.set({**_WORKER_CONFIG, **http_config(dashboard)}):
             cluster = LocalCUDACluster(**kwargs)
     except Exception as err:  # no GPU, no driver
         raise OptionError(f"--cluster local-cuda could not start: {err}") from None
-    yield from _client_of(cluster)
+    yield from _client_of(cluster, dashboard)
 
 
 def _slurm(workers, options):
     try:
-        from tomoqc.slurm import make_slurm_cluster
+        from tomoqc.slurm import close_slurm_cluster, make_slurm_cluster
     except ImportError as err:
         raise OptionError(f"--cluster slurm needs dask-jobqueue: install tomoqc[slurm] ({err})") from None
+    from distributed import Client
 
     opts = dict(options)
     if workers:
         opts["max_jobs"] = int(workers)
     cluster = make_slurm_cluster(opts)  # adaptive: jobs come and go with the tasks
-    yield from _client_of(cluster)
+    try:
+        client = Client(cluster)
+        try:
+            if cluster.tomoqc_dashboard:
+                print(f"tomoqc: dask dashboard at {client.dashboard_link}", file=sys.stderr, flush=True)
+            yield client
+        finally:
+            client.close()
+    finally:
+        close_slurm_cluster(cluster)

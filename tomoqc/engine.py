@@ -438,6 +438,7 @@ def run_job(
     max_in_flight: int | None = None,
     progress: bool = True,
     label: str = "volume",
+    overwrite: bool = False,
 ) -> EngineRun:
     """Run ``job`` on the slices ``zsel`` of ``vol`` and write (or collect) its results.
 
@@ -472,12 +473,18 @@ def run_job(
         Show a progress bar on stderr.
     label : str
         The name shown in the progress bar.
+    overwrite : bool
+        Whether an existing final output may be replaced (checked again once the output's
+        lock is held, since another run may have finished it meanwhile).
     """
     lock = None
     if final is not None:
         from tomoqc.locks import OutputLock
 
         lock = OutputLock(final).acquire()  # one writer per output, until it is renamed into place
+        if final.exists() and not overwrite:  # finished by another run since the caller looked
+            lock.release()
+            raise InputError(final, "output already exists (use --overwrite to replace it)")
     try:
         return _run_locked(job, vol, zsel, src_path=src_path, dataset=dataset, axis=axis, final=final,
                            params=params, attrs=attrs, chunk=chunk, contiguous=contiguous, client=client,

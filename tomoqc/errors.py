@@ -1,4 +1,4 @@
-"""Exceptions that the command line turns into one clear error line."""
+"""Exceptions that the command line turns into one clear error line, and tomoqc's warnings."""
 
 from __future__ import annotations
 
@@ -36,3 +36,11 @@ class QCFailed(TomoqcError):
     """A volume scored below the ``--fail-below`` threshold (exit code 3)."""
 
     exit_code = 3
+
+
+class TomoqcWarning(UserWarning):
+    """A warning the command line prints as one line, ``tomoqc: warning: ...``."""
+
+
+class SecurityWarning(TomoqcWarning):
+    """Something others could reach or read: TLS turned off, a dashboard on a public address."""

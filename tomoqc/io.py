@@ -47,6 +47,7 @@ from typing import Any, Iterator
 import numpy as np
 
 from tomoqc.errors import InputError, OptionError
+from tomoqc.locks import OutputLock, pid_alive  # noqa: F401  (pid_alive: used by callers of tomoqc.io)
 
 __all__ = [
     "open_volume",
@@ -966,17 +967,6 @@ def check_output_path(
     return final
 
 
-def pid_alive(pid: int) -> bool:
-    """True when a process with this id exists (used to tell stale temporaries from live ones)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def _remove(p: Path) -> None:
     if p.is_dir() and not p.is_symlink():
         shutil.rmtree(p, ignore_errors=True)
@@ -987,55 +977,62 @@ def _remove(p: Path) -> None:
 
 @contextlib.contextmanager
 def atomic_path(final_path: str | os.PathLike, overwrite: bool = False) -> Iterator[Path]:
-    """Write to a temporary sibling and rename it to ``final_path`` when done.
+    """Write to a temporary sibling and rename it to ``final_path`` when done, one writer at a time.
 
-    Yields ``<parent>/.<name>.tmp-<pid>`` (nothing is created there yet). When the
-    ``with`` block finishes normally, what was written there is renamed to
-    ``final_path``; with ``overwrite`` an existing output is replaced only then. When
-    the block raises (including on Ctrl-C), the temporary is removed and an existing
-    output is left as it was. Leftover temporaries of processes that no longer run
-    (killed mid-write) are removed on the next write to the same output.
+    Holds the output's :class:`~tomoqc.locks.OutputLock` for the whole ``with`` block,
+    so that a second process writing the same output is refused at once, with one line
+    naming the process that writes it, and touches nothing. Yields
+    ``<parent>/.<name>.tmp-<pid>`` (nothing is created there yet). When the ``with``
+    block finishes normally, what was written there is renamed to ``final_path``; with
+    ``overwrite`` an existing output is replaced only then. When the block raises
+    (including on Ctrl-C), the temporary is removed and an existing output is left as it
+    was. Temporaries left by killed runs (on any host: whoever holds the lock is the
+    only writer) are removed when the lock is taken.
 
     Raises
     ------
     InputError
-        When ``final_path`` exists and ``overwrite`` is false.
+        When ``final_path`` exists and ``overwrite`` is false, or when another live
+        process writes it.
     """
     final = Path(os.path.abspath(final_path))
     if os.path.lexists(final) and not overwrite:
         raise InputError(final, "output already exists (use --overwrite to replace it)")
     parent = final.parent
     parent.mkdir(parents=True, exist_ok=True)
-    pattern = re.compile(r"^\." + re.escape(final.name) + r"\.(?:tmp|old)-(\d+)$")
-    for name in os.listdir(parent):
-        m = pattern.match(name)
-        if m and int(m.group(1)) != os.getpid() and not pid_alive(int(m.group(1))):
-            _remove(parent / name)
-    tmp = parent / f".{final.name}.tmp-{os.getpid()}"
-    _remove(tmp)
-    try:
-        yield tmp
-    except BaseException:
-        _remove(tmp)
-        raise
-    if not os.path.lexists(tmp):
-        return
-    if os.path.lexists(final):
-        if not overwrite:
-            _remove(tmp)
-            raise InputError(final, "output appeared while it was being written; not replaced")
-        old = parent / f".{final.name}.old-{os.getpid()}"
-        _remove(old)
-        os.rename(final, old)
+    with OutputLock(final) as lock:
+        if os.path.lexists(final) and not overwrite:  # written by the run that held the lock before us
+            raise InputError(final, "output already exists (use --overwrite to replace it)")
+        pattern = re.compile(r"^\." + re.escape(final.name) + r"\.(?:tmp|old)-(\d+)$")
+        for name in os.listdir(parent):
+            if pattern.match(name):
+                _remove(parent / name)
+        tmp = parent / f".{final.name}.tmp-{os.getpid()}"
         try:
-            os.rename(tmp, final)
+            yield tmp
+            if os.path.lexists(tmp):
+                lock.check()  # never rename over the output of a run that took the lock over
         except BaseException:
-            os.rename(old, final)
             _remove(tmp)
             raise
-        _remove(old)
-    else:
-        os.rename(tmp, final)
+        if not os.path.lexists(tmp):
+            return
+        if os.path.lexists(final):
+            if not overwrite:
+                _remove(tmp)
+                raise InputError(final, "output appeared while it was being written; not replaced")
+            old = parent / f".{final.name}.old-{os.getpid()}"
+            _remove(old)
+            os.rename(final, old)
+            try:
+                os.rename(tmp, final)
+            except BaseException:
+                os.rename(old, final)
+                _remove(tmp)
+                raise
+            _remove(old)
+        else:
+            os.rename(tmp, final)
 
 
 def _json_attrs(attrs: dict) -> dict:

@@ -485,6 +485,12 @@ def project_dataset(
         ``obs_<name>`` (raw value), ``proj_<name>`` (projection onto ``[1, s_ref]``),
         ``mos``/``mos_ci`` (where annotated) and, in calibrated mode, ``cal_<name>`` and
         ``label_projected``.
+
+    Raises
+    ------
+    InputError
+        The dataset is missing or malformed, or another live process writes it (labels
+        it, or builds it): the message names that process and nothing is written.
     """
     # not `from tomoqc import annotations`: the package's `from __future__ import
     # annotations` binds that name to a __future__ feature until the module is imported
@@ -506,189 +512,195 @@ def project_dataset(
     if calibrate_method and annotations is None:
         raise OptionError("calibrated mode needs human annotations (--annotations CSV)")
 
-    columns, rows = read_manifest_rows(directory)
-    _validate_with_dataset_module(directory)
-    manifest = directory / "manifest.csv"
+    if not directory.is_dir():  # before the lock: its file goes beside the folder
+        raise InputError(directory, "dataset folder not found")
+    from tomoqc.locks import OutputLock
 
-    mos_by_file: dict = {}
-    if annotations is not None:
-        table = ann.read_annotations(annotations) if not isinstance(annotations, dict) else annotations
-        mos_by_file = ann.match_images(table, [r["file"] for r in rows])
-        if not mos_by_file:
-            raise InputError(
-                annotations if not isinstance(annotations, dict) else manifest,
-                "no annotated image matches a file of the dataset manifest",
-            )
+    # one writer of a dataset at a time: the same lock as `tomoqc dataset build` (tomoqc.io.atomic_path)
+    with OutputLock(directory):
+        columns, rows = read_manifest_rows(directory)
+        _validate_with_dataset_module(directory)
+        manifest = directory / "manifest.csv"
 
-    # group rows: reference rows by (reference, domain) and by reference
-    ref_rows: dict = {}
-    for i, r in enumerate(rows):
-        if _is_reference(r):
-            ref_rows.setdefault((r["reference"], r.get("domain", "")), i)
-            ref_rows.setdefault((r["reference"], None), i)
-    groups: dict[int, list[int]] = {}
-    for i, r in enumerate(rows):
-        if _is_reference(r):
-            continue
-        key = ref_rows.get((r["reference"], r.get("domain", "")), ref_rows.get((r["reference"], None)))
-        if key is None:
-            raise InputError(manifest, f"line {i + 2}: no reference row (distortion none, level 0) for reference {r['reference']!r}")
-        groups.setdefault(key, []).append(i)
-    for i, r in enumerate(rows):
-        if _is_reference(r) and i not in groups and ref_rows.get((r["reference"], r.get("domain", ""))) == i:
-            groups.setdefault(i, [])
+        mos_by_file: dict = {}
+        if annotations is not None:
+            table = ann.read_annotations(annotations) if not isinstance(annotations, dict) else annotations
+            mos_by_file = ann.match_images(table, [r["file"] for r in rows])
+            if not mos_by_file:
+                raise InputError(
+                    annotations if not isinstance(annotations, dict) else manifest,
+                    "no annotated image matches a file of the dataset manifest",
+                )
 
-    # which observers can run on these images
-    skipped: dict[str, str] = {}
-    raw = {n: np.full(len(rows), np.nan) for n in names}
-    dr_of = np.full(len(rows), np.nan)
-    s_ref_of = np.full(len(rows), np.nan)
-    ref_index = np.full(len(rows), -1, dtype=np.int64)
+        # group rows: reference rows by (reference, domain) and by reference
+        ref_rows: dict = {}
+        for i, r in enumerate(rows):
+            if _is_reference(r):
+                ref_rows.setdefault((r["reference"], r.get("domain", "")), i)
+                ref_rows.setdefault((r["reference"], None), i)
+        groups: dict[int, list[int]] = {}
+        for i, r in enumerate(rows):
+            if _is_reference(r):
+                continue
+            key = ref_rows.get((r["reference"], r.get("domain", "")), ref_rows.get((r["reference"], None)))
+            if key is None:
+                raise InputError(manifest, f"line {i + 2}: no reference row (distortion none, level 0) for reference {r['reference']!r}")
+            groups.setdefault(key, []).append(i)
+        for i, r in enumerate(rows):
+            if _is_reference(r) and i not in groups and ref_rows.get((r["reference"], r.get("domain", ""))) == i:
+                groups.setdefault(i, [])
 
-    from rich.progress import Progress
+        # which observers can run on these images
+        skipped: dict[str, str] = {}
+        raw = {n: np.full(len(rows), np.nan) for n in names}
+        dr_of = np.full(len(rows), np.nan)
+        s_ref_of = np.full(len(rows), np.nan)
+        ref_index = np.full(len(rows), -1, dtype=np.int64)
 
-    with Progress(transient=True, disable=not progress) as bar:
-        task = bar.add_task("labelling", total=len(groups))
-        for ri, members in groups.items():
-            ref = _load(directory, manifest, rows[ri], ri + 2)
-            side = min(ref.shape)
-            for n in list(names):
-                need = fr.OBSERVERS[n].min_side
-                if side < need and n not in skipped:
-                    skipped[n] = f"images of {ref.shape[0]}x{ref.shape[1]} px are under the {need} px {n} needs"
-            to_units, dr = _unit_map(ref, intensity)
-            ref = to_units(ref)
-            rf = rows[ri]["file"]
-            s_ref = mos_by_file[rf].mos if rf in mos_by_file else s_default
-            if s_ref <= 1.0:
-                s_ref = 1.0
-            for i in [ri, *members]:
-                dr_of[i] = dr
-                s_ref_of[i] = s_ref
-                ref_index[i] = ri
-            for n in names:
-                raw[n][ri] = fr.OBSERVERS[n].best
-            if members:
-                stack = np.empty((len(members),) + ref.shape, dtype=np.float64)
-                for k, i in enumerate(members):
-                    img = _load(directory, manifest, rows[i], i + 2)
-                    if img.shape != ref.shape:
-                        raise InputError(
-                            directory / rows[i]["file"],
-                            f"shape {img.shape} differs from its reference {rows[ri]['file']} {ref.shape}",
-                        )
-                    stack[k] = to_units(img)
-                active = [n for n in names if n not in skipped]
-                values = observe(ref.astype(np.float64), stack, data_range=dr, observers=active)
-                for n, v in values.items():
-                    raw[n][members] = v
-            bar.advance(task)
+        from rich.progress import Progress
 
-    used = [n for n in names if n not in skipped]
-    if not used:
-        raise OptionError("no observer can score these images: " + "; ".join(skipped.values()))
-    labelled = ref_index >= 0
-    distorted = labelled & np.array([not _is_reference(r) for r in rows])
+        with Progress(transient=True, disable=not progress) as bar:
+            task = bar.add_task("labelling", total=len(groups))
+            for ri, members in groups.items():
+                ref = _load(directory, manifest, rows[ri], ri + 2)
+                side = min(ref.shape)
+                for n in list(names):
+                    need = fr.OBSERVERS[n].min_side
+                    if side < need and n not in skipped:
+                        skipped[n] = f"images of {ref.shape[0]}x{ref.shape[1]} px are under the {need} px {n} needs"
+                to_units, dr = _unit_map(ref, intensity)
+                ref = to_units(ref)
+                rf = rows[ri]["file"]
+                s_ref = mos_by_file[rf].mos if rf in mos_by_file else s_default
+                if s_ref <= 1.0:
+                    s_ref = 1.0
+                for i in [ri, *members]:
+                    dr_of[i] = dr
+                    s_ref_of[i] = s_ref
+                    ref_index[i] = ri
+                for n in names:
+                    raw[n][ri] = fr.OBSERVERS[n].best
+                if members:
+                    stack = np.empty((len(members),) + ref.shape, dtype=np.float64)
+                    for k, i in enumerate(members):
+                        img = _load(directory, manifest, rows[i], i + 2)
+                        if img.shape != ref.shape:
+                            raise InputError(
+                                directory / rows[i]["file"],
+                                f"shape {img.shape} differs from its reference {rows[ri]['file']} {ref.shape}",
+                            )
+                        stack[k] = to_units(img)
+                    active = [n for n in names if n not in skipped]
+                    values = observe(ref.astype(np.float64), stack, data_range=dr, observers=active)
+                    for n, v in values.items():
+                        raw[n][members] = v
+                bar.advance(task)
 
-    # anchors: the worst goodness of any distorted image, per observer
-    worst: dict[str, float] = {}
-    for n in used:
-        if anchors and n in anchors:
-            worst[n] = float(anchors[n])
-        elif distorted.any():
-            worst[n] = float(np.min(goodness(n, raw[n][distorted], 1.0) if n != "mse"
-                                    else goodness(n, raw[n][distorted], dr_of[distorted])))
-        else:
-            worst[n] = best_goodness(n)
+        used = [n for n in names if n not in skipped]
+        if not used:
+            raise OptionError("no observer can score these images: " + "; ".join(skipped.values()))
+        labelled = ref_index >= 0
+        distorted = labelled & np.array([not _is_reference(r) for r in rows])
 
-    proj = {}
-    for n in used:
-        p = np.full(len(rows), np.nan)
-        p[labelled] = project(n, raw[n][labelled], s_ref_of[labelled], worst=worst[n], data_range=dr_of[labelled])
-        proj[n] = p
-    label_projected = np.mean([proj[n] for n in used], axis=0)
-
-    summary: dict = {
-        "dataset": str(directory),
-        "n_images": int(labelled.sum()),
-        "n_references": len(groups),
-        "observers": used,
-        "skipped": skipped,
-        "reference_score": s_default,
-        "intensity": intensity,
-        "psnr_cap_db": PSNR_CAP,
-        "anchors": {n: {"best": best_goodness(n), "worst": worst[n]} for n in used},
-        "annotated_images": len(mos_by_file),
-        "calibration": None,
-    }
-
-    label = label_projected
-    cal_values = {}
-    if calibrate_method:
-        idx = np.array([i for i, r in enumerate(rows) if r["file"] in mos_by_file and labelled[i]])
-        if idx.size < 3:
-            raise OptionError(f"calibration needs at least 3 annotated images in the dataset, found {idx.size}")
-        mos = np.array([mos_by_file[rows[i]["file"]].mos for i in idx])
-        fits = {}
+        # anchors: the worst goodness of any distorted image, per observer
+        worst: dict[str, float] = {}
         for n in used:
-            g = goodness(n, raw[n], dr_of if n == "mse" else 1.0)
-            cal = calibrate(g[idx], mos, method=calibrate_method, observer=n)
-            fits[n] = cal.summary()
-            c = np.full(len(rows), np.nan)
-            c[labelled] = cal(g[labelled])
-            cal_values[n] = c
-        label = np.mean([cal_values[n] for n in used], axis=0)
-        summary["calibration"] = {
-            "method": calibrate_method,
-            "n": int(idx.size),
-            "observers": fits,
-            "label": {
-                "srocc": stats.srocc(label[idx], mos),
-                "plcc": stats.plcc(label[idx], mos),
-                "rmse": stats.rmse(label[idx], mos),
-            },
-            "label_projected": {
-                "srocc": stats.srocc(label_projected[idx], mos),
-                "plcc": stats.plcc(label_projected[idx], mos),
-                "rmse": stats.rmse(label_projected[idx], mos),
-            },
+            if anchors and n in anchors:
+                worst[n] = float(anchors[n])
+            elif distorted.any():
+                worst[n] = float(np.min(goodness(n, raw[n][distorted], 1.0) if n != "mse"
+                                        else goodness(n, raw[n][distorted], dr_of[distorted])))
+            else:
+                worst[n] = best_goodness(n)
+
+        proj = {}
+        for n in used:
+            p = np.full(len(rows), np.nan)
+            p[labelled] = project(n, raw[n][labelled], s_ref_of[labelled], worst=worst[n], data_range=dr_of[labelled])
+            proj[n] = p
+        label_projected = np.mean([proj[n] for n in used], axis=0)
+
+        summary: dict = {
+            "dataset": str(directory),
+            "n_images": int(labelled.sum()),
+            "n_references": len(groups),
+            "observers": used,
+            "skipped": skipped,
+            "reference_score": s_default,
+            "intensity": intensity,
+            "psnr_cap_db": PSNR_CAP,
+            "anchors": {n: {"best": best_goodness(n), "worst": worst[n]} for n in used},
+            "annotated_images": len(mos_by_file),
+            "calibration": None,
         }
 
-    # manifest columns: keep the dataset's own, replace any earlier labelling columns
-    keep = [c for c in columns if c not in _NEW_COLUMNS and not c.startswith(_NEW_PREFIXES)]
-    new_cols = ["label"]
-    if calibrate_method:
-        new_cols.append("label_projected")
-    if mos_by_file:
-        new_cols += ["mos", "mos_ci"]
-    new_cols += [f"obs_{n}" for n in used] + [f"proj_{n}" for n in used]
-    if calibrate_method:
-        new_cols += [f"cal_{n}" for n in used]
-    out_rows = []
-    for i, r in enumerate(rows):
-        o = {c: r.get(c, "") for c in keep}
-        if labelled[i]:
-            o["label"] = _fmt(label[i])
-            if calibrate_method:
-                o["label_projected"] = _fmt(label_projected[i])
+        label = label_projected
+        cal_values = {}
+        if calibrate_method:
+            idx = np.array([i for i, r in enumerate(rows) if r["file"] in mos_by_file and labelled[i]])
+            if idx.size < 3:
+                raise OptionError(f"calibration needs at least 3 annotated images in the dataset, found {idx.size}")
+            mos = np.array([mos_by_file[rows[i]["file"]].mos for i in idx])
+            fits = {}
             for n in used:
-                o[f"obs_{n}"] = _fmt(raw[n][i])
-                o[f"proj_{n}"] = _fmt(proj[n][i])
-                if calibrate_method:
-                    o[f"cal_{n}"] = _fmt(cal_values[n][i])
-        m = mos_by_file.get(r["file"])
-        if m is not None:
-            o["mos"] = _fmt(m.mos)
-            o["mos_ci"] = _fmt(m.ci_half_width)
-        out_rows.append(o)
-    write_manifest_rows(directory, keep + new_cols, out_rows)
+                g = goodness(n, raw[n], dr_of if n == "mse" else 1.0)
+                cal = calibrate(g[idx], mos, method=calibrate_method, observer=n)
+                fits[n] = cal.summary()
+                c = np.full(len(rows), np.nan)
+                c[labelled] = cal(g[labelled])
+                cal_values[n] = c
+            label = np.mean([cal_values[n] for n in used], axis=0)
+            summary["calibration"] = {
+                "method": calibrate_method,
+                "n": int(idx.size),
+                "observers": fits,
+                "label": {
+                    "srocc": stats.srocc(label[idx], mos),
+                    "plcc": stats.plcc(label[idx], mos),
+                    "rmse": stats.rmse(label[idx], mos),
+                },
+                "label_projected": {
+                    "srocc": stats.srocc(label_projected[idx], mos),
+                    "plcc": stats.plcc(label_projected[idx], mos),
+                    "rmse": stats.rmse(label_projected[idx], mos),
+                },
+            }
 
-    label_json = directory / "labels.json"
-    tmp = label_json.with_name(f".{label_json.name}.tmp-{os.getpid()}")
-    with open(tmp, "w", encoding="utf-8") as fh:
-        json.dump(summary, fh, indent=2, default=_json_default)
-    os.replace(tmp, label_json)
-    return summary
+        # manifest columns: keep the dataset's own, replace any earlier labelling columns
+        keep = [c for c in columns if c not in _NEW_COLUMNS and not c.startswith(_NEW_PREFIXES)]
+        new_cols = ["label"]
+        if calibrate_method:
+            new_cols.append("label_projected")
+        if mos_by_file:
+            new_cols += ["mos", "mos_ci"]
+        new_cols += [f"obs_{n}" for n in used] + [f"proj_{n}" for n in used]
+        if calibrate_method:
+            new_cols += [f"cal_{n}" for n in used]
+        out_rows = []
+        for i, r in enumerate(rows):
+            o = {c: r.get(c, "") for c in keep}
+            if labelled[i]:
+                o["label"] = _fmt(label[i])
+                if calibrate_method:
+                    o["label_projected"] = _fmt(label_projected[i])
+                for n in used:
+                    o[f"obs_{n}"] = _fmt(raw[n][i])
+                    o[f"proj_{n}"] = _fmt(proj[n][i])
+                    if calibrate_method:
+                        o[f"cal_{n}"] = _fmt(cal_values[n][i])
+            m = mos_by_file.get(r["file"])
+            if m is not None:
+                o["mos"] = _fmt(m.mos)
+                o["mos_ci"] = _fmt(m.ci_half_width)
+            out_rows.append(o)
+        write_manifest_rows(directory, keep + new_cols, out_rows)
+
+        label_json = directory / "labels.json"
+        tmp = label_json.with_name(f".{label_json.name}.tmp-{os.getpid()}")
+        with open(tmp, "w", encoding="utf-8") as fh:
+            json.dump(summary, fh, indent=2, default=_json_default)
+        os.replace(tmp, label_json)
+        return summary
 
 
 def _json_default(o):

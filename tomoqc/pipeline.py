@@ -549,7 +549,7 @@ def score(
         job, vol, zsel, src_path=src_path, dataset=dataset_name, axis=axis, final=final, params=params,
         attrs=attrs, chunk=chunk, contiguous=step == 1, client=client, cluster=cluster, workers=workers,
         cluster_options=cluster_options, max_in_flight=max_in_flight, progress=progress,
-        label=Path(src_path).name if src_path else "volume",
+        label=Path(src_path).name if src_path else "volume", overwrite=overwrite,
     )
     if final is not None:
         return open_quality(final)

@@ -57,6 +57,8 @@ VERDICTS = ("pass", "fail", "uncertain", "unknown")
 _FLAG_OOD = 4
 #: a distortion is named dominant only when its median severity reaches this value
 SEVERITY_FLOOR = 0.25
+#: the lock file a report writer holds inside the report folder (see tomoqc.locks)
+REPORT_LOCK = ".tomoqc-report.lock"
 MAX_RANGES = 5
 N_THUMBNAILS = 4
 
@@ -506,13 +508,12 @@ def report(paths, out, *, fail_below: float | None = None, plots: bool = True) -
     Raises
     ------
     InputError
-        A path is missing, not a quality output or incomplete.
+        A path is missing, not a quality output or incomplete; or another live process
+        writes a report into ``out`` (the message names it; nothing is written).
     QCFailed
         ``fail_below`` is given and at least one volume fails; its ``report``
         attribute holds the returned dict.
     """
-    from tomoqc import __version__
-
     if isinstance(paths, (str, os.PathLike)) or hasattr(paths, "data_vars"):
         paths = [paths]
     paths = list(paths)
@@ -527,6 +528,26 @@ def report(paths, out, *, fail_below: float | None = None, plots: bool = True) -
     if out.exists() and not out.is_dir():
         raise InputError(out, "report destination exists and is not a folder")
     out.mkdir(parents=True, exist_ok=True)
+    from tomoqc.locks import OutputLock
+
+    # one report writer per folder; the lock lives inside it (its parent may not be writable)
+    with OutputLock(out, lock_file=out / REPORT_LOCK):
+        result = _write_report(opened, paths, out, fail_below, plots)
+    failed = [s for s in result["volumes"] if s["verdict"] == "fail"]
+    if fail_below is not None and failed:
+        err = QCFailed(
+            f"{len(failed)} of {len(result['volumes'])} volume(s) below --fail-below {fail_below:g}: "
+            + ", ".join(Path(s["path"]).name or s["output"] for s in failed)
+        )
+        err.report = result
+        raise err
+    return result
+
+
+def _write_report(opened, paths, out: Path, fail_below, plots: bool) -> dict:
+    """Write the report files into ``out`` (whose lock the caller holds); return report.json's dict."""
+    from tomoqc import __version__
+
     created = datetime.now(timezone.utc).isoformat(timespec="seconds")
     summaries, pngs, used = [], [], set()
     for (ds, where), p in zip(opened, paths):
@@ -561,14 +582,6 @@ def report(paths, out, *, fail_below: float | None = None, plots: bool = True) -
     files.append(str(out / "index.html"))
     files += [str(out / p) for p in pngs] if plots else []
     result["files"] = files
-    failed = [s for s in summaries if s["verdict"] == "fail"]
-    if fail_below is not None and failed:
-        err = QCFailed(
-            f"{len(failed)} of {len(summaries)} volume(s) below --fail-below {fail_below:g}: "
-            + ", ".join(Path(s["path"]).name or s["output"] for s in failed)
-        )
-        err.report = result
-        raise err
     return result
 
 

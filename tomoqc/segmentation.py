@@ -372,7 +372,7 @@ def segment(
     run = run_job(job, vol, zsel, src_path=src_path, dataset=dataset_name, axis=axis, final=final, params=params,
                   attrs=attrs, chunk=chunk, contiguous=True, client=client, cluster=cluster, workers=workers,
                   cluster_options=cluster_options, max_in_flight=max_in_flight, progress=progress,
-                  label=Path(src_path).name if src_path else "volume")
+                  label=Path(src_path).name if src_path else "volume", overwrite=overwrite)
     if final is not None:
         return open_segmentation(final)
     attrs.update({"chunk_slices": run.chunk, "created": _now(), "complete": True, "chunks_total": run.chunks_total,

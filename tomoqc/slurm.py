@@ -29,6 +29,19 @@ submitted.  A configuration file looks like::
 The keys may also be nested under ``slurm:`` (or ``jobqueue: slurm:`` as in dask's
 own configuration) and may be spelled with hyphens (``local-directory``).
 
+Security
+--------
+The scheduler runs in this process and the workers connect to it from the compute
+nodes, so it must listen on the network. It accepts TLS connections only, with
+credentials made for this run (:func:`tomoqc.security.temporary_security`): anyone
+else who can reach it is refused before any code runs. The worker jobs read the
+certificate and key from files in a folder that only you can read (mode 0700), made
+inside ``shared_temp_directory`` (default ``~/.cache/tomoqc/credentials``; it must be
+on a file system the compute nodes share) and removed when the cluster closes
+(:func:`close_slurm_cluster`). ``insecure: true`` turns TLS off, with a warning. The
+dashboard is off unless ``dashboard`` gives an address (loopback unless a host is
+named); the workers' own HTTP servers listen on their node's loopback interface.
+
 References
 ----------
 dask-jobqueue: https://jobqueue.dask.org ; SLURM ``sbatch`` options:
@@ -43,14 +56,26 @@ import math
 import os
 import re
 import sys
+import weakref
 from typing import Any, Iterator
 
 from tomoqc.errors import InputError, OptionError
+from tomoqc.security import (
+    LOOPBACK,
+    credential_folder,
+    dashboard_address,
+    http_config,
+    remove_credential_folder,
+    temporary_security,
+    warn,
+)
+from tomoqc.worker_env import worker_env
 
 __all__ = [
     "DEFAULTS",
     "OPTIONS",
     "adapt_to_chunks",
+    "close_slurm_cluster",
     "load_cluster_config",
     "make_slurm_cluster",
     "max_jobs_for",
@@ -80,7 +105,12 @@ OPTIONS: dict[str, str] = {
     "python": "python executable on the compute nodes (default: this one)",
     "death_timeout": "seconds a worker waits for an unreachable scheduler",
     "job_name": "SLURM job name of the workers",
-    "dashboard_address": "address of the dask dashboard, e.g. ':8787' (':0' picks a free port)",
+    "dashboard": "address of the dask dashboard, e.g. ':8787' (loopback; ':0' picks a free port); "
+                 "default: no dashboard",
+    "insecure": "true: no TLS between scheduler and workers (anyone who can reach the scheduler could "
+                "run code as you)",
+    "shared_temp_directory": "folder on a file system the compute nodes share, for the run's TLS "
+                             "credentials (default ~/.cache/tomoqc/credentials)",
     "n_chunks": "number of chunks to process: caps the number of jobs",
 }
 
@@ -105,11 +135,14 @@ DEFAULTS: dict[str, Any] = {
     "python": None,
     "death_timeout": 60,
     "job_name": "tomoqc-worker",
-    "dashboard_address": None,
+    "dashboard": None,
+    "insecure": False,
+    "shared_temp_directory": None,
     "n_chunks": None,
 }
 
-_ALIASES = {"partition": "queue", "time": "walltime", "mem": "memory", "gres_gpus": "gpus"}
+_ALIASES = {"partition": "queue", "time": "walltime", "mem": "memory", "gres_gpus": "gpus",
+            "dashboard_address": "dashboard"}
 
 # sbatch --time formats: M, M:S, H:M:S, D-H, D-H:M, D-H:M:S
 _WALLTIME = re.compile(r"^(\d+|\d+:\d{1,2}|\d+:\d{1,2}:\d{1,2}|\d+-\d+|\d+-\d+:\d{1,2}|\d+-\d+:\d{1,2}:\d{1,2})$")
@@ -244,8 +277,20 @@ def validate_slurm_options(options: dict | None, *, source: str | os.PathLike | 
             out[key] = text
         elif key in ("job_extra_directives", "job_script_prologue", "worker_extra_args"):
             out[key] = _str_list(value, key, src)
-        elif key in ("local_directory", "log_directory", "python"):
+        elif key in ("local_directory", "log_directory", "python", "shared_temp_directory"):
             out[key] = os.path.expanduser(_str(value, key, src))
+        elif key == "insecure":
+            if not isinstance(value, bool):
+                _fail(src, f"insecure: expected true or false, got {value!r}")
+            out[key] = value
+        elif key == "dashboard":
+            if not isinstance(value, (bool, str, int)):
+                _fail(src, f"dashboard: expected an address such as ':8787', got {value!r}")
+            try:
+                dashboard_address(value, warn_public=False)
+            except OptionError as err:
+                _fail(src, f"dashboard: {err}")
+            out[key] = value
         else:
             out[key] = _str(value, key, src)
 
@@ -393,9 +438,17 @@ def max_jobs_for(options: dict, n_chunks: int | None = None) -> int:
     return max(1, min(limit, math.ceil(int(n_chunks) / per_job)))
 
 
-def _default_log_directory() -> str:
+def _cache_directory() -> str:
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return os.path.join(base, "tomoqc", "slurm-logs")
+    return os.path.join(base, "tomoqc")
+
+
+def _default_log_directory() -> str:
+    return os.path.join(_cache_directory(), "slurm-logs")
+
+
+def _default_credential_parent() -> str:
+    return os.path.join(_cache_directory(), "credentials")
 
 
 def _import_slurm_cluster():
@@ -433,17 +486,25 @@ def make_slurm_cluster(options: dict | None = None):
     -------
     dask_jobqueue.SLURMCluster
         An adaptive cluster: it submits jobs while there are tasks (up to
-        :func:`max_jobs_for` jobs) and cancels them when idle. Close it, or use
-        :func:`slurm_client`, to cancel every job it submitted.
+        :func:`max_jobs_for` jobs) and cancels them when idle. Close it with
+        :func:`close_slurm_cluster`, or use :func:`slurm_client`, to cancel every job it
+        submitted and delete its credentials.
 
     Notes
     -----
     GPUs are requested with ``--gres=gpu[:TYPE]:N`` through ``job_extra_directives``.
     The workers run ``python`` (by default the interpreter running this function, so a
     shared virtual environment is used as is).
+
+    Unless ``insecure`` is set, scheduler and workers talk TLS with credentials made for
+    this cluster; the worker jobs' copies live in a new 0700 folder inside
+    ``shared_temp_directory`` (``cluster.tomoqc_credentials``), removed by
+    :func:`close_slurm_cluster` (or, failing that, when the cluster object is
+    collected or the interpreter exits).
     """
     opts = validate_slurm_options(options)
     SLURMCluster = _import_slurm_cluster()
+    import dask
 
     directives = list(opts["job_extra_directives"])
     if opts["gpus"]:
@@ -451,18 +512,19 @@ def make_slurm_cluster(options: dict | None = None):
         directives.append(f"--gres={gres}")
     log_directory = opts["log_directory"] or _default_log_directory()
     os.makedirs(log_directory, exist_ok=True)
-    from tomoqc.cluster import tf_thread_env
 
     # each worker process gets its share of the job's cores, not the whole node's
     threads = max(1, opts["cores"] // opts["processes"])
-    prologue = [f"export {k}={v}" for k, v in tf_thread_env(threads).items()]
+    prologue = [f"export {k}={v}" for k, v in worker_env(threads).items()]
     if opts["gpus"]:
         # TensorFlow takes GPU memory as it needs it instead of all of it at start-up
         prologue += ["export TF_FORCE_GPU_ALLOW_GROWTH=true", "export TOMOQC_TF_GPU_GROWTH=1"]
     prologue += list(opts["job_script_prologue"])
-    scheduler_options = {}
-    if opts["dashboard_address"] is not None:
-        scheduler_options["dashboard_address"] = opts["dashboard_address"]
+    dash = dashboard_address(opts["dashboard"])
+    # dask starts an HTTP server either way: keep it on loopback, serving a health check only
+    scheduler_options = {"dashboard_address": dash or f"{LOOPBACK}:0", "dashboard": dash is not None}
+    # the workers' own HTTP servers: on their node's loopback interface, no dashboard
+    worker_args = ["--dashboard-address", f"{LOOPBACK}:0", "--no-dashboard", *opts["worker_extra_args"]]
 
     kwargs: dict[str, Any] = dict(
         queue=opts["queue"],
@@ -476,20 +538,54 @@ def make_slurm_cluster(options: dict | None = None):
         log_directory=log_directory,
         job_extra_directives=directives,
         job_script_prologue=prologue,
-        worker_extra_args=list(opts["worker_extra_args"]),
+        worker_extra_args=worker_args,
         python=opts["python"] or sys.executable,
         death_timeout=opts["death_timeout"],
         job_name=opts["job_name"],
+        scheduler_options=scheduler_options,
     )
-    if scheduler_options:
-        kwargs["scheduler_options"] = scheduler_options
-    cluster = SLURMCluster(**kwargs)
+    folder = None
+    if opts["insecure"]:
+        warn("insecure: the SLURM cluster's scheduler accepts connections without authentication or "
+             "encryption; anyone who can reach this machine could run code as you")
+    else:
+        kwargs["security"] = temporary_security()
+        folder = credential_folder(opts["shared_temp_directory"] or _default_credential_parent())
+        kwargs["shared_temp_directory"] = str(folder)
+    try:
+        with dask.config.set(http_config(dash is not None)):
+            cluster = SLURMCluster(**kwargs)
+    except BaseException:
+        remove_credential_folder(folder)
+        raise
+    cluster.tomoqc_credentials = folder
+    cluster.tomoqc_dashboard = dash is not None
+    # the open files dask-jobqueue wrote the worker credentials to (removed with the folder)
+    handles = [v for k, v in vars(cluster).items() if k.startswith("_job_") and hasattr(v, "close")]
+    cluster.tomoqc_cleanup = weakref.finalize(cluster, _remove_credentials, folder, handles)
     try:
         cluster.adapt(minimum_jobs=opts["min_jobs"], maximum_jobs=max_jobs_for(opts))
     except BaseException:
-        cluster.close()
+        close_slurm_cluster(cluster)
         raise
     return cluster
+
+
+def _remove_credentials(folder, handles) -> None:
+    for handle in handles:
+        with contextlib.suppress(OSError):
+            handle.close()
+    remove_credential_folder(folder)
+
+
+def close_slurm_cluster(cluster) -> None:
+    """Close a cluster of :func:`make_slurm_cluster`: cancel its jobs, delete its credentials."""
+    try:
+        cluster.close()
+    finally:
+        cleanup = getattr(cluster, "tomoqc_cleanup", None)
+        if cleanup is not None:
+            cleanup()
 
 
 def adapt_to_chunks(cluster, n_chunks: int, options: dict | None = None) -> None:
@@ -503,7 +599,8 @@ def slurm_client(options: dict | None = None) -> Iterator[Any]:
     """A :class:`distributed.Client` on a new :func:`make_slurm_cluster`, closed on exit.
 
     The client and then the cluster are closed however the block ends (normally, on an
-    error, or on Ctrl-C), which cancels every SLURM job the cluster submitted.
+    error, or on Ctrl-C), which cancels every SLURM job the cluster submitted and
+    deletes the run's TLS credentials.
 
     Examples
     --------
@@ -522,4 +619,4 @@ def slurm_client(options: dict | None = None) -> Iterator[Any]:
             if client is not None:
                 client.close()
         with contextlib.suppress(Exception):
-            cluster.close()
+            close_slurm_cluster(cluster)

@@ -9,8 +9,28 @@ from typing import List, Optional
 import typer
 
 from tomoqc.cli import app
+from tomoqc.cli.cluster_opts import (
+    Account,
+    Cluster,
+    ClusterConfig,
+    Cores,
+    Dashboard,
+    Gpus,
+    Insecure,
+    Interface,
+    LocalDirectory,
+    Memory,
+    Processes,
+    Queue,
+    TlsCaFile,
+    TlsCert,
+    TlsKey,
+    Verbose,
+    Walltime,
+    Workers,
+    cluster_options,
+)
 
-_SLURM = "SLURM (--cluster slurm)"
 _FAIL_HELP = ("Exit 3 when a volume's verdict is 'fail' (median score below S). A volume whose score is "
               "'uncertain' (median score uncertainty above 0.5, or more than 20% of its slices unlike the "
               "model's training data) does not exit 3: look at it.")
@@ -70,20 +90,23 @@ def score(
     step: int = typer.Option(1, "--step", help="Score every N-th slice."),
     batch_size: int = typer.Option(16, "--batch-size", help="Patches per network call."),
     chunk_slices: Optional[int] = typer.Option(None, "--chunk-slices", help="Slices per task and output chunk (default 8)."),
-    cluster: str = typer.Option(
-        "local", "--cluster", help="local | local-cuda | slurm | none | a scheduler address (tcp://HOST:PORT)."
-    ),
-    workers: Optional[int] = typer.Option(None, "--workers", help="Number of workers (0: no cluster, score in this process)."),
-    cluster_config: Optional[Path] = typer.Option(None, "--cluster-config", help="YAML file of SLURM options.", rich_help_panel=_SLURM),
-    queue: Optional[str] = typer.Option(None, "--queue", help="SLURM partition.", rich_help_panel=_SLURM),
-    account: Optional[str] = typer.Option(None, "--account", help="SLURM account.", rich_help_panel=_SLURM),
-    walltime: Optional[str] = typer.Option(None, "--walltime", help="Time limit per worker job, e.g. 01:00:00.", rich_help_panel=_SLURM),
-    cores: Optional[int] = typer.Option(None, "--cores", help="Cores per worker job.", rich_help_panel=_SLURM),
-    memory: Optional[str] = typer.Option(None, "--memory", help="Memory per worker job, e.g. 16GB.", rich_help_panel=_SLURM),
-    processes: Optional[int] = typer.Option(None, "--processes", help="Worker processes per job.", rich_help_panel=_SLURM),
-    gpus: Optional[int] = typer.Option(None, "--gpus", help="GPUs per worker job.", rich_help_panel=_SLURM),
-    interface: Optional[str] = typer.Option(None, "--interface", help="Network interface, e.g. ib0.", rich_help_panel=_SLURM),
-    local_directory: Optional[str] = typer.Option(None, "--local-directory", help="Node-local scratch folder.", rich_help_panel=_SLURM),
+    cluster: Cluster = "local",
+    workers: Workers = None,
+    cluster_config: ClusterConfig = None,
+    queue: Queue = None,
+    account: Account = None,
+    walltime: Walltime = None,
+    cores: Cores = None,
+    memory: Memory = None,
+    processes: Processes = None,
+    gpus: Gpus = None,
+    interface: Interface = None,
+    local_directory: LocalDirectory = None,
+    insecure: Insecure = False,
+    dashboard: Dashboard = None,
+    tls_ca_file: TlsCaFile = None,
+    tls_cert: TlsCert = None,
+    tls_key: TlsKey = None,
     no_measured_terms: bool = typer.Option(
         False, "--no-measured-terms", "--no-ring-term",
         help="Score with the network alone, without the measured noise, blur, ring and streak terms (for "
@@ -101,6 +124,7 @@ def score(
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing quality outputs."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object per volume per line."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+    verbose: Verbose = False,
 ) -> None:
     """Score every slice of each volume; write <volume>.quality.zarr and print a summary.
 
@@ -113,20 +137,13 @@ def score(
     A run that is interrupted resumes where it stopped when started again.
     """
     from tomoqc.errors import OptionError
+    from tomoqc.logs import quiet_native_logs
 
-    slurm_cli = dict(queue=queue, account=account, walltime=walltime, cores=cores, memory=memory,
-                     processes=processes, gpus=gpus, interface=interface, local_directory=local_directory)
-    options: dict = {}
-    if cluster == "slurm":
-        from tomoqc.slurm import slurm_options_from_cli
-
-        options = slurm_options_from_cli(cluster_config, **slurm_cli)
-    else:
-        others = {k: v for k, v in slurm_cli.items() if k != "local_directory" and v is not None}
-        if cluster_config is not None or others:
-            raise OptionError("--cluster-config and the SLURM options need --cluster slurm")
-        if local_directory is not None:
-            options = {"local_directory": local_directory}
+    quiet_native_logs(verbose=verbose)
+    options = cluster_options(
+        cluster, cluster_config=cluster_config, queue=queue, account=account, walltime=walltime, cores=cores,
+        memory=memory, processes=processes, gpus=gpus, interface=interface, local_directory=local_directory,
+        insecure=insecure, dashboard=dashboard, tls_ca_file=tls_ca_file, tls_cert=tls_cert, tls_key=tls_key)
     if fail_below is not None and not (1.0 <= fail_below <= 5.0):
         raise OptionError(f"--fail-below must be between 1 and 5, got {fail_below}")
     if tta_views not in (1, 2, 4, 8):
