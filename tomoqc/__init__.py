@@ -5,6 +5,10 @@ import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+if os.environ.get("TOMOQC_NATIVE_LOGS") == "quiet":  # a worker started by tomoqc (see tomoqc.logs)
+    from tomoqc.logs import install_import_filter
+
+    install_import_filter()
 
 __version__ = "0.1.0"
 
@@ -15,6 +19,8 @@ _API = {
     "volume_info": "tomoqc.io",
     "write_zarr": "tomoqc.io",
     "score": "tomoqc.pipeline",
+    "segment": "tomoqc.segmentation",
+    "open_segmentation": "tomoqc.segmentation",
     "load_model": "tomoqc.models.tiqa",
     "electrode_slice": "tomoqc.phantom",
     "electrode_volume": "tomoqc.phantom",
@@ -23,16 +29,16 @@ _API = {
     "project_dataset": "tomoqc.labels",
 }
 
-__all__ = ["__version__", "report", *_API]
+__all__ = ["__version__", "report", "compare", *_API]
 
 
 def __getattr__(name: str):
-    if name == "report":
-        # the submodule is itself callable as report(paths, out, ...), so the module and
-        # the function never shadow each other
+    if name in ("report", "compare"):
+        # these submodules are themselves callable (report(paths, out, ...), compare(variants,
+        # ...)), so the module and the function never shadow each other
         import importlib
 
-        return importlib.import_module("tomoqc.report")
+        return importlib.import_module(f"tomoqc.{name}")
     if name in _API:
         import importlib
 

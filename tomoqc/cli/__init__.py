@@ -8,10 +8,11 @@ Heavy libraries (TensorFlow, dask) are imported inside the commands, so that
 from __future__ import annotations
 
 import sys
+import warnings
 
 import typer
 
-from tomoqc.errors import TomoqcError
+from tomoqc.errors import TomoqcError, TomoqcWarning
 
 app = typer.Typer(
     name="tomoqc",
@@ -35,10 +36,39 @@ from tomoqc.cli import data_cmds  # noqa: E402,F401
 from tomoqc.cli import metrics_cmds  # noqa: E402,F401
 from tomoqc.cli import train_cmds  # noqa: E402,F401
 from tomoqc.cli import score_cmds  # noqa: E402,F401
+from tomoqc.cli import segment_cmds  # noqa: E402,F401
+from tomoqc.cli import compare_cmds  # noqa: E402,F401
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None):
+    """tomoqc's own warnings as one line; every other warning as Python shows it."""
+    if issubclass(category, TomoqcWarning):
+        print(f"tomoqc: warning: {message}", file=sys.stderr, flush=True)
+    else:
+        _python_show_warning(message, category, filename, lineno, file, line)
+
+
+_python_show_warning = warnings.showwarning
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the CLI; a :class:`TomoqcError` becomes one line on stderr and its exit code."""
+    """Run the CLI; a :class:`TomoqcError` becomes one line on stderr and its exit code.
+
+    TensorFlow's native start-up noise is kept off stderr (a command's ``--verbose``
+    shows it, see :func:`tomoqc.logs.quiet_native_logs`), and tomoqc's warnings are
+    printed as one line each, ``tomoqc: warning: ...``.
+    """
+    from tomoqc.cli.cluster_opts import expand_optional_values
+    from tomoqc.logs import quiet_native_logs
+
+    quiet_native_logs()
+    argv = expand_optional_values(sys.argv[1:] if argv is None else list(argv))
+    with warnings.catch_warnings():
+        warnings.showwarning = _show_warning
+        return _run(argv)
+
+
+def _run(argv: list[str]) -> int:
     try:
         rv = app(args=argv, standalone_mode=False)
         # with standalone_mode=False an interrupt or typer.Exit comes back as a return value
