@@ -358,6 +358,7 @@ def _write_result(sink, k, lo, hi, res, run_id, bar):
 
 def _run_inprocess(todo, zsel, source_for, job, sink, run_id, bar):
     for k, lo, hi in todo:
+        res = None  # the previous chunk's results go before the next chunk's are made
         res = run_chunk(source_for(lo, hi), k, zsel[lo:hi], job)
         _write_result(sink, k, lo, hi, res, run_id, bar)
 

@@ -151,8 +151,10 @@ class SegmentJob(SliceJob):
                     "omero": {"channels": [{"label": f"P({c})", "window": {"start": 0.0, "end": 1.0, "min": 0.0,
                                                                           "max": 1.0}} for c in channel_names]}},
         })
+        # float maps are stored uncompressed: they hardly compress (about 20 %) and compressing them
+        # cost a quarter of the end-to-end time (benchmarks/segment_throughput.py); labels compress well
         root.create_array("0", shape=(self.channels, n, h, w), chunks=(1, cz, cy, cx), dtype="float32",
-                          fill_value=np.nan, dimension_names=("c", "z", "y", "x"))
+                          fill_value=np.nan, dimension_names=("c", "z", "y", "x"), compressors=None)
         label = _label_name(self.n_classes)
         labels = root.create_group("labels")
         labels.attrs.update({"ome": {"version": OME_VERSION, "labels": [label]}})
@@ -174,7 +176,7 @@ class SegmentJob(SliceJob):
             g.attrs.update({"ome": multiscale(name, zyx_axes, list(voxel)),
                             "long_name": _LONG_NAMES[name], "units": "bit"})
             g.create_array("0", shape=(n, h, w), chunks=(cz, cy, cx), dtype="float32", fill_value=np.nan,
-                           dimension_names=("z", "y", "x"))
+                           dimension_names=("z", "y", "x"), compressors=None)
 
     def store_arrays(self, path):
         import zarr
@@ -214,9 +216,10 @@ def _model_card(model, kind: str):
 
 def _default_chunk(vol, channels: int, sampled: bool) -> int:
     """Slices per task: the input's stored depth when it fits, else DEFAULT_CHUNK_SLICES,
-    never more than MAX_TASK_BYTES of outputs and work arrays."""
+    never more than MAX_TASK_BYTES of outputs and work arrays (about 90 bytes per pixel for
+    three classes, as measured by benchmarks/segment_throughput.py)."""
     h, w = (int(s) for s in vol.shape[1:])
-    per_slice = h * w * (8 + 8 * channels + (8 if sampled else 0) + vol.dtype.itemsize)
+    per_slice = h * w * (32 + 16 * channels + (16 if sampled else 0) + vol.dtype.itemsize)
     fits = max(1, MAX_TASK_BYTES // max(1, per_slice))
     depth = int(vol.attrs.get("storage_depth", 0) or 0)
     chunk = depth if depth > 1 else DEFAULT_CHUNK_SLICES
