@@ -26,6 +26,7 @@
 : "${TOMOQC_LABELLED_DATA:=$TOMOQC_DATA}"            # labelled dataset for finetuning (tomoqc label)
 : "${TOMOQC_RANK_OUT:=$TOMOQC_WORKDIR/rank}"
 : "${TOMOQC_FINETUNE_OUT:=$TOMOQC_WORKDIR/finetune}"
+: "${TOMOQC_SEGMENT_DATA:=$TOMOQC_DATA}"             # phantom dataset with labels/ for segmentation
 : "${TOMOQC_SEGMENT_OUT:=$TOMOQC_WORKDIR/segment}"
 : "${TOMOQC_RANK_ARGS:=--epochs 30}"                 # extra options of `tomoqc train rank`
 : "${TOMOQC_FINETUNE_ARGS:=--epochs 20}"             # extra options of `tomoqc train finetune`

@@ -181,21 +181,51 @@ def test_ctrl_c_cancels_the_worker_jobs(slurm, tiny_data, tmp_path):
     assert not (tmp_path / "q" / "long.zarr.quality.zarr").exists()  # nothing half-written under the final name
 
 
-def test_train_segment_script_says_it_has_nothing_to_run(slurm, tiny_data, tmp_path):
-    """No segmentation training command exists yet: the job must say so and fail, not pretend."""
-    env = pipeline_env(tmp_path, TOMOQC_DATA=tiny_data["dataset"])
+def test_train_segment_job_trains_is_requeued_and_resumes(slurm, tiny_data, tmp_path):
+    """train_segment.sbatch trains D-LinkNet on the dataset's phantom labels; warned by SLURM
+    (USR1) it saves its state, is requeued, resumes and ends with every epoch logged once."""
+    import csv
+    import json
+    import re
+
+    epochs = 3
+    env = pipeline_env(tmp_path, TOMOQC_DATA=tiny_data["dataset"],
+                       TOMOQC_SEGMENT_ARGS=f"--epochs {epochs} --steps-per-epoch 25 --batch-size 2 --crop 64 "
+                                           "--width 0.125 --classes 3")
     args = subprocess.run(["bash", str(SCRIPTS / "sbatch_args.sh"), "train"], capture_output=True, text=True,
                           env=env, check=True).stdout.split()
-    has_segment = subprocess.run([TOMOQC, "train", "segment", "--help"], capture_output=True).returncode == 0
     job = subprocess.run(["sbatch", "--parsable", *args, str(SCRIPTS / "train_segment.sbatch")],
                          capture_output=True, text=True, env=env, check=True).stdout.strip()
-    rec = wait_jobs([job], timeout=120)[job][0]
-    log = next((tmp_path / "logs").glob(f"tomoqc-segment-{job}.out")).read_text()
-    if has_segment:
-        pytest.skip("this tomoqc has `tomoqc train segment`; covered by its own tests")
-    assert rec["JobState"] == "FAILED" and rec["ExitCode"] == "2:0", rec
-    assert "no 'tomoqc train segment' command" in log
-    assert job_records(job)[0]["Restarts"] == "0"
+    out = tmp_path / "segment"
+    logfile = tmp_path / "logs" / f"tomoqc-segment-{job}.out"
+
+    def logged():
+        if not (out / "log.csv").exists():
+            return []
+        with open(out / "log.csv", newline="") as fh:
+            return [int(r["epoch"]) for r in csv.DictReader(fh)]
+
+    deadline = time.monotonic() + 300
+    while 1 not in logged():
+        rec = job_records(job)[0]
+        assert rec["JobState"] in ("PENDING", "RUNNING"), (rec, logfile.read_text() if logfile.exists() else "")
+        assert time.monotonic() < deadline, "the first epoch did not finish in time"
+        time.sleep(0.5)
+    subprocess.run(["scancel", "--batch", "--signal=USR1", job], check=True)
+    rec = wait_jobs([job], timeout=300)[job][0]
+    log = logfile.read_text()
+    assert rec["JobState"] == "COMPLETED", (rec, log[-3000:])
+    assert rec["Restarts"] == "1", rec
+    runs = re.split(r"^tomoqc-slurm: job \S+ \(\S*\) restart ", log, flags=re.M)[1:]
+    assert len(runs) == 2, log
+    assert "received SIGUSR1" in runs[0] and "resuming from the saved state" in runs[1]
+    assert logged() == list(range(epochs + 1))
+    for f in ("best.keras", "best.json", "model_card.json", "curves.png"):
+        assert (out / f).is_file(), f
+    card = json.loads((out / "model_card.json").read_text())
+    assert card["kind"] == "dlinknet" and card["n_classes"] == 3
+    assert card["data"]["dataset"]["dir"] == str(tiny_data["dataset"])
+    assert card["weights_sha256"] == _sha256(out / "best.keras")
 
 
 def test_slurm_client_runs_tasks_in_jobs_and_cancels_them(slurm, tmp_path):

@@ -1,4 +1,4 @@
-"""CLI commands: ``tomoqc train rank`` and ``tomoqc train finetune``."""
+"""CLI commands: ``tomoqc train rank``, ``tomoqc train finetune`` and ``tomoqc train segment``."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import typer
 from tomoqc.cli import app
 
 train_app = typer.Typer(
-    help="Train the TIQA network: rank (self-supervised), then finetune (labels).",
+    help="Train the TIQA network (rank, then finetune) and the segmentation network (segment).",
     no_args_is_help=True,
 )
 app.add_typer(train_app, name="train")
@@ -89,3 +89,58 @@ def finetune_cmd(
                          lr=lr, crop=crop, patience=patience, steps_per_epoch=steps_per_epoch, progress=progress,
                          command=cmd)
     _report(res, out)
+
+
+@train_app.command("segment")
+def segment_cmd(
+    out: Path = typer.Option(..., "--out", help="Output folder for weights, logs and the model card."),
+    data: Optional[Path] = typer.Option(
+        None, "--data", help="Phantom dataset folder (tomoqc dataset build --source phantom) with labels/."
+    ),
+    phantoms: int = typer.Option(0, "--phantoms", help="Draw this many random phantoms (impaired on the fly)."),
+    realdata: Optional[Path] = typer.Option(
+        None, "--realdata", help="Real-data folder with htc2022/ (HTC2022 discs and ground truth; --classes 2)."
+    ),
+    classes: int = typer.Option(3, "--classes", help="2: binary material vs void (sigmoid); 3: pore/CBD/active."),
+    width: float = typer.Option(0.25, "--width", help="Channel width multiplier (1 = the paper's D-LinkNet34)."),
+    dropout: float = typer.Option(0.1, "--dropout", help="Decoder dropout rate (Monte-Carlo dropout; 0: none)."),
+    epochs: int = typer.Option(20, "--epochs"),
+    batch_size: int = typer.Option(8, "--batch-size", help="Crops per step."),
+    crop: int = typer.Option(256, "--crop", help="Training crop side in pixels (a multiple of 32)."),
+    steps_per_epoch: int = typer.Option(100, "--steps-per-epoch", help="Training steps per epoch."),
+    lr: float = typer.Option(1e-4, "--lr", help="Adam learning rate, halved every --decay-epochs epochs."),
+    decay_epochs: int = typer.Option(10, "--decay-epochs"),
+    seed: int = typer.Option(0, "--seed"),
+    resume: bool = typer.Option(False, "--resume", help="Continue from OUT/state (same options)."),
+    phantom_size: int = typer.Option(256, "--phantom-size", help="Side of the --phantoms slices."),
+    max_level: int = typer.Option(3, "--max-level", help="Strongest impairment level trained on (0-5)."),
+    val_disc: str = typer.Option("td", "--val-disc", help="HTC2022 disc held out for validation."),
+    htc_bin: int = typer.Option(1, "--htc-bin", help="Reconstruct HTC2022 discs on 512/N pixels."),
+    time_limit: Optional[float] = typer.Option(
+        None, "--time-limit", help="Minutes; no epoch is started that would end later (resume continues)."
+    ),
+    progress: bool = typer.Option(True, "--progress/--no-progress"),
+) -> None:
+    """Train the D-LinkNet segmentation network (binary or three electrode phases)."""
+    from tomoqc.train.segment import train_segment
+
+    cmd = _command("segment", out=out, data=data, phantoms=phantoms or None, realdata=realdata, classes=classes,
+                   width=width, dropout=dropout, epochs=epochs, batch_size=batch_size, crop=crop,
+                   steps_per_epoch=steps_per_epoch, lr=lr, decay_epochs=decay_epochs, seed=seed, resume=resume,
+                   phantom_size=phantom_size, max_level=max_level, val_disc=val_disc if realdata else None,
+                   htc_bin=htc_bin, time_limit=time_limit)
+    res = train_segment(out, data=data, phantoms=phantoms, realdata=realdata, classes=classes, width=width,
+                        dropout=dropout, epochs=epochs, batch_size=batch_size, crop=crop,
+                        steps_per_epoch=steps_per_epoch, lr=lr, decay_epochs=decay_epochs, seed=seed, resume=resume,
+                        phantom_size=phantom_size, max_level=max_level, val_disc=val_disc, htc_bin=htc_bin,
+                        time_limit_s=None if time_limit is None else 60.0 * time_limit, progress=progress,
+                        command=cmd)
+    if res["interrupted"]:
+        print(f"interrupted by a signal; state saved in {out / 'state'}; rerun with --resume to continue")
+    m = res["card"]["metrics"].get("all", {})
+    names = res["card"]["class_names"]
+    if m:
+        per = "  ".join(f"{n}: F1 {f:.3f} IoU {i:.3f}" for n, f, i in zip(names, m["f1"], m["iou"]))
+        print(f"best validation (epoch {res['card']['metrics'].get('epoch')}): mean IoU {m['mean_iou']:.4f}  {per}")
+    print(f"weights: {res['best']}  card: {res['best'].with_suffix('.json')}")
+    print(f"log: {out / 'log.csv'}  curves: {out / 'curves.png'}  model card: {out / 'model_card.json'}")

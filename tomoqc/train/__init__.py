@@ -1,12 +1,13 @@
 """Training of the TIQA network: rank stage (self-supervised), fine-tuning stage (labels).
 
 Heavy libraries are imported by the functions that need them; see
-:func:`tomoqc.train.rank.train_rank` and :func:`tomoqc.train.finetune.train_finetune`.
+:func:`tomoqc.train.rank.train_rank`, :func:`tomoqc.train.finetune.train_finetune` and
+:func:`tomoqc.train.segment.train_segment` (the segmentation network).
 """
 
 from __future__ import annotations
 
-__all__ = ["train_rank", "train_finetune"]
+__all__ = ["train_rank", "train_finetune", "train_segment"]
 
 
 def __getattr__(name):
@@ -18,4 +19,8 @@ def __getattr__(name):
         from tomoqc.train.finetune import train_finetune
 
         return train_finetune
+    if name == "train_segment":
+        from tomoqc.train.segment import train_segment
+
+        return train_segment
     raise AttributeError(f"module 'tomoqc.train' has no attribute {name!r}")

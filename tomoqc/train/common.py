@@ -245,8 +245,10 @@ def _fmt(v):
     return v
 
 
-def plot_curves(log_path, png_path, *, loss_key: str = "loss", metric_keys=("val_srocc",), title: str = "") -> Path:
-    """Loss and validation metrics per epoch from a CSV log, as a PNG."""
+def plot_curves(log_path, png_path, *, loss_key: str = "loss", metric_keys=("val_srocc",), title: str = "",
+                metric_label: str = "SROCC (validation, inference mode)", ylim=(-1.05, 1.05)) -> Path:
+    """Loss and validation metrics per epoch from a CSV log, as a PNG (``metric_label`` and
+    ``ylim`` name and bound the metrics' axis)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -271,8 +273,8 @@ def plot_curves(log_path, png_path, *, loss_key: str = "loss", metric_keys=("val
         if rows and k in rows[0]:
             a2.plot(ep, col(k), "o-", label=k)
     a2.set_xlabel("epoch")
-    a2.set_ylabel("SROCC (validation, inference mode)")
-    a2.set_ylim(-1.05, 1.05)
+    a2.set_ylabel(metric_label)
+    a2.set_ylim(*ylim)
     a2.axhline(0, color="k", lw=0.5)
     a2.legend(fontsize=8)
     a2.grid(alpha=0.3)
