@@ -117,6 +117,7 @@ def _train_and_install(mod, work, install):
     return json.loads((install / "tiqa_default.json").read_text()), install / "tiqa_default.keras"
 
 
+@pytest.mark.slow  # ~6 min on 2 cores (every stage traces an EfficientNet); the stages are tested in test_train.py
 def test_one_command_trains_evaluates_and_installs(tmp_path):
     """The documented command end to end, on a tiny budget: data, labels, rank, finetune,
     refine, evaluation and a model card whose hash is the installed file's."""
@@ -135,7 +136,7 @@ def test_one_command_trains_evaluates_and_installs(tmp_path):
     assert card["data"]["train_ellipses"]["references"] == 2
 
 
-@pytest.mark.slow  # the whole command twice (~6 min on 2 cores); the default suite runs it once above
+@pytest.mark.slow  # the whole command twice
 def test_a_refine_of_the_installed_model_keeps_the_lineage(tmp_path):
     """A refine of the installed model records what it was refined from (the data and the finished
     stages of the work folder are reused; the severity-head stage is redone because it started
