@@ -25,6 +25,7 @@ the workers and the scheduler however large the volume is.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -478,100 +479,89 @@ def run_job(
         Whether an existing final output may be replaced (checked again once the output's
         lock is held, since another run may have finished it meanwhile).
     """
-    lock = None
-    if final is not None:
-        from tomoqc.locks import OutputLock
+    from tomoqc.locks import OutputLock
 
-        lock = OutputLock(final).acquire()  # one writer per output, until it is renamed into place
-        if final.exists() and not overwrite:  # finished by another run since the caller looked
-            lock.release()
-            raise InputError(final, "output already exists (use --overwrite to replace it)")
-    try:
-        return _run_locked(job, vol, zsel, src_path=src_path, dataset=dataset, axis=axis, final=final,
-                           params=params, attrs=attrs, chunk=chunk, contiguous=contiguous, client=client,
-                           cluster=cluster, workers=workers, cluster_options=cluster_options,
-                           max_in_flight=max_in_flight, progress=progress, label=label, lock=lock)
-    finally:
-        if lock is not None:
-            lock.release()
-
-
-def _run_locked(job, vol, zsel, *, src_path, dataset, axis, final, params, attrs, chunk, contiguous, client,
-                cluster, workers, cluster_options, max_in_flight, progress, label, lock) -> EngineRun:
-    n = len(zsel)
-    params_json = json.dumps(params, sort_keys=True)
-    part = None
-    if final is not None:
-        part = partial_path(final)
-        old = _read_attrs(part) if part.exists() else {}
-        # resumed only when made for the same job, with every output array there
-        if part.exists() and old.get("tomoqc_params") == params_json and _store_ready(job, part):
-            chunk = int(old.get("chunk_slices", chunk))
+    with contextlib.ExitStack() as stack:
+        lock = None
+        if final is not None:
+            # one writer per output, from the first write until it is renamed into place
+            lock = stack.enter_context(OutputLock(final))
+            if final.exists() and not overwrite:  # finished by another run since the caller looked
+                raise InputError(final, "output already exists (use --overwrite to replace it)")
+        n = len(zsel)
+        params_json = json.dumps(params, sort_keys=True)
+        part = None
+        if final is not None:
+            part = partial_path(final)
+            old = _read_attrs(part) if part.exists() else {}
+            # resumed only when made for the same job, with every output array there
+            if part.exists() and old.get("tomoqc_params") == params_json and _store_ready(job, part):
+                chunk = int(old.get("chunk_slices", chunk))
+            else:
+                if part.exists():
+                    shutil.rmtree(part)
+                job.create_store(part, zsel, int(chunk),
+                                 {**attrs, "chunk_slices": int(chunk), "tomoqc_params": params_json, "complete": False})
+            sink = _Sink(job.store_arrays(part), part / DONE_DIR)
         else:
-            if part.exists():
-                shutil.rmtree(part)
-            job.create_store(part, zsel, int(chunk),
-                             {**attrs, "chunk_slices": int(chunk), "tomoqc_params": params_json, "complete": False})
-        sink = _Sink(job.store_arrays(part), part / DONE_DIR)
-    else:
-        sink = _Sink(job.memory_arrays(n))
+            sink = _Sink(job.memory_arrays(n))
 
-    bounds = [(k, lo, min(lo + chunk, n)) for k, lo in enumerate(range(0, n, chunk))]
-    done = sink.done()
-    resumed = len(done & {k for k, _, _ in bounds})
-    todo = [b for b in bounds if b[0] not in done]
-    run_id = uuid.uuid4().hex[:12]
+        bounds = [(k, lo, min(lo + chunk, n)) for k, lo in enumerate(range(0, n, chunk))]
+        done = sink.done()
+        resumed = len(done & {k for k, _, _ in bounds})
+        todo = [b for b in bounds if b[0] not in done]
+        run_id = uuid.uuid4().hex[:12]
 
-    def source_for(lo, hi):
-        if src_path is not None:
-            return ("path", src_path, dataset or None, axis, chunk if contiguous else 1)
-        import dask
+        def source_for(lo, hi):
+            if src_path is not None:
+                return ("path", src_path, dataset or None, axis, chunk if contiguous else 1)
+            import dask
 
-        with dask.config.set(scheduler="synchronous"):
-            return np.asarray(vol.isel(z=zsel[lo:hi]).values)
+            with dask.config.set(scheduler="synchronous"):
+                return np.asarray(vol.isel(z=zsel[lo:hi]).values)
 
-    bar = progress_bar(n, f"{job.verb} {label}", progress)
-    if bar is not None and resumed:
-        bar[0].reset(bar[1], completed=sum(hi - lo for k, lo, hi in bounds if k in done))
-    t0 = time.perf_counter()
-    try:
-        if client is not None:
-            _run_distributed(client, todo, zsel, source_for, job, sink, run_id, bar, max_in_flight)
-        elif todo:
-            from tomoqc.cluster import start_cluster
+        bar = progress_bar(n, f"{job.verb} {label}", progress)
+        if bar is not None and resumed:
+            bar[0].reset(bar[1], completed=sum(hi - lo for k, lo, hi in bounds if k in done))
+        t0 = time.perf_counter()
+        try:
+            if client is not None:
+                _run_distributed(client, todo, zsel, source_for, job, sink, run_id, bar, max_in_flight)
+            elif todo:
+                from tomoqc.cluster import start_cluster
 
-            opts = dict(cluster_options or {})
-            if cluster == "slurm":
-                opts.setdefault("n_chunks", len(todo))
-            with start_cluster(cluster, workers=workers, options=opts) as cl:
-                if cl is None:
-                    _run_inprocess(todo, zsel, source_for, job, sink, run_id, bar)
-                else:
-                    _run_distributed(cl, todo, zsel, source_for, job, sink, run_id, bar, max_in_flight)
-    finally:
-        if bar is not None:
-            bar[0].stop()
-    elapsed = time.perf_counter() - t0
+                opts = dict(cluster_options or {})
+                if cluster == "slurm":
+                    opts.setdefault("n_chunks", len(todo))
+                with start_cluster(cluster, workers=workers, options=opts) as cl:
+                    if cl is None:
+                        _run_inprocess(todo, zsel, source_for, job, sink, run_id, bar)
+                    else:
+                        _run_distributed(cl, todo, zsel, source_for, job, sink, run_id, bar, max_in_flight)
+        finally:
+            if bar is not None:
+                bar[0].stop()
+        elapsed = time.perf_counter() - t0
 
-    missing = [k for k, _, _ in bounds if k not in sink.done()]
-    if missing:  # pragma: no cover - every path above either writes or raises
-        raise TomoqcError(f"{len(missing)} chunks were not processed")
-    run = EngineRun(chunk=int(chunk), chunks_total=len(bounds), chunks_resumed=resumed, seconds=elapsed)
-    if final is None:
-        run.arrays = {name: arr for name, (arr, _) in sink.arrays.items()}
+        missing = [k for k, _, _ in bounds if k not in sink.done()]
+        if missing:  # pragma: no cover - every path above either writes or raises
+            raise TomoqcError(f"{len(missing)} chunks were not processed")
+        run = EngineRun(chunk=int(chunk), chunks_total=len(bounds), chunks_resumed=resumed, seconds=elapsed)
+        if final is None:
+            run.arrays = {name: arr for name, (arr, _) in sink.arrays.items()}
+            return run
+
+        # -- finish: mark complete, drop the markers, rename -----------------------------
+        import zarr
+
+        g = zarr.open_group(str(part), mode="r+")
+        g.attrs.update({"created": _now(), "complete": True, "chunks_total": len(bounds),
+                        "chunks_resumed": resumed, "seconds": round(elapsed, 3)})
+        shutil.rmtree(part / DONE_DIR, ignore_errors=True)
+        _consolidate(part)
+        lock.check()  # still this run's output: rename it into place
+        if final.exists():
+            _remove(final)
+        os.replace(part, final)
+        run.path = final
         return run
-
-    # -- finish: mark complete, drop the markers, rename -----------------------------
-    import zarr
-
-    g = zarr.open_group(str(part), mode="r+")
-    g.attrs.update({"created": _now(), "complete": True, "chunks_total": len(bounds),
-                    "chunks_resumed": resumed, "seconds": round(elapsed, 3)})
-    shutil.rmtree(part / DONE_DIR, ignore_errors=True)
-    _consolidate(part)
-    lock.check()  # still this run's output: rename it into place
-    if final.exists():
-        _remove(final)
-    os.replace(part, final)
-    run.path = final
-    return run

@@ -799,7 +799,8 @@ def open_volume(
         ``source`` (absolute path), ``format``, ``dtype`` (stored dtype), ``dataset``
         (``""`` when not applicable), ``axis`` (the stored axis that became ``z``),
         ``stored_shape``, ``storage_depth`` (slices per stored chunk along the slicing
-        axis; 0 when the file is not chunked) and, when the metadata give it,
+        axis; 0 when the file is not chunked), ``storage_chunks`` (the stored chunk shape
+        in the result's z, y, x order; empty when not chunked) and, when the metadata give it,
         ``voxel_size`` (z, y, x of the result, in the file's unit).
 
     Raises
@@ -848,6 +849,7 @@ def open_volume(
         "axis": axis,
         "stored_shape": [int(s) for s in src.shape],
         "storage_depth": int(storage or 0),
+        "storage_chunks": [int(src.storage_chunks[p]) for p in perm] if src.storage_chunks else [],
     }
     if src.voxel_size:
         attrs["voxel_size"] = [float(src.voxel_size[p]) for p in perm]

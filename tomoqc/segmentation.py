@@ -226,17 +226,10 @@ def _default_chunk(vol, channels: int, sampled: bool) -> int:
     return int(max(1, min(chunk, fits)))
 
 
-def _yx_chunks(src_path, dataset, axis, h, w):
+def _yx_chunks(vol, h, w):
     """The input's stored chunk shape across the slices, when it is known and smaller."""
-    if src_path is None or axis != "z":
-        return None
-    try:
-        from tomoqc.io import volume_info
-
-        chunks = volume_info(src_path, dataset)["storage_chunks"]
-    except Exception:
-        return None
-    if not chunks or len(chunks) != 3:
+    chunks = vol.attrs.get("storage_chunks") or []
+    if len(chunks) != 3:
         return None
     cy, cx = min(int(chunks[1]), h), min(int(chunks[2]), w)
     return (cy, cx) if (cy, cx) != (h, w) else None
@@ -336,7 +329,7 @@ def segment(
     zsel = np.arange(nz, dtype=np.int64)
     dataset_name = dataset or (vol.attrs.get("dataset") if src_path else "") or ""
     voxel = vol.attrs.get("voxel_size")
-    layout = {"shape": (h, w), "yx_chunks": _yx_chunks(src_path, dataset_name or None, axis, h, w),
+    layout = {"shape": (h, w), "yx_chunks": _yx_chunks(vol, h, w),
               "voxel_size": [float(v) for v in voxel] if voxel else None,
               "unit": vol.attrs.get("voxel_unit")}
     job = SegmentJob(mpath, msha, n_classes=n_classes, class_names=class_names, tile=tile, overlap=overlap,
