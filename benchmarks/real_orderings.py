@@ -68,24 +68,16 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from tomoqc.realdata import RealSources as _Sources, degraded_series as _group_images  # noqa: E402
+from tomoqc.metrics.nr import noise_estimator_score as baseline_score  # noqa: E402
+from tomoqc.realdata import ORDERING_GROUPS, RealSources as _Sources, degraded_series as _group_images  # noqa: E402
 
 PREVIOUS_COMMIT = "09764fb"
 FORMATS = ("float", "png", "jpeg")
 KINDS = ("dose", "angles", "stripes", "blur", "gain")
 
 
-#: (kind, sample) of every group.
-GROUPS = [
-    *[("dose", s) for s in ("savu:72", "savu:88", "savu:104", "savu:120", "htc:ta", "htc:01a", "htc:03b",
-                            "htc:05c", "reproj:battery_im1", "reproj:bone", "reproj:shellX")],
-    *[("angles", s) for s in ("savu:88", "savu:104", "htc:tb", "htc:02a", "htc:04b", "reproj:battery_im1",
-                              "reproj:cement", "reproj:shellX")],
-    *[("stripes", s) for s in ("savu:88", "savu:104", "savu:120", "htc:ta", "htc:06a", "reproj:battery_im1",
-                               "reproj:bone")],
-    *[("blur", s) for s in ("savu:88", "htc:01b", "htc:07a", "reproj:bone", "reproj:shellX")],
-    *[("gain", s) for s in ("savu:104", "htc:02b", "htc:05a", "reproj:battery_im1", "reproj:cement")],
-]
+#: (kind, sample) of every group (:data:`tomoqc.realdata.ORDERING_GROUPS`).
+GROUPS = ORDERING_GROUPS
 
 
 def _window(img):
@@ -171,17 +163,6 @@ def _read_image(path):
     from PIL import Image
 
     return np.asarray(Image.open(p).convert("L"), np.float64)
-
-
-def baseline_score(img) -> float:
-    """Minus the robust noise level of the finest diagonal Haar band of the normalised image."""
-    a = np.asarray(img, np.float64)
-    lo, hi = np.percentile(a, [0.5, 99.5])
-    a = (a - lo) / (hi - lo if hi > lo else 1.0)
-    h, w = (a.shape[0] // 2) * 2, (a.shape[1] // 2) * 2
-    a = a[:h, :w]
-    d = (a[0::2, 0::2] - a[0::2, 1::2] - a[1::2, 0::2] + a[1::2, 1::2]) / 2.0
-    return -float(np.median(np.abs(d)) / 0.6745)
 
 
 def _score_cli(paths, model, out_dir, tomoqc_bin, code=None):

@@ -38,6 +38,7 @@ from tomoqc.cli import train_cmds  # noqa: E402,F401
 from tomoqc.cli import score_cmds  # noqa: E402,F401
 from tomoqc.cli import segment_cmds  # noqa: E402,F401
 from tomoqc.cli import compare_cmds  # noqa: E402,F401
+from tomoqc.cli import study_cmds  # noqa: E402,F401
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None):

@@ -64,7 +64,8 @@ from scipy import ndimage
 
 from tomoqc.errors import InputError, OptionError
 
-__all__ = ["MAX_SIDE", "sample_mask", "contrast", "noise_levels", "noise_sigma", "noise_index", "streak_index", "blur_index", "MAD_TO_SIGMA"]
+__all__ = ["MAX_SIDE", "sample_mask", "contrast", "noise_levels", "noise_sigma", "noise_index", "noise_estimator_score",
+           "streak_index", "blur_index", "MAD_TO_SIGMA"]
 
 #: Median absolute deviation of a standard normal variable.
 MAD_TO_SIGMA = 0.6745
@@ -190,6 +191,23 @@ def noise_index(img) -> float:
     if not (np.isfinite(c) and c > 0):
         return float("nan")
     return noise_sigma(a, mask=m) / c
+
+
+def noise_estimator_score(img) -> float:
+    """The noise-estimator baseline quality score: minus the finest-band noise sigma.
+
+    The slice is scaled so that its 0.5 and 99.5 percentiles are 0 and 1 (no clipping),
+    and the score is ``-median(|HH|) / 0.6745`` of its finest diagonal Haar band over the
+    whole slice (no sample mask, no coarser level): higher is better. It is the simplest
+    no-reference measure a tomographer uses (more noise, worse slice), the baseline of
+    ``benchmarks/real_orderings.py`` and of :mod:`tomoqc.study`. NaN for a slice smaller
+    than 8 x 8 pixels.
+    """
+    a = _check(img)
+    lo, hi = np.percentile(a, [0.5, 99.5])
+    a = (a - lo) / (hi - lo if hi > lo else 1.0)
+    sigma, _, _ = _haar_sigma(a, np.ones(a.shape, bool))
+    return -sigma
 
 
 @functools.lru_cache(maxsize=16)

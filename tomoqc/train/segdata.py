@@ -345,15 +345,17 @@ def htc2022_ground_truth(path, *, bin: int = 1) -> np.ndarray:
 
 
 def htc2022_recon(path, *, dose: float = 1.0, angles: int = 1, blur: float = 0.0, bin: int = 1,
-                  size: int | None = None, rng=None) -> np.ndarray:
+                  size: int | None = None, rng=None, arc: float | None = None) -> np.ndarray:
     """FBP of an HTC2022 disc in the orientation of the organisers' segmentation.
 
     The measured fan-beam sinogram is degraded (``dose`` < 1: the noise of a lower dose,
     :func:`tomoqc.realdata.add_dose_noise`; ``blur`` > 0: a detector PSF of that sigma
     in detector pixels, :func:`tomoqc.realdata.detector_blur`), rebinned to 360 parallel
     projections (:func:`tomoqc.realdata.htc2022_parallel`, ``560 / bin`` samples), thinned
-    to every ``angles``-th projection and reconstructed (:func:`tomoqc.realdata.fbp`) on a
-    ``size`` grid (default ``512 / bin``, the segmentation's grid).
+    to every ``angles``-th projection, limited to the first ``arc`` degrees of the half
+    turn when ``arc`` is given (limited angle, :func:`tomoqc.realdata.limit_angles`) and
+    reconstructed (:func:`tomoqc.realdata.fbp`) on a ``size`` grid (default ``512 / bin``,
+    the segmentation's grid).
 
     Notes
     -----
@@ -380,6 +382,8 @@ def htc2022_recon(path, *, dose: float = 1.0, angles: int = 1, blur: float = 0.0
     par, theta, center = rd.htc2022_parallel(d, n_angles=360, n_det=n_det, pixel=b * d["pixel"] / d["magnification"])
     if angles > 1:
         par, theta = rd.subsample_angles(par, theta, int(angles))
+    if arc is not None:
+        par, theta = rd.limit_angles(par, theta, np.deg2rad(float(arc)))
     side = HTC2022_SIDE // b if size is None else int(size)
     rec = rd.fbp(par, theta, center=center, size=side)
     return np.ascontiguousarray(np.flipud(rec)).astype(np.float32)

@@ -1,0 +1,244 @@
+"""`tomoqc study`: a tiny run end to end through the CLI, resuming, and refusing bad input.
+
+The run uses the quick settings (4 phantom references of 64 px, a tiny RankIQA, the tiny
+TIQA network of conftest) and, where the shared real data is there, one real series per
+kind and one HTC2022 disc at 64 px.
+"""
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tomoqc.cli import main
+from tomoqc.errors import OptionError
+from tomoqc.study import pair_accuracy, training_disjointness
+
+_REPO = Path(__file__).resolve().parents[1]
+REAL = next((p for p in (Path("/work/shared/realdata"), _REPO.parent / "shared" / "realdata")
+             if (p / "htc2022").is_dir() and (p / "savu_24737").is_dir()), None)
+
+TABLES = ("table1_label_projection", "table2_methods", "table3_quality_vs_segmentation")
+FIGURES = ("fig4_pred_vs_label.png", "fig7_two_point_correlation.png")
+
+
+def _rows(path):
+    with open(path, newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory, model_path):
+    out = tmp_path_factory.mktemp("study") / "run"
+    argv = ["study", "--out", str(out), "--quick", "--model", str(model_path), "--quiet"]
+    if REAL is not None:
+        argv += ["--real", str(REAL), "--real-limit", "1"]
+    assert main(argv) == 0
+    return out, argv
+
+
+def test_writes_every_table_and_figure(study):
+    out, _ = study
+    for t in TABLES:
+        assert (out / f"{t}.csv").is_file()
+        md = (out / f"{t}.md").read_text()
+        assert md.startswith("## Table") and "|---|" in md
+    for f in FIGURES:
+        assert (out / f).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (out / "fig7_two_point_correlation.csv").is_file()
+    summary = (out / "summary.md").read_text()
+    assert all(f"Table {i} analog" in summary for i in (1, 2, 3))
+    s = json.loads((out / "study.json").read_text())
+    assert s["parameters"]["references"] == 4 and s["parameters"]["size"] == 64
+    assert s["never_used_in_training"]["shared_reference_seeds"] == 0
+    assert s["versions"]["tomoqc"]
+    # no temporary file is left behind
+    assert not [p for p in out.rglob("*") if p.name.startswith(".") and ".tmp" in p.name]
+
+
+def test_protocol_counts_and_splits(study):
+    out, _ = study
+    s = json.loads((out / "study.json").read_text())
+    train, test = set(s["split"]["train"]), set(s["split"]["test"])
+    assert train and test and not train & test
+    manifest = _rows(out / "data" / "manifest.csv")
+    assert train | test == {r["reference"] for r in manifest}
+    # per reference: the image domain has the reference and 3 impairments x 5 levels, the
+    # physics domain also streaks: 16 + 21 images
+    assert len(manifest) == 4 * (16 + 21)
+    t1 = _rows(out / "table1_label_projection.csv")
+    level_all = next(r for r in t1 if r["distortion"] == "ALL" and r["truth"] == "distortion level")
+    assert int(level_all["n"]) == len(manifest)
+    # more noise, lower label: the projection follows the level it was made from
+    noise = next(r for r in t1 if r["distortion"] == "noise" and r["truth"] == "distortion level")
+    assert int(noise["n"]) == 4 * 2 * 6 and float(noise["srocc"]) > 0.7
+    # every method is judged on the same test images
+    test_files = {r["file"] for r in manifest if r["reference"] in test}
+    for m in ("tiqa", "brisque", "rankiqa", "noise"):
+        got = {r["file"] for r in _rows(out / "predictions" / f"{m}.csv") if r["set"] == "phantom"}
+        assert test_files <= got
+        if m in ("brisque", "rankiqa"):
+            assert got == test_files
+    t2 = [r for r in _rows(out / "table2_methods.csv") if r["set"] == "phantom" and r["group"] == "ALL"]
+    assert sorted(r["method"] for r in t2) == ["brisque", "noise", "rankiqa", "tiqa"]
+    assert {int(r["n"]) for r in t2} == {len(test_files)}
+    for r in t2:
+        lo, v, hi = float(r["srocc_ci_low"]), float(r["srocc"]), float(r["srocc_ci_high"])
+        assert -1 <= lo <= hi <= 1 and np.isfinite(v)
+
+
+def test_two_point_correlation_of_the_truth_starts_at_the_phase_fraction(study):
+    out, _ = study
+    s2 = _rows(out / "fig7_two_point_correlation.csv")
+    fractions = [np.mean(np.load(p) == 2) for p in sorted((out / "data" / "labels").glob("*.npy"))]
+    for axis in ("x", "y"):
+        r0 = [float(r["s2"]) for r in s2 if r["source"] == "true" and r["axis"] == axis and r["r"] == "0"]
+        assert r0 and all(v == pytest.approx(np.mean(fractions), abs=1e-9) for v in r0)
+    levels = {r["level"] for r in s2 if r["source"] == "predicted" and r["distortion"] == "noise"}
+    assert levels == {str(i) for i in range(6)}
+
+
+@pytest.mark.skipif(REAL is None, reason="no shared real data")
+def test_real_parts(study):
+    out, _ = study
+    htc = _rows(out / "real" / "htc.csv")
+    assert len(htc) == 1 + 4 * 2  # one disc: full data, then 2 levels of 4 impairments
+    assert {r["impairment"] for r in htc} == {"none", "angles", "limited angle", "dose", "blur"}
+    for r in htc:
+        assert np.load(out / r["file"]).shape == np.load(out / r["truth_file"]).shape == (64, 64)
+    orderings = _rows(out / "real" / "orderings.csv")
+    assert sorted({r["kind"] for r in orderings}) == ["angles", "blur", "dose", "gain", "stripes"]
+    t2 = [r for r in _rows(out / "table2_methods.csv") if r["set"] == "real" and r["group"] == "ALL"]
+    assert len(t2) == 4 and all(0.0 <= float(r["pair_accuracy"]) <= 1.0 for r in t2)
+    t3 = {r["impairment"] for r in _rows(out / "table3_quality_vs_segmentation.csv") if r["set"] == "real"}
+    assert t3 == {"angles", "limited angle", "dose", "blur", "ALL"}
+
+
+def _mtimes(out):
+    return {str(p.relative_to(out)): p.stat().st_mtime_ns
+            for p in [*out.glob("stages/*.json"), *out.glob("predictions/*.csv"), *out.glob("segmentation/*.csv"),
+                      out / "data" / "manifest.csv", out / "study.json"]}
+
+
+def test_rerun_resumes(study, tmp_path):
+    out, argv = study
+    before = _mtimes(out)
+    assert main(argv) == 0
+    assert _mtimes(out) == before  # nothing redone
+
+    # a stage whose marker is missing (interrupted) runs again, and so does the report
+    (out / "stages" / "segment_phantom.json").unlink()
+    assert main(argv) == 0
+    after = _mtimes(out)
+    changed = {k for k in before if after.get(k) != before[k]}
+    assert changed == {"stages/segment_phantom.json", "segmentation/phantom.csv", "segmentation/s2_phantom.csv",
+                       "stages/report.json", "study.json"}
+
+    # annotations only redo the report, which gains the human MOS as a truth
+    manifest = _rows(out / "data" / "manifest.csv")
+    ann = tmp_path / "ratings.csv"
+    picked = [r for r in manifest if r["distortion"] in ("noise", "none")]
+    with open(ann, "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["image", "mos", "std", "n"])
+        for r in picked:
+            w.writerow([r["file"], 5.0 - 0.7 * int(r["level"]), 0.5, 10])
+    before = _mtimes(out)
+    assert main(argv + ["--annotations", str(ann)]) == 0
+    after = _mtimes(out)
+    assert {k for k in before if after.get(k) != before[k]} == {"stages/report.json", "study.json"}
+    human = [r for r in _rows(out / "table1_label_projection.csv") if r["truth"] == "human MOS"]
+    assert int(next(r for r in human if r["distortion"] == "ALL")["n"]) == len(picked)
+    s = json.loads((out / "study.json").read_text())
+    assert s["annotations"]["matched"] == len(picked)
+
+
+def _one_error_line(capsys):
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(err) == 1 and err[0].startswith("tomoqc: error: ")
+    return err[0]
+
+
+def test_bad_real_folder(tmp_path, model_path, capsys):
+    out = tmp_path / "run"
+    missing = tmp_path / "no-such-realdata"
+    rc = main(["study", "--out", str(out), "--quick", "--model", str(model_path), "--quiet", "--real", str(missing)])
+    assert rc == 1
+    assert str(missing) in _one_error_line(capsys)
+    assert not out.exists()
+
+
+def test_annotations_without_the_needed_columns(tmp_path, model_path, capsys):
+    ann = tmp_path / "ratings.csv"
+    ann.write_text("image,quality\na.npy,3\n")
+    out = tmp_path / "run"
+    rc = main(["study", "--out", str(out), "--quick", "--model", str(model_path), "--quiet", "--annotations", str(ann)])
+    assert rc == 1
+    line = _one_error_line(capsys)
+    assert str(ann) in line and "missing columns" in line
+    assert not out.exists()
+
+
+def test_other_parameters_refused(study, capsys):
+    out, argv = study
+    before = _mtimes(out)
+    assert main(argv + ["--seed", "1819"]) == 1
+    assert "other parameters" in _one_error_line(capsys)
+    assert _mtimes(out) == before
+
+
+def test_training_seeds_refused():
+    from tomoqc.models.tiqa import default_weights_path
+
+    card = json.loads(default_weights_path().with_suffix(".json").read_text())
+    # the bundled model's training set was built with seed 2026 (its card says so)
+    assert card["data"]["train"]["seed"] == 2026
+    with pytest.raises(OptionError, match="2026"):
+        training_disjointness(2026, 4, {"tiqa": card})
+    with pytest.raises(OptionError, match="7"):
+        training_disjointness(7, 4, {"x": {"a": {"val_seed": 7}}})
+    ok = training_disjointness(1818, 24, {"tiqa": card})
+    assert ok["shared_reference_seeds"] == 0
+    assert {(d["seed"], d["references"]) for d in ok["datasets"]} >= {(2026, 160), (9001, 24)}
+
+
+def test_pair_accuracy():
+    # two series: one ordered right, one reversed; pairs across series never count
+    scores = [3.0, 2.0, 1.0, 1.0, 2.0]
+    ranks = [0, 1, 2, 0, 1]
+    series = ["a", "a", "a", "b", "b"]
+    acc, n = pair_accuracy(scores, ranks, series)
+    assert n == 3 + 1 and acc == pytest.approx(3 / 4)
+    acc, n = pair_accuracy([1.0, 1.0, float("nan")], [0, 1, 2], ["s"] * 3)
+    assert n == 3 and acc == pytest.approx(0.5)
+    assert np.isnan(pair_accuracy([1.0], [0], ["s"])[0])
+
+
+def test_noise_estimator_score_reads_the_noise_of_a_plane():
+    from tomoqc.metrics.nr import noise_estimator_score
+
+    # the finest diagonal Haar band of a plane is exactly 0, so it holds the noise alone
+    yy, xx = np.mgrid[:512, :512] / 511.0
+    plane = 0.5 * yy + 0.5 * xx
+    rng = np.random.default_rng(3)
+    sigma = 0.01
+    img = plane + rng.normal(0, sigma, plane.shape)
+    lo, hi = np.percentile(img, [0.5, 99.5])
+    assert noise_estimator_score(img) == pytest.approx(-sigma / (hi - lo), rel=0.03)
+    assert noise_estimator_score(7.0 * img - 3.0) == pytest.approx(noise_estimator_score(img), rel=1e-9)
+    assert noise_estimator_score(plane) == pytest.approx(0.0, abs=1e-12)
+
+
+@pytest.mark.skipif(REAL is None, reason="no shared real data")
+def test_htc2022_limited_angle():
+    from tomoqc.train.segdata import htc2022_files, htc2022_recon
+
+    sino = htc2022_files(REAL)["td"][0]
+    full = htc2022_recon(sino, bin=8)
+    # the rebinned projections cover [0, 180) degrees: an arc of 180 keeps them all
+    np.testing.assert_array_equal(htc2022_recon(sino, bin=8, arc=180), full)
+    half = htc2022_recon(sino, bin=8, arc=90)
+    assert half.shape == full.shape and np.isfinite(half).all()
+    assert np.abs(half - full).mean() > 0.05 * np.abs(full).mean()
