@@ -71,6 +71,7 @@ if str(ROOT) not in sys.path:
 
 from tomoqc import realdata as rd  # noqa: E402
 from tomoqc.metrics import nr  # noqa: E402
+from tomoqc.metrics.axis import REACH as AXIS_REACH, STEP as AXIS_STEP, axis_error  # noqa: E402
 from tomoqc.preprocess import normalize_slice  # noqa: E402
 
 OFFSETS = (-8, -4, -2, -1, 0, 1, 2, 4, 8)
@@ -243,91 +244,11 @@ def detail_kurtosis(img) -> float:
     return float(stats.kurtosis(np.concatenate([dx, dy]), fisher=True))
 
 
-def _allpass(F: np.ndarray, kp: np.ndarray, kr: np.ndarray, d: float, shape) -> np.ndarray:
-    """``F * exp(2 pi i d |k| sgn(k . n))`` back in the image domain (``F`` a real FFT)."""
-    return np.fft.irfft2(F * np.exp(2j * math.pi * d * kr * kp), s=shape)
-
-
-#: trial shifts of the coarse search (image pixels) and the split directions tried
-REFOCUS_RANGE = 20.0
-REFOCUS_STEP = 2.0
-REFOCUS_PHIS = tuple(np.deg2rad([0.0, 45.0, 90.0, 135.0]))
-#: frequencies (cycles/px) where the trial phase is tapered off, and the cost's smoothing
-REFOCUS_TAPER = (0.30, 0.45)
-REFOCUS_SMOOTH = 1.0
-
-
-def refocus(img, *, reach=REFOCUS_RANGE, step=REFOCUS_STEP, phis=REFOCUS_PHIS) -> tuple[float, float, float]:
-    """Estimate the axis error of a slice by undoing it: ``(|d|, d, gain)`` in image pixels.
-
-    For each split direction ``phi`` (the unknown direction of the first projection) and
-    trial shift ``d`` in ``[-reach, reach]`` (image pixels, grid ``step``), the slice is
-    passed through the all-pass filter ``exp(2 pi i d |k| sgn(k . n_phi))`` that undoes an
-    axis error of ``d``; the pair that makes the gradient sparsest (the ratio of
-    :func:`gradient_sparsity`, on the slice smoothed by ``REFOCUS_SMOOTH`` px) wins, then a
-    finer grid (``step / 4``) about it and a parabola through the best three give ``d``.
-    ``gain`` is the relative drop of that cost from ``d = 0``.
-
-    Several details keep ``d = 0`` from winning for reasons other than sharpness (each
-    was needed on the real slices): the slice, less the level of the rim of its
-    reconstructed disc, is faded to zero over the last 12 px of that disc (no sharp
-    circular edge for every trial to smear) and padded by half its size (the slowly
-    decaying tails of the half-plane filter do not wrap round); the trial phase is tapered
-    to zero between ``REFOCUS_TAPER`` cycles/px (a phase that jumps where the spectrum
-    wraps rings over the whole image); the cost is measured on the slice smoothed by
-    ``REFOCUS_SMOOTH`` px and on gradients less their median at ``d = 0`` (the faint
-    tails every trial spreads over flat air would otherwise count). Noise, blur and rings
-    are even in ``d``: they flatten the cost but should not move its minimum; a minimum
-    at the end of the search means the slice offered no answer (see ``refocus_px_guard``).
-    """
-    u = normalize_slice(img).astype(np.float64)
-    inner = _inner(u)
-    level = float(np.median(u[inner & ~_inner(u, 8.0)]))
-    u = u - level
-    hh, ww = u.shape
-    yy, xx = np.mgrid[:hh, :ww]
-    rr = np.hypot(yy - (hh - 1) / 2, xx - (ww - 1) / 2)
-    edge = min(hh, ww) / 2.0
-    u = u * np.clip((edge - 2.0 - rr) / 12.0, 0.0, 1.0)  # a soft edge to the field of view
-    h, w = u.shape
-    u = np.pad(u, ((h // 4, h // 4), (w // 4, w // 4)))  # room for the tails of the trials
-    F = np.fft.rfft2(u)
-    ky = np.fft.fftfreq(u.shape[0])[:, None]
-    kx = np.fft.rfftfreq(u.shape[1])[None, :]
-    k = np.hypot(ky, kx)
-    k0, k1 = REFOCUS_TAPER
-    ramp = np.clip((k1 - k) / (k1 - k0), 0.0, 1.0)
-    kr = k * (0.5 - 0.5 * np.cos(np.pi * ramp))
-
-    g0 = _grad(ndi.gaussian_filter(u, REFOCUS_SMOOTH))
-    floor = float(np.median(g0[g0 > 0]))  # gradients of noise and tails fall below
-
-    def cost(v):
-        g = np.clip(_grad(ndi.gaussian_filter(v, REFOCUS_SMOOTH)) - floor, 0.0, None)
-        return g.mean() / math.sqrt((g * g).mean())
-
-    c0 = cost(u)
-    best = (np.inf, 0.0, None)
-    coarse = np.arange(-reach, reach + 1e-9, step)
-    signs = {}
-    for phi in phis:
-        kp = np.sign(kx * math.cos(phi) + ky * math.sin(phi))
-        signs[phi] = kp
-        cs = [cost(_allpass(F, kp, kr, d, u.shape)) for d in coarse]
-        i = int(np.argmin(cs))
-        if cs[i] < best[0]:
-            best = (float(cs[i]), float(coarse[i]), phi)
-    kp = signs[best[2]]
-    fine = best[1] + np.arange(-step, step + 1e-9, step / 4)
-    cs = np.array([cost(_allpass(F, kp, kr, d, u.shape)) for d in fine])
-    i = int(np.argmin(cs))
-    d = float(fine[i])
-    if 0 < i < len(fine) - 1:
-        a, b, c = cs[i - 1], cs[i], cs[i + 1]
-        den = a - 2 * b + c
-        if den > 0:
-            d += 0.5 * (a - c) / den * (step / 4)
-    return abs(d), d, float((c0 - min(cs.min(), c0)) / c0)
+def refocus(img) -> tuple[float, float, float]:
+    """``(|d|, d, gain)``: the refocusing estimate of :func:`tomoqc.metrics.axis.axis_error`
+    (image pixels), ``|d|`` even where the search ended at its limit (no answer)."""
+    est = axis_error(img)
+    return abs(est.signed), est.signed, est.gain
 
 
 def tomoqc_indicators(img) -> dict:
@@ -362,7 +283,7 @@ def evaluate(img, *, scale: float) -> dict:
     mag, d, gain = refocus(img)
     out["refocus_px"] = mag / scale  # in detector pixels, like the offsets
     # a minimum at the end of the search is no estimate (noise- or streak-dominated slice)
-    out["refocus_px_guard"] = 0.0 if mag >= REFOCUS_RANGE - REFOCUS_STEP else mag / scale
+    out["refocus_px_guard"] = 0.0 if mag >= AXIS_REACH - AXIS_STEP else mag / scale
     out["refocus_signed"] = d / scale
     out["refocus_gain"] = gain
     out.update(tomoqc_indicators(img))

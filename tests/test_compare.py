@@ -403,3 +403,30 @@ def test_compare_on_a_local_dask_cluster_matches_in_process(noise_sweep):
     dist = tomoqc.compare(arrays, cluster="local", workers=1, progress=False)
     np.testing.assert_allclose(dist["score"].values, local["score"].values, rtol=1e-5)
     assert list(dist["rank"].values) == list(local["rank"].values)
+
+
+def test_a_changed_model_card_is_not_reused(noise_sweep, model_path, tmp_path, capsys):
+    """The card (calibration, measured terms) is part of the model: a rerun after the card
+    changed scores the variants again instead of reusing their quality outputs."""
+    import shutil
+
+    from tomoqc.cli import main
+
+    d, _ = noise_sweep
+    model = tmp_path / "m.keras"
+    shutil.copy(model_path, model)
+    card = model.with_suffix(".json")
+    card.write_text(json.dumps({"model_id": "card-test", "note": "first"}))
+    out = tmp_path / "cmp"
+    args = ["compare", "--sweep", str(d), "--out", str(out), "--model", str(model), "--workers", "0", "--json",
+            "--quiet"]
+    assert main(args) == 0
+    capsys.readouterr()
+    stores = sorted((out / "quality").glob("*/*.quality.zarr"))
+    assert len(stores) == 3
+    before = {p: (p / "zarr.json").stat().st_mtime_ns for p in stores}
+    card.write_text(json.dumps({"model_id": "card-test", "note": "second"}))
+    assert main(args) == 0
+    capsys.readouterr()
+    after = {p: (p / "zarr.json").stat().st_mtime_ns for p in stores}
+    assert all(after[p] != before[p] for p in stores)

@@ -695,7 +695,9 @@ def compare(
     mpath, msha = _model_identity(model)
     from tomoqc.models.tiqa import DEFAULT_TTA_VIEWS
 
-    identity = {"model_sha256": msha, "measured_terms": bool(measured_terms),
+    from tomoqc.models.tiqa import card_sha256
+
+    identity = {"model_sha256": msha, "model_card_sha256": card_sha256(mpath), "measured_terms": bool(measured_terms),
                 "ring_center": None if ring_center is None else str(ring_center),
                 "tta": DEFAULT_TTA_VIEWS if tta is None else int(tta)}
     score_kwargs = dict(model=mpath, batch_size=batch_size, measured_terms=measured_terms, ring_center=ring_center,

@@ -66,6 +66,7 @@ scores); see :mod:`tomoqc.models.tiqa` for the papers and DOIs.
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
 
@@ -132,9 +133,10 @@ class ScoreJob(SliceJob):
     verb = "scoring"
 
     def __init__(self, path: str, sha256: str, batch_size: int, measured_terms: bool, ring_center, tta: int,
-                 grid: tuple[int, int, np.ndarray] | None = None):
+                 grid: tuple[int, int, np.ndarray] | None = None, axis_error: float | None = None):
         self.path, self.sha256, self.batch_size = path, sha256, int(batch_size)
         self.measured_terms, self.ring_center, self.tta = bool(measured_terms), tuple(ring_center), tta
+        self.axis_error = axis_error  # the volume's rotation-axis error (px), measured once
         self.grid = grid  # (py, px, starts) of the patch grid, for the output layout
 
     def resource_key(self) -> tuple:
@@ -150,7 +152,7 @@ class ScoreJob(SliceJob):
 
     def process(self, model, block):
         return score_block(model, block, measured_terms=self.measured_terms, ring_center=self.ring_center,
-                           tta=self.tta)
+                           tta=self.tta, axis_error=self.axis_error)
 
     def create_store(self, path, zsel, chunk, attrs):
         py, px, starts = self.grid
@@ -220,8 +222,27 @@ def _volume_ring_center(vol, zsel, ring_center, *, probes: int = 5):
     return resolve_ring_center(np.stack(slices))
 
 
+def _volume_axis_error(vol, zsel, model_path: str, *, probes: int = 3) -> float | None:
+    """The volume's rotation-axis error (px), measured once on up to ``probes`` slices spread
+    over the scored ones (:func:`tomoqc.metrics.axis.volume_axis_error`); None when the
+    model's measured terms do not weigh it (nothing is measured then)."""
+    from tomoqc.metrics.axis import volume_axis_error
+    from tomoqc.models.measured import MeasuredTerms
+    from tomoqc.models.tiqa import _read_card
+
+    terms = MeasuredTerms.from_card(_read_card(Path(model_path)))
+    if terms is None or terms.weights.get("axis", 0.0) <= 0 or len(zsel) == 0:
+        return None
+    k = min(int(probes), len(zsel))
+    picks = zsel[np.unique(np.linspace(0, len(zsel) - 1, k + 2).round().astype(int)[1:-1])]
+    if len(picks) == 0:
+        picks = zsel[:1]
+    value = volume_axis_error([np.asarray(vol[int(z)]) for z in picks], max_slices=len(picks))
+    return value if math.isfinite(value) else None
+
+
 def score_block(model, block: np.ndarray, *, measured_terms: bool = True, ring_center=None,
-                tta: int | None = None) -> dict:
+                tta: int | None = None, axis_error: float | None = None) -> dict:
     """Score a stack of raw slices with a loaded model.
 
     Parameters
@@ -240,7 +261,8 @@ def score_block(model, block: np.ndarray, *, measured_terms: bool = True, ring_c
         (n, len(DISTORTIONS)), and the indicators ``noise_index``, ``blur_index``,
         ``ring_index``, ``streak_index`` (n,); float32 unless said.
     """
-    res = model.score_slices(block, mode="grid", measured_terms=measured_terms, ring_center=ring_center, tta=tta)
+    res = model.score_slices(block, mode="grid", measured_terms=measured_terms, ring_center=ring_center, tta=tta,
+                             axis_error=axis_error)
     return {
         "score": np.asarray(res["score"], np.float32),
         "score_uncertainty": np.asarray(res["score_uncertainty"], np.float32),
@@ -494,8 +516,11 @@ def score(
     # recorded in the output's attrs, the centre as a JSON string
     ring_attrs = {"measured_terms": bool(measured_terms), "ring_center": json.dumps(list(ring_center)),
                   "ring_center_source": ring_source}
+    axis_px = _volume_axis_error(vol, zsel, mpath) if measured_terms else None
+    if axis_px is not None:
+        ring_attrs["axis_error_px"] = round(float(axis_px), 3)
 
-    from tomoqc.models.tiqa import DISTORTIONS, PATCH, patch_grid
+    from tomoqc.models.tiqa import DISTORTIONS, PATCH, card_sha256, patch_grid
 
     py, px, starts = patch_grid((max(h, PATCH), max(w, PATCH)))
 
@@ -506,6 +531,7 @@ def score(
         "step": step,
         "shape": [nz, h, w],
         "model_sha256": msha,
+        "model_card_sha256": card_sha256(mpath),
         "format_version": _FORMAT_VERSION,
         "measured_terms": bool(measured_terms),
         "ring_center": list(ring_center),
@@ -544,7 +570,8 @@ def score(
         ),
         "tta_views": tta,
     }
-    job = ScoreJob(mpath, msha, batch_size, measured_terms, ring_center, tta, grid=(py, px, starts))
+    job = ScoreJob(mpath, msha, batch_size, measured_terms, ring_center, tta, grid=(py, px, starts),
+                   axis_error=axis_px)
     run = run_job(
         job, vol, zsel, src_path=src_path, dataset=dataset_name, axis=axis, final=final, params=params,
         attrs=attrs, chunk=chunk, contiguous=step == 1, client=client, cluster=cluster, workers=workers,

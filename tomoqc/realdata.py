@@ -46,7 +46,9 @@ from tomoqc.errors import InputError, OptionError
 __all__ = [
     "RealSources",
     "degraded_series",
+    "ORDERING_GROUPS",
     "SERIES_KINDS",
+    "CENTER_OFFSETS",
     "read_savu",
     "savu_sinogram",
     "read_htc2022",
@@ -746,7 +748,9 @@ def htc2022_reconstruct(path, *, n_angles: int = 360, size: int = 512, bin: int 
 
 # ------------------------------------------------------------------ series of known order
 #: Kinds of :func:`degraded_series`.
-SERIES_KINDS = ("dose", "angles", "stripes", "blur", "gain")
+SERIES_KINDS = ("dose", "angles", "stripes", "blur", "gain", "center")
+#: Rotation-axis offsets (detector pixels) of the ``center`` series: the found axis first.
+CENTER_OFFSETS = (0.0, 1.0, 2.0, 4.0, 8.0)
 FRACTIONS = (1.0, 0.5, 0.25, 0.125)
 ANGLE_FACTORS = (1, 2, 4, 8)
 SIGMAS = (0.0, 1.0, 2.0, 4.0)
@@ -777,11 +781,12 @@ class RealSources:
             self._savu_center = float(np.median(cs))
         return self._savu
 
-    def savu_recon(self, sino, angles):
+    def savu_recon(self, sino, angles, *, offset: float = 0.0):
+        """FBP of a Savu sinogram about the found axis (``offset``: detector pixels off it)."""
         d = self.savu()
         nd = d["counts"].shape[2]
-        return fbp(sino, angles, center=self._savu_center, size=int(nd / SAVU_PIXEL),
-                      pixel=SAVU_PIXEL)
+        return fbp(sino, angles, center=self._savu_center + float(offset), size=int(nd / SAVU_PIXEL),
+                   pixel=SAVU_PIXEL)
 
     # htc ------------------------------------------------------------------
     def htc(self, name):
@@ -819,10 +824,27 @@ class RealSources:
 
 
 # ------------------------------------------------------------------------- groups
+#: The real series of known quality order that tomoqc is judged on (``kind``, ``sample``
+#: of :func:`degraded_series`): ``benchmarks/real_orderings.py`` and :mod:`tomoqc.study`.
+#: None of them is used to fit the bundled model's measured terms.
+ORDERING_GROUPS = [
+    *[("dose", s) for s in ("savu:72", "savu:88", "savu:104", "savu:120", "htc:ta", "htc:01a", "htc:03b",
+                            "htc:05c", "reproj:battery_im1", "reproj:bone", "reproj:shellX")],
+    *[("angles", s) for s in ("savu:88", "savu:104", "htc:tb", "htc:02a", "htc:04b", "reproj:battery_im1",
+                              "reproj:cement", "reproj:shellX")],
+    *[("stripes", s) for s in ("savu:88", "savu:104", "savu:120", "htc:ta", "htc:06a", "reproj:battery_im1",
+                               "reproj:bone")],
+    *[("blur", s) for s in ("savu:88", "htc:01b", "htc:07a", "reproj:bone", "reproj:shellX")],
+    *[("gain", s) for s in ("savu:104", "htc:02b", "htc:05a", "reproj:battery_im1", "reproj:cement")],
+]
+
+
 def degraded_series(src: "RealSources", kind: str, sample: str, seed: int):
     """One series of real images of known quality order: ``[(parameter, float image)]``, best first.
 
-    ``kind`` is one of :data:`SERIES_KINDS`; ``sample`` is ``"savu:ROW"`` (the Savu raw
+    ``kind`` is one of :data:`SERIES_KINDS` (``center``: the rotation axis at the found
+    value and :data:`CENTER_OFFSETS` off it, the sign from the seed's parity; Savu and
+    HTC2022 only); ``sample`` is ``"savu:ROW"`` (the Savu raw
     projections, one detector row), ``"htc:NAME"`` (an HTC2022 disc, e.g. ``"htc:01a"``) or
     ``"reproj:NAME"`` (a real reconstruction re-projected and scanned again: battery_im1,
     bone, cement, shellX, or any ``qim3d/<name>`` volume stem). Seeded by ``seed``.
@@ -852,6 +874,10 @@ def degraded_series(src: "RealSources", kind: str, sample: str, seed: int):
         elif kind == "gain":
             for lv in GAIN_LEVELS:
                 out.append((f"level={lv:g}", src.savu_recon(gain_mismatch(base, lv, rng_seed, extent=(20, 140)), th)))
+        elif kind == "center":
+            sign = 1.0 if rng_seed % 2 == 0 else -1.0
+            for off in CENTER_OFFSETS:
+                out.append((f"offset={sign * off:g}", src.savu_recon(base, th, offset=sign * off)))
     elif fam == "htc":
         sino, th, c = src.htc(name)
         nd = sino.shape[1]
@@ -878,6 +904,10 @@ def degraded_series(src: "RealSources", kind: str, sample: str, seed: int):
         elif kind == "gain":
             for lv in GAIN_LEVELS:
                 out.append((f"level={lv:g}", rec(gain_mismatch(sino, lv, rng_seed, kind="partial", extent=ext))))
+        elif kind == "center":
+            sign = 1.0 if rng_seed % 2 == 0 else -1.0
+            for off in CENTER_OFFSETS:
+                out.append((f"offset={sign * off:g}", fbp(sino, th, center=c + sign * off, size=size)))
     elif fam == "reproj":
         from tomoqc.distort import physics
 

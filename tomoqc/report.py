@@ -57,6 +57,8 @@ VERDICTS = ("pass", "fail", "uncertain", "unknown")
 _FLAG_OOD = 4
 #: a distortion is named dominant only when its median severity reaches this value
 SEVERITY_FLOOR = 0.25
+#: a measured rotation-axis error (px) from which the report names it
+AXIS_WARN_PX = 1.5
 #: the lock file a report writer holds inside the report folder (see tomoqc.locks)
 REPORT_LOCK = ".tomoqc-report.lock"
 MAX_RANGES = 5
@@ -79,6 +81,7 @@ CSV_FIELDS = [
     "severity_blur",
     "severity_ring",
     "median_ring_index",
+    "axis_error_px",
     "verdict",
     "threshold",
     "model_id",
@@ -162,7 +165,9 @@ def summarize(ds_or_path, *, fail_below: float | None = None) -> dict:
         ``ring`` or ``none``: the highest median severity over the slices below the
         threshold, or over all scored slices when none is), ``severity`` (median per distortion),
         ``median_ring_index`` (median :func:`tomoqc.metrics.rings.ring_index` of the scored
-        slices; None for outputs without one), ``median_score_uncertainty`` (median
+        slices; None for outputs without one), ``axis_error_px`` (the volume's rotation-axis
+        error measured by refocusing, :mod:`tomoqc.metrics.axis`; None when the model does
+        not measure it), ``median_score_uncertainty`` (median
         ``score_uncertainty`` of the scored slices, score units; None for outputs without
         one), ``ood_fraction`` (share of the scored slices flagged out of distribution),
         ``verdict`` (``pass``, ``fail``, ``uncertain`` or ``unknown``: see the module
@@ -234,10 +239,21 @@ def summarize(ds_or_path, *, fail_below: float | None = None) -> dict:
         "dominant_distortion": dominant,
         "severity": sev,
         "median_ring_index": ring,
+        "axis_error_px": _axis_error(ds),
         "verdict": verdict,
         "threshold": threshold,
         "model_id": ds.attrs.get("model_id", ""),
     }
+
+
+def _axis_error(ds):
+    """The volume's rotation-axis error (px) measured by refocusing (attrs; None when not measured)."""
+    v = ds.attrs.get("axis_error_px")
+    try:
+        v = float(v)
+    except (TypeError, ValueError):
+        return None
+    return round(v, 2) if np.isfinite(v) else None
 
 
 # ----------------------------------------------------------------------------- plots
@@ -329,6 +345,8 @@ def plot_volume(ds_or_path, png, *, summary: dict | None = None) -> Path:
     unc = summary.get("median_score_uncertainty")
     unc_txt = "" if unc is None else f" +- {unc}"
     ood_txt = f", {100 * summary['ood_fraction']:.0f}% out of distribution" if summary.get("ood_fraction") else ""
+    if (summary.get("axis_error_px") or 0.0) >= AXIS_WARN_PX:
+        ood_txt += f", rotation axis about {summary['axis_error_px']:.1f} px off"
     ax.set_title(
         f"{name}: median {summary['median_score']}{unc_txt}, 5th pct {summary['p5_score']}, "
         f"verdict {summary['verdict'].upper()}, dominant distortion {summary['dominant_distortion']}{ood_txt}",

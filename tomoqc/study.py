@@ -162,9 +162,9 @@ class StudyParams:
     methods: list = field(default_factory=lambda: list(METHODS))
     rankiqa_size: int = 64
     rankiqa_width: float = 1.0
-    rankiqa_rank_epochs: int = 10
-    rankiqa_finetune_epochs: int = 10
-    rankiqa_steps: int | None = None
+    rankiqa_rank_epochs: int = 6
+    rankiqa_finetune_epochs: int = 6
+    rankiqa_steps: int | None = 40
     bootstrap: int = 1000
 
 
@@ -1257,9 +1257,9 @@ def run_study(
     real_levels: int = 4,
     rankiqa_size: int = 64,
     rankiqa_width: float = 1.0,
-    rankiqa_rank_epochs: int = 10,
-    rankiqa_finetune_epochs: int = 10,
-    rankiqa_steps: int | None = None,
+    rankiqa_rank_epochs: int = 6,
+    rankiqa_finetune_epochs: int = 6,
+    rankiqa_steps: int | None = 40,
     bootstrap: int = 1000,
     workers: int | None = None,
     progress: bool = True,

@@ -17,8 +17,8 @@ QUICK = {"references": 4, "size": 64, "mixtures": False, "real_limit": 1, "real_
          "rankiqa_steps": 2, "bootstrap": 50, "workers": 1}
 #: Settings of a full study (the defaults of :func:`tomoqc.study.run_study`).
 FULL = {"references": 24, "size": 256, "mixtures": True, "real_limit": None, "real_bin": 1, "real_levels": 4,
-        "rankiqa_size": 64, "rankiqa_width": 1.0, "rankiqa_rank_epochs": 10, "rankiqa_finetune_epochs": 10,
-        "rankiqa_steps": None, "bootstrap": 1000, "workers": None}
+        "rankiqa_size": 64, "rankiqa_width": 1.0, "rankiqa_rank_epochs": 6, "rankiqa_finetune_epochs": 6,
+        "rankiqa_steps": 40, "bootstrap": 1000, "workers": None}
 
 
 @app.command()
@@ -49,11 +49,11 @@ def study(
     rankiqa_width: Optional[float] = typer.Option(None, "--rankiqa-width",
                                                   help="RankIQA VGG16 width multiplier (default 1: VGG16)."),
     rankiqa_epochs: Optional[int] = typer.Option(None, "--rankiqa-epochs",
-                                                 help="RankIQA ranking epochs (default 10)."),
+                                                 help="RankIQA ranking epochs (default 6)."),
     rankiqa_finetune_epochs: Optional[int] = typer.Option(None, "--rankiqa-finetune-epochs",
-                                                          help="RankIQA fine-tuning epochs (default 10)."),
+                                                          help="RankIQA fine-tuning epochs (default 6)."),
     rankiqa_steps: Optional[int] = typer.Option(None, "--rankiqa-steps",
-                                                help="RankIQA steps per epoch (default: one pass over the data)."),
+                                                help="RankIQA steps per epoch (default 40)."),
     bootstrap: Optional[int] = typer.Option(None, "--bootstrap", help="Bootstrap resamples (default 1000)."),
     workers: Optional[int] = typer.Option(None, "--workers", help="Processes building the dataset."),
     quick: bool = typer.Option(False, "--quick",

@@ -3,7 +3,7 @@
 A network learns what its training images show; on real scans its features can miss what a
 physicist measures directly (NOTES.md: on real reconstructions the bare network orders dose
 and angle series below chance). The slice score therefore combines the network's calibrated
-score ``s`` (1-5) with four measured indicators ``x_k`` of the whole slice:
+score ``s`` (1-5) with five measured indicators ``x_k`` of the whole slice:
 
 * ``noise`` - :func:`tomoqc.metrics.nr.noise_index`, noise in units of the slice's contrast;
 * ``blur`` - :func:`tomoqc.metrics.nr.blur_index`, edge blur from gradient energies at two
@@ -11,7 +11,9 @@ score ``s`` (1-5) with four measured indicators ``x_k`` of the whole slice:
 * ``ring`` - :func:`tomoqc.metrics.rings.ring_index`, coherent concentric structure about the
   (automatically found) rotation axis;
 * ``streak`` - :func:`tomoqc.metrics.nr.streak_index`, the spokes that too few projections
-  leave in the power spectrum.
+  leave in the power spectrum;
+* ``axis`` - :func:`tomoqc.metrics.axis.axis_error`, the rotation-axis error in pixels that
+  refocusing the slice finds (measured once per volume: the axis is one for the scan).
 
 The combination works on the logit of the score's position in [1, 5]::
 
@@ -42,22 +44,24 @@ from tomoqc.errors import OptionError
 __all__ = ["INDICATORS", "MeasuredTerms", "measure_indicators", "fit_measured_terms", "fit_severity_line"]
 
 #: Indicators measured on every slice, in the order of the arrays below.
-INDICATORS = ("noise", "blur", "ring", "streak")
+INDICATORS = ("noise", "blur", "ring", "streak", "axis")
 _EPS = 1e-4
 
 
-def measure_indicators(img, *, ring_center=None, ring_settings=None) -> dict:
-    """The four indicators of one slice (any dtype and scale).
+def measure_indicators(img, *, ring_center=None, ring_settings=None, axis=None) -> dict:
+    """The five indicators of one slice (any dtype and scale).
 
     The slice is mapped by the robust affine map of
     :func:`tomoqc.preprocess.normalize_slice` but *not clipped* (clipping the tails of a noisy
     slice hides part of its noise); noise, blur and streak indices do not depend on that map,
     and the ring index is then in units of the slice's robust range. ``ring_center`` is the
     rotation axis ``(row, col)`` for the ring index (None: the slice centre; see
-    :func:`tomoqc.metrics.rings.resolve_ring_center` for finding it). Returns
-    ``{"noise", "blur", "ring", "streak"}`` (NaN where a measure is undefined, e.g. for a
-    constant slice).
+    :func:`tomoqc.metrics.rings.resolve_ring_center` for finding it). ``axis`` is the
+    volume's axis error (px) when measured elsewhere (None: measured on this slice; NaN:
+    not measured). Returns ``{"noise", "blur", "ring", "streak", "axis"}`` (NaN where a
+    measure is undefined, e.g. for a constant slice).
     """
+    from tomoqc.metrics.axis import axis_error
     from tomoqc.metrics.nr import blur_index, noise_index, streak_index
     from tomoqc.metrics.rings import ring_index
     from tomoqc.preprocess import normalize_slice_flagged
@@ -71,6 +75,7 @@ def measure_indicators(img, *, ring_center=None, ring_settings=None) -> dict:
         "blur": float(blur_index(a)),
         "ring": float(ring_index(a, center=ring_center, normalize=False, **settings)),
         "streak": float(streak_index(a)),
+        "axis": float(axis_error(a).px) if axis is None else float(axis),
     }
 
 
@@ -119,15 +124,17 @@ class MeasuredTerms:
         self.info = dict(info or {})
 
     def penalty(self, indicators: dict) -> np.ndarray:
-        """``sum_k c_k log((t_k + x_k) / (2 t_k))`` per slice; NaN indicators count as typical."""
+        """``sum_k c_k log((t_k + x_k) / (2 t_k))`` per slice; NaN or absent indicators count as typical."""
         total = None
         for k in INDICATORS:
+            if k not in indicators:
+                continue
             x = np.asarray(indicators[k], np.float64)
             t = self.typical[k]
             x = np.where(np.isfinite(x), np.maximum(x, 0.0), t)
             term = self.weights[k] * np.log((t + x) / (2.0 * t))
             total = term if total is None else total + term
-        return total
+        return np.zeros(1) if total is None else total
 
     def combine(self, score, indicators: dict) -> np.ndarray:
         """Slice scores from the network's calibrated scores and the indicators."""
@@ -228,6 +235,9 @@ def fit_measured_terms(score, indicators: dict, pairs, *, typical: dict, weights
         raise OptionError("pairs must be a non-empty (m, 2) array of (better, worse) indices")
     feats = []
     for k in INDICATORS:
+        if k not in indicators:  # not measured: a zero feature, its weight held at 0 by the ridge
+            feats.append(np.zeros(len(s)))
+            continue
         x = np.asarray(indicators[k], np.float64)
         t = float(typical[k])
         x = np.where(np.isfinite(x), np.maximum(x, 0.0), t)

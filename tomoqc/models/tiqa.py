@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import zipfile
 from pathlib import Path
@@ -160,6 +161,16 @@ def file_sha256(path) -> str:
         for block in iter(lambda: fh.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
+
+
+def card_sha256(path) -> str:
+    """Hex SHA-256 of the model card beside weights file ``path`` (``<stem>.json``; "" when none).
+
+    The card holds the score calibration and the measured terms, so a model is its weights
+    *and* its card: outputs are reused only when both are unchanged.
+    """
+    card = Path(path).with_suffix(".json")
+    return file_sha256(card) if card.is_file() else ""
 
 
 # --------------------------------------------------------------------------- model
@@ -831,6 +842,7 @@ class TiqaModel:
         normalize: bool = True,
         measured_terms: bool = True,
         ring_center=None,
+        axis_error: float | None = None,
         tta: int | None = None,
         ood: bool = True,
         features: bool = False,
@@ -873,6 +885,12 @@ class TiqaModel:
             (None or ``"auto"``) it is found once for all the slices of the call
             (:func:`tomoqc.metrics.rings.resolve_ring_center`: the slice centre unless
             concentric structure about another axis is clearly stronger).
+        axis_error : float, optional
+            The volume's rotation-axis error in pixels (:func:`tomoqc.metrics.axis.axis_error`),
+            when measured once for the whole volume (as :func:`tomoqc.score` does). None:
+            measured here, as the median over up to three of the call's slices
+            (:func:`tomoqc.metrics.axis.volume_axis_error`), and only when the card's
+            measured terms weigh it.
         tta : int, optional
             Test-time views (1, 2, 4 or 8 of :data:`TTA_VIEWS`; default the model's
             ``tta_views``) of up to :data:`TTA_PATCHES` patches of each slice, for the
@@ -1110,8 +1128,17 @@ class TiqaModel:
         else:
             centre, centre_source = None, "slice centre"
         indicators = {k: np.full(n, np.nan, np.float32) for k in INDICATORS}
+        axis_val = math.nan
+        if live and terms is not None and terms.weights.get("axis", 0.0) > 0:
+            if axis_error is None:
+                from tomoqc.metrics.axis import volume_axis_error
+
+                axis_val = volume_axis_error([measured_on[i] for i in live])
+            else:
+                axis_val = float(axis_error)
         for i in live:
-            for k, val in measure_indicators(measured_on[i], ring_center=centre, ring_settings=settings).items():
+            got = measure_indicators(measured_on[i], ring_center=centre, ring_settings=settings, axis=axis_val)
+            for k, val in got.items():
                 indicators[k][i] = val
         ring_idx = indicators["ring"]
         network_score = score.copy()

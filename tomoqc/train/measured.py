@@ -8,8 +8,9 @@ Training series, each of known order:
   phantoms also get the image-domain recipes;
 * real measured data degraded directly (:func:`tomoqc.realdata.degraded_series`,
   ``TRAIN_SERIES``: Savu rows and HTC2022 discs): thinned counts / dose noise, fewer
-  projections, detector blur, column gain mismatch, stripe removal on and off - each as the
-  float reconstruction and as 8-bit PNG and JPEG exports (the way images reach users).
+  projections, detector blur, column gain mismatch, stripe removal on and off, the rotation
+  axis 0-8 px off - each as the float reconstruction and as 8-bit PNG and JPEG exports (the
+  way images reach users).
 
 No sample of ``benchmarks/real_orderings.py`` is used: its HTC2022 discs, Savu rows and
 re-projected slices are all left out (the Savu rows here are other rows of the same scan, the
@@ -53,6 +54,8 @@ TRAIN_SERIES = (
     *[("stripes", s) for s in ("savu:80", "savu:112", "htc:03c", "htc:06c")],
     *[("blur", s) for s in ("savu:96", "htc:04a", "htc:tc")],
     *[("gain", s) for s in ("savu:80", "htc:07c", "htc:td")],
+    # rows and discs apart from benchmarks/compare_real.py's centre-of-rotation sweeps too
+    *[("center", s) for s in ("savu:80", "savu:112", "htc:01c", "htc:03a", "htc:04c", "htc:06b", "htc:07b")],
 )
 EXPORTS = ("png", "jpeg")
 SIZE = 256
@@ -198,6 +201,17 @@ def _read_rows(path: Path) -> list:
         return [{k: (v if k in ("reference", "kind") else float(v)) for k, v in r.items()} for r in csv.DictReader(fh)]
 
 
+def _has_indicators(path: Path) -> bool:
+    """True when ``path`` is a cached table holding every indicator (an older table lacks the newer ones)."""
+    from tomoqc.models.measured import INDICATORS
+
+    if not path.is_file():
+        return False
+    with open(path, newline="") as fh:
+        header = next(csv.reader(fh), [])
+    return all(k in header for k in INDICATORS)
+
+
 def _write_rows(path: Path, rows: list) -> None:
     tmp = path.with_suffix(".tmp")
     with open(tmp, "w", newline="") as fh:
@@ -251,7 +265,7 @@ def fit_card_terms(model, realdata, work, *, labelled=(), phantoms: int = 6, see
     table_path = work / "series.csv"
     refs = reference_slices(realdata, phantoms, seed)
     log(f"{len(refs)} references")
-    if table_path.is_file():
+    if _has_indicators(table_path):
         rows = _read_rows(table_path)
         log(f"read {len(rows)} scored images from {table_path}")
     else:
@@ -272,7 +286,7 @@ def fit_card_terms(model, realdata, work, *, labelled=(), phantoms: int = 6, see
             log(f"{name}: done ({time.time() - t0:.0f} s)")
         _write_rows(table_path, rows)
     real_path = work / "series_real.csv"
-    if real_path.is_file():
+    if _has_indicators(real_path):
         real_rows = _read_rows(real_path)
     else:
         real_rows = real_series_rows(realdata, model, seed)
@@ -280,7 +294,7 @@ def fit_card_terms(model, realdata, work, *, labelled=(), phantoms: int = 6, see
     lab_rows = []
     if labelled:
         lab_path = work / "labelled.csv"
-        if lab_path.is_file():
+        if _has_indicators(lab_path):
             lab_rows = _read_rows(lab_path)
         else:
             lab_rows = labelled_rows(model, labelled, log=log)
