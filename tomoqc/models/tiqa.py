@@ -738,18 +738,22 @@ class TiqaModel:
                 net = None
                 self._has_features = False
 
+            # no Python control flow inside: autograph off (its source lookup confuses two
+            # closures of one name and warns)
             if net is not None:
-                @tf.function(reduce_retracing=True)
-                def fn(x):
+                @tf.function(reduce_retracing=True, autograph=False)
+                def with_features(x):
                     s, v, f = net(x, training=False)
                     return s, v, f
+
+                self._fn = with_features
             else:
-                @tf.function(reduce_retracing=True)
-                def fn(x):
+                @tf.function(reduce_retracing=True, autograph=False)
+                def without_features(x):
                     out = model(x, training=False)
                     return out["score"], out["severity"], tf.zeros((tf.shape(x)[0], 0), tf.float32)
 
-            self._fn = fn
+                self._fn = without_features
         return self._fn
 
     def _infer(self, x: np.ndarray, *, views: int = 1, batch_size: int | None = None, features: bool = False):
