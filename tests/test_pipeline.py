@@ -156,14 +156,16 @@ def test_default_chunk_rules(shape, stored, step, expected):
     assert _default_chunk(vol, step, py * px) == expected
 
 
-@pytest.mark.parametrize("stored", [5, 12])
-def test_chunks_aligned_on_stored_chunks_give_the_same_scores(model, model_path, tmp_path, stored):
+def test_chunks_aligned_on_stored_chunks_give_the_same_scores(model, model_path, tmp_path):
+    # stored chunks of 12 slices that do not divide the 26 (the chunk arithmetic itself, for
+    # other storage depths, is checked on _default_chunk above)
+    stored = 12
     vol = _volume(26, seed=4)
     p = tmp_path / f"c{stored}.zarr"
     z = zarr.create_array(str(p), shape=vol.shape, chunks=(stored, 256, 256), dtype="float32")
     z[:] = vol
     ds = score(p, model=model_path, out=tmp_path / "out", workers=0, progress=False)
-    assert ds.attrs["chunk_slices"] == {5: 20, 12: 24}[stored]  # >= 16 slices, whole stored chunks
+    assert ds.attrs["chunk_slices"] == 24  # >= 16 slices, whole stored chunks
     assert_same(ds, direct(model, vol, range(26)))
 
 
