@@ -692,14 +692,6 @@ def _load(root: Path, set_name: str, f: str) -> np.ndarray:
     return np.load(base / f)
 
 
-def _by_shape(arrays: list) -> dict:
-    """``{shape: [indices]}`` of a list of arrays (images of one shape are scored together)."""
-    groups: dict = {}
-    for i, a in enumerate(arrays):
-        groups.setdefault(a.shape, []).append(i)
-    return groups
-
-
 def _stage_scores(root: Path, p: StudyParams, method: str, prog: _Progress, test_refs: set,
                   train_refs: list) -> dict:
     """Score the images of one method and write ``predictions/<method>.csv``.
@@ -720,13 +712,12 @@ def _stage_scores(root: Path, p: StudyParams, method: str, prog: _Progress, test
         # only for a model that combines them with the network
         measure = getattr(model, "measured_terms", None) is not None or getattr(model, "ring_term", None) is not None
         tick = prog.task("TIQA scores", len(items))
-        arrays = [_load(root, s, f) for s, f in items]
-        for shape, idx in _by_shape(arrays).items():
-            for k in range(0, len(idx), 16):
-                part = idx[k : k + 16]
-                res = model.score_slices(np.stack([arrays[i] for i in part]), tta=1, ood=False, measure=measure)
-                scores[part] = res["score"]
-                tick(len(part))
+        # one call per image: the slices of one call are one volume to the measured terms
+        # (one rotation axis for the ring index and the axis error), and these images are not
+        for i, (s_, f) in enumerate(items):
+            res = model.score_slices(_load(root, s_, f)[None], tta=1, ood=False, measure=measure)
+            scores[i] = res["score"][0]
+            tick(1)
     elif method == "noise":
         from tomoqc.metrics.nr import noise_estimator_score
 
