@@ -160,3 +160,22 @@ def test_anchored_severity_line_reads_zero_at_the_anchor():
     level = 5 * 0.3 * (np.log(x) - np.log(0.01))
     u, v = fit_severity_line(x, level, anchor=0.01)
     assert v == pytest.approx(0.3) and u + v * np.log(0.01) == pytest.approx(0.0, abs=1e-12)
+
+
+def test_relative_terms_enter_only_when_asked_and_never_raise_the_score():
+    """The axis term is relative: left out of the absolute score, and with ``relative=True``
+    flat below its resolution t (an error the estimate cannot resolve) and falling above it."""
+    w = {k: 1.0 for k in INDICATORS}
+    t = MeasuredTerms(w, dict(TYPICAL, axis=1.0), relative=("axis",))
+    s = np.full(6, 3.0)
+    x = np.array([0.0, 0.5, 1.0, 2.0, 4.0, 8.0])
+    ind = {k: np.full(6, v) for k, v in TYPICAL.items() if k != "axis"}
+    ind["axis"] = x
+    plain = t.combine(s, ind)
+    np.testing.assert_allclose(plain, plain[0])  # absolute: the axis reading changes nothing
+    rel = t.combine(s, ind, relative=True)
+    np.testing.assert_allclose(rel[:3], rel[0])  # at or below the resolution: as good as none
+    assert np.all(np.diff(rel[2:]) < 0)  # above it, every px more lowers the score
+    assert t.weighs("axis", relative=True) and not t.weighs("axis")
+    with pytest.raises(OptionError):
+        MeasuredTerms(w, TYPICAL, relative=("sharpness",))

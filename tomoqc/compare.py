@@ -698,10 +698,12 @@ def compare(
     from tomoqc.models.tiqa import card_sha256
 
     identity = {"model_sha256": msha, "model_card_sha256": card_sha256(mpath), "measured_terms": bool(measured_terms),
+                "relative_terms": True,
                 "ring_center": None if ring_center is None else str(ring_center),
                 "tta": DEFAULT_TTA_VIEWS if tta is None else int(tta)}
+    # variants of one scan: the relative terms (rotation-axis error) join the score
     score_kwargs = dict(model=mpath, batch_size=batch_size, measured_terms=measured_terms, ring_center=ring_center,
-                        tta=tta, progress=progress)
+                        tta=tta, progress=progress, relative_terms=True)
 
     def score_all(cl):
         return [_score_variant(k, v, idx, out=out_dir, client=cl, axis=axis, score_kwargs=score_kwargs,

@@ -133,10 +133,12 @@ class ScoreJob(SliceJob):
     verb = "scoring"
 
     def __init__(self, path: str, sha256: str, batch_size: int, measured_terms: bool, ring_center, tta: int,
-                 grid: tuple[int, int, np.ndarray] | None = None, axis_error: float | None = None):
+                 grid: tuple[int, int, np.ndarray] | None = None, axis_error: float | None = None,
+                 relative_terms: bool = False):
         self.path, self.sha256, self.batch_size = path, sha256, int(batch_size)
         self.measured_terms, self.ring_center, self.tta = bool(measured_terms), tuple(ring_center), tta
         self.axis_error = axis_error  # the volume's rotation-axis error (px), measured once
+        self.relative_terms = bool(relative_terms)
         self.grid = grid  # (py, px, starts) of the patch grid, for the output layout
 
     def resource_key(self) -> tuple:
@@ -152,7 +154,7 @@ class ScoreJob(SliceJob):
 
     def process(self, model, block):
         return score_block(model, block, measured_terms=self.measured_terms, ring_center=self.ring_center,
-                           tta=self.tta, axis_error=self.axis_error)
+                           tta=self.tta, axis_error=self.axis_error, relative_terms=self.relative_terms)
 
     def create_store(self, path, zsel, chunk, attrs):
         py, px, starts = self.grid
@@ -231,7 +233,7 @@ def _volume_axis_error(vol, zsel, model_path: str, *, probes: int = 3) -> float 
     from tomoqc.models.tiqa import _read_card
 
     terms = MeasuredTerms.from_card(_read_card(Path(model_path)))
-    if terms is None or terms.weights.get("axis", 0.0) <= 0 or len(zsel) == 0:
+    if terms is None or not terms.weighs("axis", relative=True) or len(zsel) == 0:
         return None
     k = min(int(probes), len(zsel))
     picks = zsel[np.unique(np.linspace(0, len(zsel) - 1, k + 2).round().astype(int)[1:-1])]
@@ -242,7 +244,7 @@ def _volume_axis_error(vol, zsel, model_path: str, *, probes: int = 3) -> float 
 
 
 def score_block(model, block: np.ndarray, *, measured_terms: bool = True, ring_center=None,
-                tta: int | None = None, axis_error: float | None = None) -> dict:
+                tta: int | None = None, axis_error: float | None = None, relative_terms: bool = False) -> dict:
     """Score a stack of raw slices with a loaded model.
 
     Parameters
@@ -262,7 +264,7 @@ def score_block(model, block: np.ndarray, *, measured_terms: bool = True, ring_c
         ``ring_index``, ``streak_index`` (n,); float32 unless said.
     """
     res = model.score_slices(block, mode="grid", measured_terms=measured_terms, ring_center=ring_center, tta=tta,
-                             axis_error=axis_error)
+                             axis_error=axis_error, relative_terms=relative_terms)
     return {
         "score": np.asarray(res["score"], np.float32),
         "score_uncertainty": np.asarray(res["score_uncertainty"], np.float32),
@@ -421,6 +423,7 @@ def score(
     measured_terms: bool = True,
     ring_center=None,
     tta: int | None = None,
+    relative_terms: bool = False,
 ):
     """Score every ``step``-th slice of a volume with the TIQA network.
 
@@ -472,6 +475,11 @@ def score(
         ``(row, col)`` of the rotation axis in the (sliced) slices, for the ring index;
         by default found once for the volume from up to 5 slices spread over it
         (:func:`tomoqc.metrics.rings.resolve_ring_center`), and recorded in the attrs.
+    relative_terms : bool
+        Also apply the model card's relative measured terms (the rotation-axis error,
+        measured once for the volume and recorded as ``axis_error_px``): they order
+        reconstructions of one scan (:func:`tomoqc.compare` turns them on) but do not enter
+        the absolute score (see :class:`tomoqc.models.measured.MeasuredTerms`).
     tta : int, optional
         Test-time views per patch for ``score_uncertainty``: 1, 2 (default: identity and
         transpose, about twice the inference of one view), 4 or 8 (every flip and
@@ -516,7 +524,8 @@ def score(
     # recorded in the output's attrs, the centre as a JSON string
     ring_attrs = {"measured_terms": bool(measured_terms), "ring_center": json.dumps(list(ring_center)),
                   "ring_center_source": ring_source}
-    axis_px = _volume_axis_error(vol, zsel, mpath) if measured_terms else None
+    axis_px = _volume_axis_error(vol, zsel, mpath) if measured_terms and relative_terms else None
+    ring_attrs["relative_terms"] = bool(relative_terms)
     if axis_px is not None:
         ring_attrs["axis_error_px"] = round(float(axis_px), 3)
 
@@ -532,6 +541,7 @@ def score(
         "shape": [nz, h, w],
         "model_sha256": msha,
         "model_card_sha256": card_sha256(mpath),
+        "relative_terms": bool(relative_terms),
         "format_version": _FORMAT_VERSION,
         "measured_terms": bool(measured_terms),
         "ring_center": list(ring_center),
@@ -571,7 +581,7 @@ def score(
         "tta_views": tta,
     }
     job = ScoreJob(mpath, msha, batch_size, measured_terms, ring_center, tta, grid=(py, px, starts),
-                   axis_error=axis_px)
+                   axis_error=axis_px, relative_terms=relative_terms)
     run = run_job(
         job, vol, zsel, src_path=src_path, dataset=dataset_name, axis=axis, final=final, params=params,
         attrs=attrs, chunk=chunk, contiguous=step == 1, client=client, cluster=cluster, workers=workers,

@@ -100,10 +100,16 @@ class MeasuredTerms:
         Options for :func:`tomoqc.metrics.rings.ring_index` (sectors, window, min_radius).
     info : dict, optional
         What the fit recorded (kept in the card).
+    relative : iterable of str, optional
+        Indicators that are only compared between reconstructions of one scan (``axis``:
+        the refocusing estimate reads a content-dependent error on some samples, the same
+        for every reconstruction of them, so it orders variants of one scan but must not
+        lower the absolute score of a sample). Their terms enter only when asked
+        (``relative=True``).
     """
 
     def __init__(self, weights: dict, typical: dict, *, severity: dict | None = None,
-                 ring_settings: dict | None = None, info: dict | None = None):
+                 ring_settings: dict | None = None, info: dict | None = None, relative=()):
         for k in list(weights) + list(typical):
             if k not in INDICATORS:
                 raise OptionError(f"unknown indicator {k!r}; choose from {', '.join(INDICATORS)}")
@@ -122,23 +128,42 @@ class MeasuredTerms:
             self.severity_lines[k] = (u, v)
         self.ring_settings = dict(ring_settings or {})
         self.info = dict(info or {})
+        self.relative = tuple(k for k in INDICATORS if k in set(relative or ()))
+        for k in relative or ():
+            if k not in INDICATORS:
+                raise OptionError(f"unknown relative indicator {k!r}")
 
-    def penalty(self, indicators: dict) -> np.ndarray:
-        """``sum_k c_k log((t_k + x_k) / (2 t_k))`` per slice; NaN or absent indicators count as typical."""
+    def weighs(self, name: str, *, relative: bool = False) -> bool:
+        """True when indicator ``name`` has a weight and enters the score (relative ones only with ``relative``)."""
+        return self.weights.get(name, 0.0) > 0 and (relative or name not in self.relative)
+
+    def penalty(self, indicators: dict, *, relative: bool = False) -> np.ndarray:
+        """``sum_k c_k log((t_k + x_k) / (2 t_k))`` per slice; NaN or absent indicators count as
+        typical; the relative indicators count only with ``relative``."""
         total = None
         for k in INDICATORS:
-            if k not in indicators:
+            if k not in indicators or (k in self.relative and not relative):
                 continue
-            x = np.asarray(indicators[k], np.float64)
-            t = self.typical[k]
-            x = np.where(np.isfinite(x), np.maximum(x, 0.0), t)
-            term = self.weights[k] * np.log((t + x) / (2.0 * t))
+            term = self.weights[k] * self.feature(k, indicators[k])
             total = term if total is None else total + term
         return np.zeros(1) if total is None else total
 
-    def combine(self, score, indicators: dict) -> np.ndarray:
-        """Slice scores from the network's calibrated scores and the indicators."""
-        z = _logit_score(score) - self.penalty(indicators)
+    def feature(self, name: str, x) -> np.ndarray:
+        """``log((t + x) / (2 t))`` of indicator ``name`` (NaN counts as typical). For a
+        relative indicator ``t`` is the estimate's resolution and readings below it count
+        as 0 (``x - t`` clipped at 0 takes the place of ``x``): a rotation-axis error the
+        refocusing cannot resolve is not told apart from none."""
+        t = self.typical[name]
+        x = np.asarray(x, np.float64)
+        x = np.where(np.isfinite(x), np.maximum(x, 0.0), t)
+        if name in self.relative:
+            x = np.maximum(x - t, 0.0)
+        return np.log((t + x) / (2.0 * t))
+
+    def combine(self, score, indicators: dict, *, relative: bool = False) -> np.ndarray:
+        """Slice scores from the network's calibrated scores and the indicators (with
+        ``relative``, also the terms meant for comparing reconstructions of one scan)."""
+        z = _logit_score(score) - self.penalty(indicators, relative=relative)
         out = 1.0 + 4.0 / (1.0 + np.exp(-z))
         return np.where(np.isfinite(np.asarray(score, np.float64)), out, np.nan)
 
@@ -156,6 +181,7 @@ class MeasuredTerms:
             "typical": self.typical,
             "severity": {k: list(v) for k, v in self.severity_lines.items()},
             "ring_settings": self.ring_settings,
+            "relative": list(self.relative),
             **self.info,
         }
 
@@ -167,9 +193,9 @@ class MeasuredTerms:
         d = card.get("measured_terms")
         if not isinstance(d, dict):
             return None
-        info = {k: v for k, v in d.items() if k not in ("weights", "typical", "severity", "ring_settings")}
+        info = {k: v for k, v in d.items() if k not in ("weights", "typical", "severity", "ring_settings", "relative")}
         return cls(d["weights"], d["typical"], severity=d.get("severity"), ring_settings=d.get("ring_settings"),
-                   info=info)
+                   info=info, relative=d.get("relative", ()))
 
 
 def fit_severity_line(x, level, *, anchor: float | None = None, max_level: int = 5) -> tuple[float, float]:

@@ -847,6 +847,7 @@ class TiqaModel:
         measured_terms: bool = True,
         ring_center=None,
         axis_error: float | None = None,
+        relative_terms: bool = False,
         tta: int | None = None,
         ood: bool = True,
         features: bool = False,
@@ -893,8 +894,13 @@ class TiqaModel:
             The volume's rotation-axis error in pixels (:func:`tomoqc.metrics.axis.axis_error`),
             when measured once for the whole volume (as :func:`tomoqc.score` does). None:
             measured here, as the median over up to three of the call's slices
-            (:func:`tomoqc.metrics.axis.volume_axis_error`), and only when the card's
-            measured terms weigh it.
+            (:func:`tomoqc.metrics.axis.volume_axis_error`), and only with
+            ``relative_terms`` when the card's measured terms weigh it.
+        relative_terms : bool
+            Also apply the card's *relative* measured terms (the rotation-axis error): terms
+            that order reconstructions of one scan but must not lower the absolute score of
+            a sample (:class:`tomoqc.models.measured.MeasuredTerms`). :func:`tomoqc.compare`
+            turns them on; the absolute score leaves them out.
         tta : int, optional
             Test-time views (1, 2, 4 or 8 of :data:`TTA_VIEWS`; default the model's
             ``tta_views``) of up to :data:`TTA_PATCHES` patches of each slice, for the
@@ -1133,7 +1139,7 @@ class TiqaModel:
             centre, centre_source = None, "slice centre"
         indicators = {k: np.full(n, np.nan, np.float32) for k in INDICATORS}
         axis_val = math.nan
-        if live and terms is not None and terms.weights.get("axis", 0.0) > 0:
+        if live and terms is not None and relative_terms and terms.weighs("axis", relative=True):
             if axis_error is None:
                 from tomoqc.metrics.axis import volume_axis_error
 
@@ -1147,7 +1153,7 @@ class TiqaModel:
         ring_idx = indicators["ring"]
         network_score = score.copy()
         if terms is not None and measured_terms and measure and not raw:
-            score = terms.combine(score, indicators).astype(np.float32)
+            score = terms.combine(score, indicators, relative=relative_terms).astype(np.float32)
             # where the measured indicators overrule the network, the two disagree: part of
             # that disagreement joins the uncertainty
             gap = np.nan_to_num(np.abs(score - network_score))

@@ -74,6 +74,45 @@ REAL_WEIGHT = 1.0
 LABEL_WEIGHT = 0.03
 
 
+#: Indicators fitted and applied only between reconstructions of one scan (see
+#: :class:`tomoqc.models.measured.MeasuredTerms`), and the series kind that fits them.
+RELATIVE = ("axis",)
+RELATIVE_KIND = "real_center"
+#: The axis term's typical value: errors below the refocusing estimate's resolution (about
+#: 1 px: a 1 px offset reads 0-2 px on real slices) count as none.
+AXIS_RESOLUTION = 1.0
+
+
+def fit_relative_weight(terms, rows: list, name: str, *, l2: float = L2, tau: float = TAU,
+                        grid=np.linspace(0.0, 3.0, 601)) -> dict:
+    """The weight of relative indicator ``name`` on series of one scan (``rows``: reference,
+    level, network and the indicators), the other terms held as they are.
+
+    Pairs are the series' (better, worse) levels; the weight minimises the mean logistic
+    pair loss of the combined score (temperature ``tau``) plus ``l2`` times its square, over
+    ``grid``. Returns ``weight``, ``pairs``, ``pair_accuracy`` with and without the term.
+    """
+    from tomoqc.models.measured import MeasuredTerms, _logit_score
+
+    if not rows:
+        return {"weight": 0.0, "pairs": 0, "pair_accuracy": None, "pair_accuracy_without": None}
+    s = _logit_score(np.array([r["network"] for r in rows], np.float64))
+    ind = {k: np.array([r[k] for r in rows], np.float64) for k in terms.weights}
+    base = s - terms.penalty(ind)  # the absolute terms only
+    f = MeasuredTerms(terms.weights, terms.typical, relative=(name,)).feature(name, ind[name])
+    groups: dict = {}
+    for i, r in enumerate(rows):
+        groups.setdefault(r["reference"], []).append(i)
+    pairs = np.array([(a, b) for idx in groups.values() for a in idx for b in idx
+                      if rows[a]["level"] < rows[b]["level"]], np.intp)
+    db = base[pairs[:, 0]] - base[pairs[:, 1]]
+    df = f[pairs[:, 0]] - f[pairs[:, 1]]
+    loss = [float(np.mean(np.logaddexp(0.0, -(db - c * df) / tau)) + l2 * c * c) for c in grid]
+    c = float(grid[int(np.argmin(loss))])
+    return {"weight": c, "pairs": int(len(pairs)),
+            "pair_accuracy": float(np.mean((db - c * df) > 0)), "pair_accuracy_without": float(np.mean(db > 0))}
+
+
 def _log(msg):
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
@@ -302,11 +341,17 @@ def fit_card_terms(model, realdata, work, *, labelled=(), phantoms: int = 6, see
     for r in rows + real_rows:
         r.setdefault("label", float("nan"))
     rows = rows + real_rows + lab_rows
+    # the rotation-axis series only fit the relative term (below); the absolute terms are
+    # fitted without them and without the relative indicators
+    center_rows = [r for r in rows if r["kind"] == RELATIVE_KIND]
+    rows = [r for r in rows if r["kind"] != RELATIVE_KIND]
+    absolute = [k for k in INDICATORS if k not in RELATIVE]
     score = np.array([r["network"] for r in rows])
     labels = np.array([r["label"] for r in rows], np.float64)
-    ind = {k: np.array([r[k] for r in rows], np.float64) for k in INDICATORS}
+    ind = {k: np.array([r[k] for r in rows], np.float64) for k in absolute}
     clean = np.array([r["level"] == 0 and not r["kind"].startswith(("img_", "real_stripes")) for r in rows])
-    typical = {k: float(np.nanmedian(ind[k][clean])) for k in INDICATORS}
+    typical = {k: float(np.nanmedian(ind[k][clean])) for k in absolute}
+    typical.update({k: AXIS_RESOLUTION for k in RELATIVE})
     pairs = []
     groups: dict = {}
     for i, r in enumerate(rows):
@@ -338,14 +383,18 @@ def fit_card_terms(model, realdata, work, *, labelled=(), phantoms: int = 6, see
     # severities read 0 up to where clean slices reach: the line is anchored at the 90th
     # percentile of the indicator over the clean slices (truly clean phantoms included)
     clean_all = np.array([r["level"] == 0 and r["kind"] != "real_stripes" for r in rows])
-    anchors = {k: float(np.nanquantile(ind[k][clean_all], 0.9)) for k in INDICATORS}
+    anchors = {k: float(np.nanquantile(ind[k][clean_all], 0.9)) for k in absolute}
     for k, kinds in (("noise", ("dose", "lab_noise")), ("blur", ("blur", "lab_blur")), ("ring", ("ring", "lab_ring")),
                      ("streak", ("streak", "lab_streak"))):
         # the indicator's own series and, where labelled sets exist, their clean images as level 0
         sel = np.array([r["kind"] in kinds or r["kind"] == "lab_none" for r in rows])
         sev[k] = fit_severity_line(ind[k][sel], levels[sel], anchor=anchors[k])
     log(f"severity lines {sev}")
-    terms = MeasuredTerms(fit["weights"], typical, severity=sev)
+    weights = {k: (0.0 if k in RELATIVE else v) for k, v in fit["weights"].items()}
+    rel = fit_relative_weight(MeasuredTerms(weights, typical), center_rows, "axis", l2=L2, tau=TAU)
+    log(f"relative axis term: {rel}")
+    weights["axis"] = rel["weight"]
+    terms = MeasuredTerms(weights, typical, severity=sev, relative=RELATIVE)
     comb = terms.combine(score, ind)
     table = {}
     for (_, kind), idx in groups.items():
@@ -370,5 +419,6 @@ def fit_card_terms(model, realdata, work, *, labelled=(), phantoms: int = 6, see
         "pairs": fit["pairs"], "pair_accuracy": fit["pair_accuracy"],
         "pair_accuracy_network": fit["pair_accuracy_network"], "label_rmse": fit["label_rmse"],
         "labelled": [str(Path(d).name) for d in labelled], "by_kind": by_kind, "seed": seed,
+        "relative_fit": rel,
     })
     return entry
