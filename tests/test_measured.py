@@ -174,7 +174,7 @@ def test_relative_terms_enter_only_when_asked_and_never_raise_the_score():
     plain = t.combine(s, ind)
     np.testing.assert_allclose(plain, plain[0])  # absolute: the axis reading changes nothing
     rel = t.combine(s, ind, relative=True)
-    np.testing.assert_allclose(rel[:3], rel[0])  # at or below the resolution: as good as none
+    np.testing.assert_allclose(rel[:3], plain[0])  # at or below the resolution: the absolute score
     assert np.all(np.diff(rel[2:]) < 0)  # above it, every px more lowers the score
     assert t.weighs("axis", relative=True) and not t.weighs("axis")
     with pytest.raises(OptionError):

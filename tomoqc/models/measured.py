@@ -149,15 +149,18 @@ class MeasuredTerms:
         return np.zeros(1) if total is None else total
 
     def feature(self, name: str, x) -> np.ndarray:
-        """``log((t + x) / (2 t))`` of indicator ``name`` (NaN counts as typical). For a
-        relative indicator ``t`` is the estimate's resolution and readings below it count
-        as 0 (``x - t`` clipped at 0 takes the place of ``x``): a rotation-axis error the
-        refocusing cannot resolve is not told apart from none."""
+        """``log((t + x) / (2 t))`` of indicator ``name`` (NaN counts as typical).
+
+        A relative indicator only ever lowers the score: its ``t`` is the estimate's
+        resolution, readings up to it count as none (a rotation-axis error the refocusing
+        cannot resolve is not told apart from none) and the term is ``log(1 + max(x - t, 0) / t)``,
+        0 there, so that with no error the score is the absolute one."""
         t = self.typical[name]
         x = np.asarray(x, np.float64)
-        x = np.where(np.isfinite(x), np.maximum(x, 0.0), t)
         if name in self.relative:
-            x = np.maximum(x - t, 0.0)
+            x = np.where(np.isfinite(x), np.maximum(x - t, 0.0), 0.0)
+            return np.log1p(x / t)
+        x = np.where(np.isfinite(x), np.maximum(x, 0.0), t)
         return np.log((t + x) / (2.0 * t))
 
     def combine(self, score, indicators: dict, *, relative: bool = False) -> np.ndarray:
