@@ -186,6 +186,7 @@ class MeasuredTerms:
             "ring_settings": self.ring_settings,
             "relative": list(self.relative),
             **self.info,
+            "form": {"absolute": "c_k log((t_k + x_k) / (2 t_k))", "relative": "c_k log(1 + max(x_k - t_k, 0) / t_k)"},
         }
 
     @classmethod
@@ -196,7 +197,8 @@ class MeasuredTerms:
         d = card.get("measured_terms")
         if not isinstance(d, dict):
             return None
-        info = {k: v for k, v in d.items() if k not in ("weights", "typical", "severity", "ring_settings", "relative")}
+        info = {k: v for k, v in d.items()
+                if k not in ("weights", "typical", "severity", "ring_settings", "relative", "form")}
         return cls(d["weights"], d["typical"], severity=d.get("severity"), ring_settings=d.get("ring_settings"),
                    info=info, relative=d.get("relative", ()))
 
