@@ -179,11 +179,9 @@ def _check_int(name, value, low, high=None) -> int:
 
 
 def _sha256(path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+    from tomoqc.models.tiqa import file_sha256
+
+    return file_sha256(path)
 
 
 # ---------------------------------------------------------------------------------------

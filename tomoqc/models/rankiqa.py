@@ -297,7 +297,8 @@ def train_rankiqa(
         sample_batch,
     )
     from tomoqc.train.finetune import _calibrate_score_head
-    from tomoqc.train.rank import _Progress, make_predict, rank_loss
+    from tomoqc.train.rank import _Progress, make_predict
+    from tomoqc.train.rank import rank_step as rank_step_fn
 
     size = int(size)
     if size < 32:
@@ -384,19 +385,10 @@ def train_rankiqa(
     if rank_epochs:
         n_rank = int(steps_per_epoch) if steps_per_epoch else max(1, len(blocks) // blocks_per_batch)
         better, worse = rank_pairs(blocks_per_batch, blocks[0].levels)
-        better_t, worse_t = tf.constant(better), tf.constant(worse)
         rank_vars = model.trainable_variables
         rank_opt = keras.optimizers.Adam(learning_rate=lr)
         rank_opt.build(rank_vars)
-        margin_f = float(margin)
-
-        @tf.function
-        def rank_step(x):
-            with tf.GradientTape() as tape:
-                s = model(x, training=True)["score"][:, 0]
-                loss = rank_loss(s, better_t, worse_t, margin_f)
-            rank_opt.apply_gradients(zip(tape.gradient(loss, rank_vars), rank_vars))
-            return loss
+        rank_step = rank_step_fn(model, rank_vars, rank_opt, better, worse, margin)
 
         rank_batches = (
             (x,) for x in _batches(lambda: iterate_block_batches(

@@ -86,6 +86,25 @@ def _spearman(a, b) -> float:
     return float(spearmanr(a, b).statistic)
 
 
+def rank_step(model, variables, optimizer, better, worse, margin: float):
+    """A compiled training step of the rank stage: :func:`rank_loss` of the ``score`` output
+    over the fixed (better, worse) index pairs of a batch, one optimizer step on ``variables``;
+    returns the loss. Shared by TIQA's and the RankIQA baseline's rank stages."""
+    import tensorflow as tf
+
+    better_t, worse_t, margin_f = tf.constant(better), tf.constant(worse), float(margin)
+
+    @tf.function
+    def step(x):
+        with tf.GradientTape() as tape:
+            s = model(x, training=True)["score"][:, 0]
+            loss = rank_loss(s, better_t, worse_t, margin_f)
+        optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables))
+        return loss
+
+    return step
+
+
 def make_predict(model):
     """Compiled inference-mode function returning the raw score of a batch."""
     import tensorflow as tf
@@ -250,7 +269,6 @@ def train_rank(
         ``interrupted`` (True when stopped by SIGTERM/SIGUSR1).
     """
     import keras
-    import tensorflow as tf
 
     from tomoqc.models.tiqa import build_tiqa, file_sha256, set_batchnorm_momentum
 
@@ -322,18 +340,7 @@ def train_rank(
         for v, a in zip(optimizer.variables, opt_arrays):
             v.assign(a)
 
-    better_t = tf.constant(better)
-    worse_t = tf.constant(worse)
-    margin_f = float(margin)
-
-    @tf.function
-    def train_step(x):
-        with tf.GradientTape() as tape:
-            s = model(x, training=True)["score"][:, 0]
-            loss = rank_loss(s, better_t, worse_t, margin_f)
-        grads = tape.gradient(loss, train_vars)
-        optimizer.apply_gradients(zip(grads, train_vars))
-        return loss
+    train_step = rank_step(model, train_vars, optimizer, better, worse, margin)
 
     predict = make_predict(model)
     val_x = validation_batches(val_blocks, store, size=val_size, crops=val_crops, seed=seed + 1)
