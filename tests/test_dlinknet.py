@@ -76,6 +76,22 @@ def test_width_scales_every_stage():
     assert m.output_shape[-1] == 3
 
 
+def test_full_res_skip_adds_a_stride_one_branch_to_the_head():
+    width, k = 0.125, 3
+    plain = build_dlinknet(k, width=width)
+    m = build_dlinknet(k, width=width, full_res=True)
+    f, h = _ch(64, width), _ch(32, width)
+    # two 3x3 conv + BN on the image (1 -> f -> f), and the head's 3x3 conv reads f + 1 more channels
+    extra = 9 * 1 * f + 4 * f + 9 * f * f + 4 * f + 9 * (f + 1) * h
+    assert m.count_params() - plain.count_params() == extra
+    assert m.count_params() - expected_parameters(width, k)[0] == extra
+    x = np.random.default_rng(0).random((2, 64, 96, 1)).astype(np.float32)
+    branch = keras.Model(m.input, m.get_layer("fullres_2_relu").output)
+    assert branch(x).shape == (2, 64, 96, f)  # full resolution, no striding
+    y = np.asarray(m(x, training=False))
+    assert y.shape == (2, 64, 96, k) and np.allclose(y.sum(-1), 1.0, atol=1e-5)
+
+
 @pytest.fixture(scope="module")
 def small():
     keras.utils.set_random_seed(3)

@@ -159,7 +159,8 @@ def test_htc2022_reconstruction_overlaps_the_organisers_segmentation():
 
 CLI_ARGS = ["--phantoms", "16", "--classes", "2", "--width", "0.125", "--dropout", "0.1", "--epochs", "4",
             "--steps-per-epoch", "15", "--batch-size", "4", "--crop", "64", "--phantom-size", "64",
-            "--max-level", "0", "--lr", "3e-3", "--seed", "1", "--no-progress"]
+            "--max-level", "0", "--lr", "3e-3", "--seed", "1", "--full-res", "--class-weights", "1,1.5",
+            "--no-progress"]
 
 
 @pytest.fixture(scope="module")
@@ -180,6 +181,8 @@ def test_cli_learns_and_writes_the_documented_outputs(cli_run):
     assert card == json.loads((out / "best.json").read_text())
     assert card["kind"] == "dlinknet" and card["n_classes"] == 1 and card["class_names"] == ["void", "material"]
     assert card["width"] == 0.125 and card["dropout"] == 0.1 and card["tile"] == 64 and card["seed"] == 1
+    assert card["full_res"] is True and card["hyperparameters"]["class_weights"] == [1.0, 1.5]
+    assert "--full-res" in card["command"] and "--class-weights 1,1.5" in card["command"]
     assert "normalize_slice" in card["normalisation"] and card["command"].startswith("tomoqc train segment")
     assert card["data"]["phantoms"]["n"] == 16 and "versions" in card
     with open(out / "log.csv") as fh:
@@ -229,6 +232,10 @@ def test_cli_bad_data_gives_one_error_line(tmp_path, capsys):
     assert code == 1 and "--classes 2" in err
     code = main(["train", "segment", "--out", str(out)])
     assert code == 1 and "no training data" in capsys.readouterr().err
+    for bad, why in (("1,2", "3 positive numbers"), ("1,x,1", "comma-separated numbers"), ("1,0,1", "positive")):
+        code = main(["train", "segment", "--out", str(out), "--phantoms", "4", "--class-weights", bad])
+        err = capsys.readouterr().err
+        assert code == 1 and len(err.strip().splitlines()) == 1 and why in err
     assert not out.exists()
 
 

@@ -104,6 +104,12 @@ def segment_cmd(
     classes: int = typer.Option(3, "--classes", help="2: binary material vs void (sigmoid); 3: pore/CBD/active."),
     width: float = typer.Option(0.25, "--width", help="Channel width multiplier (1 = the paper's D-LinkNet34)."),
     dropout: float = typer.Option(0.1, "--dropout", help="Decoder dropout rate (Monte-Carlo dropout; 0: none)."),
+    full_res: bool = typer.Option(
+        False, "--full-res/--no-full-res", help="Add a full-resolution skip (needed for phases a few pixels thin)."
+    ),
+    class_weights: Optional[str] = typer.Option(
+        None, "--class-weights", help="Loss weight per class, comma-separated (e.g. 1,2,1 raises carbon-binder)."
+    ),
     epochs: int = typer.Option(20, "--epochs"),
     batch_size: int = typer.Option(8, "--batch-size", help="Crops per step."),
     crop: int = typer.Option(256, "--crop", help="Training crop side in pixels (a multiple of 32)."),
@@ -122,15 +128,24 @@ def segment_cmd(
     progress: bool = typer.Option(True, "--progress/--no-progress"),
 ) -> None:
     """Train the D-LinkNet segmentation network (binary or three electrode phases)."""
+    from tomoqc.errors import OptionError
     from tomoqc.train.segment import train_segment
 
+    weights = None
+    if class_weights is not None:
+        try:
+            weights = [float(v) for v in class_weights.split(",")]
+        except ValueError:
+            raise OptionError(f"--class-weights must be comma-separated numbers, got {class_weights!r}") from None
     cmd = _command("segment", out=out, data=data, phantoms=phantoms or None, realdata=realdata, classes=classes,
-                   width=width, dropout=dropout, epochs=epochs, batch_size=batch_size, crop=crop,
+                   width=width, dropout=dropout, full_res=full_res or None, class_weights=class_weights,
+                   epochs=epochs, batch_size=batch_size, crop=crop,
                    steps_per_epoch=steps_per_epoch, lr=lr, decay_epochs=decay_epochs, seed=seed, resume=resume,
                    phantom_size=phantom_size, max_level=max_level, val_disc=val_disc if realdata else None,
                    htc_bin=htc_bin, time_limit=time_limit)
     res = train_segment(out, data=data, phantoms=phantoms, realdata=realdata, classes=classes, width=width,
-                        dropout=dropout, epochs=epochs, batch_size=batch_size, crop=crop,
+                        dropout=dropout, full_res=full_res, class_weights=weights, epochs=epochs,
+                        batch_size=batch_size, crop=crop,
                         steps_per_epoch=steps_per_epoch, lr=lr, decay_epochs=decay_epochs, seed=seed, resume=resume,
                         phantom_size=phantom_size, max_level=max_level, val_disc=val_disc, htc_bin=htc_bin,
                         time_limit_s=None if time_limit is None else 60.0 * time_limit, progress=progress,

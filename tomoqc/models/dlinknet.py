@@ -273,6 +273,7 @@ def build_dlinknet(
     width: float = 1.0,
     dropout: float = 0.0,
     seed: int | None = None,
+    full_res: bool = False,
     name: str = "dlinknet",
 ) -> keras.Model:
     """Build a D-LinkNet34 segmentation network.
@@ -291,6 +292,14 @@ def build_dlinknet(
     seed : int, optional
         Seed of the dropout masks' random generators (weights are initialised from Keras'
         global seed, :func:`keras.utils.set_random_seed`).
+    full_res : bool
+        Add a full-resolution skip (not in the paper): two 3x3 conv + BN + ReLU layers of
+        ``round(64 * width)`` channels on the input image at stride 1, concatenated with
+        the image itself and the output of the final transposed convolution before the
+        last two convolutions. D-LinkNet's finest encoder features are at 1/4 of the
+        input's resolution (stride-2 stem, then a stride-2 pool), so without it the
+        head can only interpolate boundaries: thin phases (a carbon-binder film a few
+        pixels wide) are lost. False builds the paper's network.
     name : str
         Name of the model.
 
@@ -313,7 +322,8 @@ def build_dlinknet(
     channels + BN + ReLU) whose outputs are added to encoder stages 3, 2, 1 (the last
     block, to 64 channels, has no skip); a 4x4 transposed conv stride 2 (32, with bias) +
     ReLU, a 3x3 conv (32, with bias) + ReLU and a 3x3 conv (``n_classes``, with bias),
-    then the activation.
+    then the activation. With ``full_res`` the 3x3 conv after the transposed conv reads
+    ``32 + 64 + 1`` channels (the full-resolution branch and the image joined to it).
     """
     if isinstance(n_classes, bool) or not isinstance(n_classes, (int, np.integer)) or n_classes < 1:
         raise OptionError(f"n_classes must be an integer >= 1, got {n_classes!r}")
@@ -355,6 +365,11 @@ def build_dlinknet(
         head, 4, strides=2, padding="same", kernel_initializer="he_normal", name="final_deconv"
     )(x)
     x = layers.ReLU(name="final_deconv_relu")(x)
+    if full_res:
+        fine_ch = scaled_channels(64, width)
+        f = _conv_bn_relu(inp, fine_ch, 3, name="fullres_1")
+        f = _conv_bn_relu(f, fine_ch, 3, name="fullres_2")
+        x = layers.Concatenate(name="fullres_join")([x, f, inp])
     x = layers.Conv2D(head, 3, padding="same", kernel_initializer="he_normal", name="final_conv")(x)
     x = layers.ReLU(name="final_conv_relu")(x)
     n_out = int(n_classes)

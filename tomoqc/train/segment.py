@@ -70,7 +70,7 @@ DEFAULT_VAL_DISC = HTC2022_GT_DISCS[-1]
 
 _OPTION_KEYS = ("classes", "width", "dropout", "crop", "batch_size", "steps_per_epoch", "seed", "data", "phantoms",
                 "realdata", "phantom_size", "physics_fraction", "max_level", "htc_bin", "val_disc", "lr",
-                "lr_decay", "decay_epochs", "dice_weight")
+                "lr_decay", "decay_epochs", "dice_weight", "full_res", "class_weights")
 
 
 def _fields(classes: int) -> list[str]:
@@ -299,6 +299,8 @@ def train_segment(
     lr_decay: float = 0.5,
     decay_epochs: int = 10,
     dice_weight: float = 1.0,
+    class_weights=None,
+    full_res: bool = False,
     seed: int = 0,
     resume: bool = False,
     phantom_size: int = 256,
@@ -326,13 +328,18 @@ def train_segment(
         held out for validation.
     classes : {2, 3}
         2: binary head (material vs void); 3: electrode phases.
-    width, dropout : float
-        Of :func:`tomoqc.models.dlinknet.build_dlinknet`.
+    width, dropout, full_res : float, float, bool
+        Of :func:`tomoqc.models.dlinknet.build_dlinknet` (``full_res``: the
+        full-resolution skip that thin phases need).
     epochs, batch_size, crop, steps_per_epoch : int
         Epochs, crops per step, crop side (a multiple of 32), steps per epoch.
     lr, lr_decay, decay_epochs, dice_weight : float, float, int, float
         Adam learning rate, multiplied by ``lr_decay`` every ``decay_epochs`` epochs; the
         weight of the Dice term.
+    class_weights : sequence of float, optional
+        One weight per class (``classes`` values): every pixel's weight in the loss is
+        multiplied by its class's, which raises the cost of missing a rare or thin phase
+        (the carbon-binder domain). None: all 1.
     seed : int
         Seeds the weights, the phantoms, the split and every random draw.
     resume : bool
@@ -382,6 +389,10 @@ def train_segment(
         raise OptionError("the HTC2022 ground truth is binary (disc vs holes): use --classes 2 with --realdata")
     if not 0 <= max_level <= 5:
         raise OptionError(f"max level must be in 0..5, got {max_level}")
+    if class_weights is not None:
+        class_weights = [float(c) for c in class_weights]
+        if len(class_weights) != classes or not all(math.isfinite(c) and c > 0 for c in class_weights):
+            raise OptionError(f"class weights must be {classes} positive numbers, got {class_weights}")
     out_dir = Path(out_dir)
     options = {"classes": classes, "width": float(width), "dropout": float(dropout), "crop": crop,
                "batch_size": batch_size, "steps_per_epoch": steps_per_epoch, "seed": seed,
@@ -389,7 +400,8 @@ def train_segment(
                "realdata": None if realdata is None else str(realdata), "phantom_size": phantom_size,
                "physics_fraction": float(physics_fraction), "max_level": max_level, "htc_bin": htc_bin,
                "val_disc": val_disc if realdata is not None else None, "lr": float(lr),
-               "lr_decay": float(lr_decay), "decay_epochs": decay_epochs, "dice_weight": float(dice_weight)}
+               "lr_decay": float(lr_decay), "decay_epochs": decay_epochs, "dice_weight": float(dice_weight),
+               "full_res": bool(full_res), "class_weights": class_weights}
 
     meta = None
     if resume:
@@ -424,7 +436,8 @@ def train_segment(
         opt_arrays = None
         start_epoch, start_step, history, best, partial = 0, 0, [], -math.inf, {}
         rng = np.random.default_rng(seed)
-        model = build_dlinknet(1 if classes == 2 else classes, width=width, dropout=dropout, seed=seed)
+        model = build_dlinknet(1 if classes == 2 else classes, width=width, dropout=dropout, seed=seed,
+                               full_res=full_res)
 
     train_vars = model.trainable_variables
     schedule = keras.optimizers.schedules.ExponentialDecay(
@@ -437,8 +450,12 @@ def train_segment(
         for v, a in zip(optimizer.variables, opt_arrays):
             v.assign(a)
 
+    pixel_weight_of_class = tf.constant(class_weights or [1.0] * classes, tf.float32)
+
     @tf.function
     def train_step(x, y, w):
+        if class_weights is not None:
+            w = tf.cast(w, tf.float32) * tf.gather(pixel_weight_of_class, tf.cast(y, tf.int32))
         with tf.GradientTape() as tape:
             prob = model(x, training=True)
             loss, ce, dice = segmentation_loss(prob, y, w, classes=classes, dice_weight=dice_weight)
@@ -536,6 +553,7 @@ def train_segment(
         "output": "sigmoid probability of 'material'" if classes == 2 else "softmax probabilities of the classes",
         "width": float(width),
         "dropout": float(dropout),
+        "full_res": bool(full_res),
         "normalisation": NORMALISATION,
         "tile": crop,
         "multiple": MULTIPLE,
