@@ -105,7 +105,8 @@ def _modes_table(args) -> None:
     from tomoqc.phantom import electrode_slice
 
     keras.utils.set_random_seed(0)
-    net = build_dlinknet(args.classes, width=args.width, dropout=0.2 if "mc" in args.modes else 0.0, seed=0)
+    net = build_dlinknet(args.classes, width=args.width, dropout=0.2 if "mc" in args.modes else 0.0, seed=0,
+                         full_res=args.full_res)
     sm = SegmentModel(net)
     block = np.stack([electrode_slice((args.size, args.size), seed=i)[0] for i in range(args.slices)])
     side = -(-args.size // 32) * 32
@@ -300,6 +301,8 @@ def main(argv=None) -> int:
     ap.add_argument("--slices", type=int, default=4, help="slices per block (table 1) and per volume (table 2)")
     ap.add_argument("--width", type=float, default=0.25, help="D-LinkNet width multiplier")
     ap.add_argument("--classes", type=int, default=3)
+    ap.add_argument("--full-res", action=argparse.BooleanOptionalAction, default=True,
+                    help="with the full-resolution skip, as the bundled phases segmenter (default on)")
     ap.add_argument("--tile", type=int, default=512)
     ap.add_argument("--overlap", type=int, default=64)
     ap.add_argument("--samples", type=int, default=8, help="Monte-Carlo dropout passes")
@@ -334,9 +337,10 @@ def main(argv=None) -> int:
     keras.utils.set_random_seed(0)
     with tempfile.TemporaryDirectory(prefix="segbench-", dir=args.work_dir) as tmp:
         work = Path(tmp)
-        net = build_dlinknet(args.classes, width=args.width, dropout=0.2, seed=0)
+        net = build_dlinknet(args.classes, width=args.width, dropout=0.2, seed=0, full_res=args.full_res)
         model_path = _save_model(net, work, args.classes, args.width, 0.2)
-        print(f"\nD-LinkNet width {args.width} ({net.count_params():,} parameters), {args.classes} classes, "
+        print(f"\nD-LinkNet width {args.width}{' + full-resolution skip' if args.full_res else ''} "
+              f"({net.count_params():,} parameters), {args.classes} classes, "
               f"tile {args.tile}, overlap {args.overlap}, batch {args.batch_size}")
         if args.e2e_sizes:
             _e2e_table(args, work, model_path)

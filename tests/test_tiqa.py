@@ -242,3 +242,42 @@ def test_score_uncertainty_views_and_ood(model):
     assert r3["flags"][0] & tiqa.FLAG_OOD and r3["ood_distance"][0] > 1
     assert r3["score_uncertainty"][0] >= tiqa.OOD_UNCERTAINTY
     assert not model.score_slices(img, tta=1)["flags"][0] & tiqa.FLAG_OOD  # no statistics: no test
+
+
+def test_the_model_card_sets_the_patch_side(tmp_path):
+    """A card's ``test_time_sampling.patch`` decides the grid the slice is cut into, in the
+    model and in the quality zarr the pipeline writes."""
+    import tifffile
+
+    from tomoqc.pipeline import score
+
+    path = tmp_path / "p96.keras"
+    build_tiqa(input_size=None, seed=4).save(path)
+    card = {"model_id": "p96", "test_time_sampling": {"mode": "grid", "patch": 96}}
+    path.with_suffix(".json").write_text(json.dumps(card))
+    m = load_model(path, batch_size=4, tta_views=1)
+    assert m.patch == 96
+    rng = np.random.default_rng(0)
+    img = (0.5 + 0.1 * rng.standard_normal((150, 230))).astype(np.float32)
+    out = m.score_slices(img, measured_terms=False, ood=False)
+    py, px, starts = patch_grid(img.shape, 96)
+    assert (py, px) == (2, 3) and out["patch_score"].shape == (1, py, px)
+    # the last patch of the grid, cut out independently, scores as in the map
+    y0, x0 = starts[-1]
+    assert (y0, x0) == (150 - 96, 230 - 96)
+    from tomoqc.preprocess import normalize_slice
+
+    alone = m.predict_patches(normalize_slice(img)[None, y0 : y0 + 96, x0 : x0 + 96])[0][0]
+    assert out["patch_score"][0, -1, -1] == pytest.approx(alone, abs=1e-4)
+    # the pipeline lays its patch map out on the same grid
+    vol = tmp_path / "vol.tif"
+    tifffile.imwrite(vol, np.stack([img, img[::-1]]))
+    ds = score(vol, model=path, out=tmp_path / "q", workers=0, progress=False, measured_terms=False)
+    assert ds.attrs["patch_size"] == 96 and ds["patch_score"].shape == (2, py, px)
+    assert list(ds["patch_x0"].values) == sorted({int(s[1]) for s in starts})
+    np.testing.assert_allclose(ds["patch_score"].values[0], out["patch_score"][0], atol=1e-4)
+    # a card with a patch side that is no side
+    for bad in (0, 16.5, "224", True):
+        path.with_suffix(".json").write_text(json.dumps({"test_time_sampling": {"patch": bad}}))
+        with pytest.raises(InputError, match="test_time_sampling.patch"):
+            load_model(path)

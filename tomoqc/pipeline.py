@@ -134,8 +134,9 @@ class ScoreJob(SliceJob):
 
     def __init__(self, path: str, sha256: str, batch_size: int, measured_terms: bool, ring_center, tta: int,
                  grid: tuple[int, int, np.ndarray] | None = None, axis_error: float | None = None,
-                 relative_terms: bool = False):
+                 relative_terms: bool = False, patch: int | None = None):
         self.path, self.sha256, self.batch_size = path, sha256, int(batch_size)
+        self.patch = patch  # side of the scored patches (the model card's), for the output layout
         self.measured_terms, self.ring_center, self.tta = bool(measured_terms), tuple(ring_center), tta
         self.axis_error = axis_error  # the volume's rotation-axis error (px), measured once
         self.relative_terms = bool(relative_terms)
@@ -158,7 +159,7 @@ class ScoreJob(SliceJob):
 
     def create_store(self, path, zsel, chunk, attrs):
         py, px, starts = self.grid
-        _template(zsel, py, px, starts, chunk, attrs).to_zarr(str(path), mode="w", compute=False,
+        _template(zsel, py, px, starts, chunk, attrs, self.patch).to_zarr(str(path), mode="w", compute=False,
                                                                      consolidated=False)
 
     def store_arrays(self, path):
@@ -322,11 +323,11 @@ _UNCERTAINTY_ATTRS = {
 }
 
 
-def _template(z, py, px, starts, chunk, attrs):
+def _template(z, py, px, starts, chunk, attrs, patch):
     import dask.array as da
     import xarray as xr
 
-    from tomoqc.models.tiqa import DISTORTIONS, PATCH
+    from tomoqc.models.tiqa import DISTORTIONS
 
     n = len(z)
     nd = len(DISTORTIONS)
@@ -361,7 +362,7 @@ def _template(z, py, px, starts, chunk, attrs):
         },
         attrs=attrs,
     )
-    ds.attrs["patch_size"] = int(PATCH)
+    ds.attrs["patch_size"] = int(patch)
     return ds
 
 
@@ -529,9 +530,10 @@ def score(
     if axis_px is not None:
         ring_attrs["axis_error_px"] = round(float(axis_px), 3)
 
-    from tomoqc.models.tiqa import DISTORTIONS, PATCH, card_sha256, patch_grid
+    from tomoqc.models.tiqa import DISTORTIONS, _read_card, card_sha256, patch_from_card, patch_grid
 
-    py, px, starts = patch_grid((max(h, PATCH), max(w, PATCH)))
+    patch = patch_from_card(_read_card(Path(mpath)))
+    py, px, starts = patch_grid((max(h, patch), max(w, patch)), patch)
 
     params = {
         "input": src_path,
@@ -574,14 +576,14 @@ def score(
         "input_dtype": str(vol.attrs.get("dtype", vol.dtype)),
         "parameters": json.dumps(
             {"axis": axis, "step": step, "batch_size": batch_size, "chunk_slices": chunk,
-             "dataset": dataset_name, "sampling": "grid", "patch": int(PATCH),
+             "dataset": dataset_name, "sampling": "grid", "patch": patch,
              "measured_terms": bool(measured_terms), "ring_center": list(ring_center),
              "ring_center_source": ring_source, "tta_views": tta}
         ),
         "tta_views": tta,
     }
     job = ScoreJob(mpath, msha, batch_size, measured_terms, ring_center, tta, grid=(py, px, starts),
-                   axis_error=axis_px, relative_terms=relative_terms)
+                   axis_error=axis_px, relative_terms=relative_terms, patch=patch)
     run = run_job(
         job, vol, zsel, src_path=src_path, dataset=dataset_name, axis=axis, final=final, params=params,
         attrs=attrs, chunk=chunk, contiguous=step == 1, client=client, cluster=cluster, workers=workers,

@@ -59,6 +59,7 @@ __all__ = [
     "HEAD_DISTORTIONS",
     "TTA_PATCHES",
     "PATCH",
+    "patch_from_card",
     "RESIZE_SHORT_SIDE",
     "FLAG_CONSTANT",
     "FLAG_NO_VALID_PATCH",
@@ -704,6 +705,7 @@ class TiqaModel:
         self.sampling = self.card.get("test_time_sampling", {}).get("mode", "grid") if isinstance(
             self.card.get("test_time_sampling"), dict
         ) else "grid"
+        self.patch = patch_from_card(self.card)
         self.severity_baseline = _baseline_from_card(self.card)
         self.calibration = _calibration_from_card(self.card)
         self.ring_term = _ring_term_from_card(self.card)
@@ -992,7 +994,7 @@ class TiqaModel:
                 measured_on.append(img)
             whole.append(img)
             if mode != "resize_crop":
-                img, padded = _pad_to(img, PATCH)
+                img, padded = _pad_to(img, self.patch)
                 if padded:
                     flags[i] |= FLAG_PADDED
             prepared.append(img)
@@ -1011,14 +1013,14 @@ class TiqaModel:
         cells: list[int] = []
         batches: list[np.ndarray] = []
         if mode == "grid":
-            py, px, starts = patch_grid(prepared[0].shape if n else (PATCH, PATCH))
+            py, px, starts = patch_grid(prepared[0].shape if n else (self.patch, self.patch), self.patch)
             shape0 = prepared[0].shape if n else None
             for i, img in enumerate(prepared):
                 if img.shape != shape0:
                     raise InputError(None, "all slices in one call must have the same shape")
                 if flags[i] & FLAG_CONSTANT:
                     continue
-                pats = extract_patches(img, starts)
+                pats = extract_patches(img, starts, self.patch)
                 for k in pick(i, pats, outside_values(whole[i])):
                     owners.append(i)
                     cells.append(k)
@@ -1039,7 +1041,7 @@ class TiqaModel:
             for i, img in enumerate(prepared):
                 if flags[i] & FLAG_CONSTANT:
                     continue
-                pats = random_crops(img, int(n_crops), rng)
+                pats = random_crops(img, int(n_crops), rng, self.patch)
                 for k in pick(i, pats, outside_values(whole[i])):
                     owners.append(i)
                     cells.append(k)
@@ -1197,6 +1199,19 @@ class TiqaModel:
 
 
 # --------------------------------------------------------------------------- loading
+
+
+def patch_from_card(card: dict | None) -> int:
+    """Side of the patches a model scores (``test_time_sampling.patch`` of its card, else
+    :data:`PATCH`).
+
+    A model's calibration, measured terms and out-of-distribution statistics are fitted
+    on patches of this side, so it belongs to the model, not to the call."""
+    tts = card.get("test_time_sampling") if isinstance(card, dict) else None
+    value = tts.get("patch", PATCH) if isinstance(tts, dict) else PATCH
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not 32 <= int(value) <= 1024:
+        raise InputError(None, f"model card: test_time_sampling.patch must be an integer in 32..1024, got {value!r}")
+    return int(value)
 
 
 def _read_card(path: Path) -> dict:
