@@ -179,3 +179,40 @@ def test_relative_terms_enter_only_when_asked_and_never_raise_the_score():
     assert t.weighs("axis", relative=True) and not t.weighs("axis")
     with pytest.raises(OptionError):
         MeasuredTerms(w, TYPICAL, relative=("sharpness",))
+
+
+def _selection_rows(noise_on_real_rises: bool, seed: int = 0):
+    """Series of 4 levels: 6 simulated references and 5 real samples in two formats each.
+    The network is blind (constant); ``streak`` is noise; ``blur`` and ``ring`` never move;
+    ``noise`` rises with the level on the simulated series and, on the real ones, rises or
+    falls as asked."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for ref in [f"phantom{i}" for i in range(6)] + [f"htc:{i:02d}/{f}" for i in range(5) for f in ("float", "png")]:
+        real = ref.startswith("htc")
+        for lv in range(4):
+            rises = noise_on_real_rises or not real
+            rows.append({"reference": ref, "kind": "real_dose" if real else "dose", "level": lv,
+                         "noise": TYPICAL["noise"] * 2.0 ** (lv if rises else 3 - lv),
+                         "blur": TYPICAL["blur"], "ring": TYPICAL["ring"],
+                         "streak": TYPICAL["streak"] * float(rng.uniform(0.5, 2.0))})
+    pairs = np.array([(a, b) for a, ra in enumerate(rows) for b, rb in enumerate(rows)
+                      if ra["reference"] == rb["reference"] and ra["level"] < rb["level"]])
+    ind = {k: np.array([r[k] for r in rows]) for k in ("noise", "blur", "ring", "streak")}
+    return rows, pairs, ind
+
+
+def test_term_selection_keeps_what_orders_unseen_real_samples():
+    from tomoqc.train.measured import real_sample, select_terms
+
+    assert real_sample("htc:01c/png") == "htc:01c" and real_sample("savu:80") == "savu:80"
+    rows, pairs, ind = _selection_rows(True)
+    score = np.full(len(rows), 3.0)
+    sel = select_terms(score, ind, pairs, np.ones(len(pairs)), rows, typical=TYPICAL)
+    # the informative term stays; terms that never move or only add noise go
+    assert sel["kept"] == ["noise"] and sel["criterion"] == pytest.approx(1.0)
+    # a term that orders the simulated series but misorders every real one goes too: the
+    # network alone (blind: ties, 0.5) beats it on the held-out real samples
+    rows, pairs, ind = _selection_rows(False)
+    sel = select_terms(score, ind, pairs, np.ones(len(pairs)), rows, typical=TYPICAL)
+    assert sel["kept"] == [] and sel["criterion"] == pytest.approx(0.5)
