@@ -17,12 +17,9 @@ re-projected slices are all left out (the Savu rows here are other rows of the s
 only raw synchrotron scan of the folder).
 
 :func:`fit_card_terms` scores every image with the network alone, measures the indicators,
-takes each indicator's typical clean value, keeps only the terms that order real samples
-left out of the fit better than without them (:func:`select_terms`: leave-one-sample-out
-cross-validation on the real series), fits their weights so that the combined score orders
-the series' pairs (the real series weigh as much as the simulated ones together) and the
-severity lines (of every indicator: severities are reported whether or not a term enters
-the score), and returns the card entry. Scored tables are cached in its work folder.
+takes each indicator's typical clean value, fits the weights so that the combined score
+orders the series' pairs (the real series weigh as much as the simulated ones together) and
+the severity lines, and returns the card entry. Scored tables are cached in its work folder.
 """
 
 from __future__ import annotations
@@ -34,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["TRAIN_SAMPLES", "TRAIN_SERIES", "fit_card_terms", "select_terms", "reference_slices", "series_for", "image_series",
+__all__ = ["TRAIN_SAMPLES", "TRAIN_SERIES", "fit_card_terms", "reference_slices", "series_for", "image_series",
            "real_series_rows", "export_roundtrip"]
 
 #: Real samples used for fitting (kept apart from the real-orderings benchmark's samples).
@@ -114,76 +111,6 @@ def fit_relative_weight(terms, rows: list, name: str, *, l2: float = L2, tau: fl
     c = float(grid[int(np.argmin(loss))])
     return {"weight": c, "pairs": int(len(pairs)),
             "pair_accuracy": float(np.mean((db - c * df) > 0)), "pair_accuracy_without": float(np.mean(db > 0))}
-
-
-def real_sample(reference: str) -> str:
-    """The measured sample of a real series row (``"htc:01c/png"`` -> ``"htc:01c"``)."""
-    return reference.split("/", 1)[0]
-
-
-def select_terms(score, ind: dict, pairs, pair_weights, rows: list, *, typical: dict, labels=None,
-                 log=None) -> dict:
-    """Keep only the measured terms that help on real scans the fit did not see.
-
-    Backward elimination under leave-one-sample-out cross-validation on the real series:
-    for each measured sample of the real series (a Savu row or an HTC2022 disc, all its
-    kinds and formats together) the weights are fitted on every pair except that sample's
-    and the sample's real pairs are ordered with them. The criterion is the mean over the
-    real kinds (dose, angles, stripes, blur, gain) of the held-out pair accuracy, so that a
-    term that helps the many dose pairs cannot hide one that misleads on the few gain
-    pairs. Starting from every indicator, the term whose removal raises the criterion most
-    (or leaves it unchanged: fewer terms) is removed, until every removal lowers it.
-
-    Returns ``kept`` (indicator names), ``criterion`` (of the kept set) and ``steps`` (the
-    criterion of every candidate set tried).
-    """
-    from tomoqc.models.measured import fit_measured_terms
-
-    pairs = np.asarray(pairs, np.intp)
-    pair_weights = np.asarray(pair_weights, np.float64)
-    kind = np.array([rows[a]["kind"] for a, _ in pairs])
-    real = np.array([k.startswith("real_") for k in kind])
-    sample = np.array([real_sample(rows[a]["reference"]) if r else "" for (a, _), r in zip(pairs, real)])
-    samples = sorted(set(sample[real]))
-    if len(samples) < 2:
-        return {"kept": list(ind), "criterion": None, "steps": []}
-    s = np.asarray(score, np.float64)
-
-    def criterion(names) -> float:
-        correct = np.zeros(len(pairs))
-        for held in samples:
-            test = real & (sample == held)
-            train = ~test
-            fit = fit_measured_terms(s, {k: ind[k] for k in names}, pairs[train], typical=typical,
-                                     weights=pair_weights[train], labels=labels, label_weight=LABEL_WEIGHT,
-                                     l2=L2, tau=TAU, steps=1500)
-            from tomoqc.models.measured import MeasuredTerms
-
-            comb = MeasuredTerms(fit["weights"], typical).combine(s, {k: ind[k] for k in names})
-            tp = pairs[test]
-            correct[test] = np.where(comb[tp[:, 0]] == comb[tp[:, 1]], 0.5, comb[tp[:, 0]] > comb[tp[:, 1]])
-        return float(np.mean([correct[real & (kind == k)].mean() for k in sorted(set(kind[real]))]))
-
-    kept = list(ind)
-    best = criterion(kept)
-    steps = [{"terms": list(kept), "criterion": round(best, 4)}]
-    if log:
-        log(f"term selection: all {kept}: held-out real criterion {best:.4f}")
-    while kept:
-        trials = []
-        for k in kept:
-            names = [n for n in kept if n != k]
-            c = criterion(names)
-            steps.append({"terms": names, "criterion": round(c, 4)})
-            if log:
-                log(f"term selection: without {k}: {c:.4f}")
-            trials.append((c, k))
-        c, k = max(trials)
-        if c < best:
-            break
-        kept.remove(k)
-        best = c
-    return {"kept": kept, "criterion": round(best, 4), "steps": steps}
 
 
 def _log(msg):
@@ -447,10 +374,8 @@ def fit_card_terms(model, realdata, work, *, labelled=(), phantoms: int = 6, see
     # the real series count REAL_WEIGHT times as much as the simulated ones together
     is_real = np.array([rows[a]["kind"].startswith("real_") for a, _ in pairs])
     pw = np.where(is_real, REAL_WEIGHT * max(1.0, (~is_real).sum() / max(1, is_real.sum())), 1.0)
-    selection = select_terms(score, ind, pairs, pw, rows, typical=typical, labels=labels, log=log)
-    kept = selection["kept"]
-    fit = fit_measured_terms(score, {k: ind[k] for k in kept}, np.array(pairs), typical=typical, weights=pw,
-                             labels=labels, label_weight=LABEL_WEIGHT, l2=L2, tau=TAU)
+    fit = fit_measured_terms(score, ind, np.array(pairs), typical=typical, weights=pw, labels=labels,
+                             label_weight=LABEL_WEIGHT, l2=L2, tau=TAU)
     log(f"typical {typical}")
     log(f"fit {fit}")
     sev = {}
@@ -465,7 +390,7 @@ def fit_card_terms(model, realdata, work, *, labelled=(), phantoms: int = 6, see
         sel = np.array([r["kind"] in kinds or r["kind"] == "lab_none" for r in rows])
         sev[k] = fit_severity_line(ind[k][sel], levels[sel], anchor=anchors[k])
     log(f"severity lines {sev}")
-    weights = {k: (0.0 if k in RELATIVE or k not in kept else v) for k, v in fit["weights"].items()}
+    weights = {k: (0.0 if k in RELATIVE else v) for k, v in fit["weights"].items()}
     rel = fit_relative_weight(MeasuredTerms(weights, typical), center_rows, "axis", l2=L2, tau=TAU)
     log(f"relative axis term: {rel}")
     weights["axis"] = rel["weight"]
@@ -494,6 +419,6 @@ def fit_card_terms(model, realdata, work, *, labelled=(), phantoms: int = 6, see
         "pairs": fit["pairs"], "pair_accuracy": fit["pair_accuracy"],
         "pair_accuracy_network": fit["pair_accuracy_network"], "label_rmse": fit["label_rmse"],
         "labelled": [str(Path(d).name) for d in labelled], "by_kind": by_kind, "seed": seed,
-        "relative_fit": rel, "term_selection": selection,
+        "relative_fit": rel,
     })
     return entry
