@@ -19,7 +19,7 @@
 
 The network is D-LinkNet34 at width 0.25 (every channel count a quarter of the paper's):
 these weights are trained from scratch on a two-core CPU (about 40 minutes for ``binary``,
-about an hour for ``phases``), where the full-width network (31 M parameters) would not train in that
+about 75 minutes for ``phases``), where the full-width network (31 M parameters) would not train in that
 time; the width is in the card. The ``phases`` network adds the full-resolution skip of
 :func:`tomoqc.models.dlinknet.build_dlinknet` (``full_res``) and weighs carbon-binder
 pixels twice in the loss: the paper's finest features are at 1/4 resolution, which caps
@@ -46,13 +46,13 @@ from pathlib import Path
 
 KINDS = {
     # kind: training options of tomoqc.train.segment.train_segment
-    "phases": dict(classes=3, phantoms=320, phantom_size=256, physics_fraction=0.1, epochs=96, steps_per_epoch=50,
+    "phases": dict(classes=3, phantoms=320, phantom_size=256, physics_fraction=0.1, epochs=160, steps_per_epoch=50,
                    batch_size=8, crop=256, lr=5e-4, decay_epochs=32, full_res=True, class_weights=(1.0, 2.0, 1.0)),
     "binary": dict(classes=2, phantoms=160, phantom_size=256, physics_fraction=0.1, epochs=36, steps_per_epoch=50,
                    batch_size=8, crop=256, lr=5e-4, decay_epochs=12),
 }
 MIN_IOU = {"phases": 0.5, "binary": 0.8}
-DEFAULT_MINUTES = {"phases": 90.0, "binary": 38.0}
+DEFAULT_MINUTES = {"phases": 120.0, "binary": 38.0}
 
 
 def main(argv=None) -> int:
@@ -63,7 +63,7 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--work", type=Path, default=None, help="training folder (default runs/segment_<kind>)")
     ap.add_argument("--minutes", type=float, default=None,
-                    help="training time budget (default 38 for binary, 90 for phases)")
+                    help="training time budget (default 38 for binary, 120 for phases)")
     ap.add_argument("--width", type=float, default=0.25)
     ap.add_argument("--dropout", type=float, default=0.1)
     ap.add_argument("--min-iou", type=float, default=None, help="held-out mean IoU needed to install the weights")
