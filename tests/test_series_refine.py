@@ -1,0 +1,78 @@
+"""Refining on series of known order (tomoqc.train.series_refine)."""
+
+import numpy as np
+import pytest
+
+from tomoqc.train.series_refine import OrderedSeries, refine_on_series, series_block_batch, series_pair_accuracy
+
+
+def _series(name, source, n, shape=(96, 96), seed=0):
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[: shape[0], : shape[1]]
+    base = 0.5 + 0.3 * np.sin(xx / 7.0) * np.cos(yy / 9.0)
+    imgs = [np.clip(base + rng.normal(0, 0.04 * k, shape), 0, 1).astype(np.float32) for k in range(n)]
+    return OrderedSeries(name, "noise", source, imgs)
+
+
+def test_block_batch_pairs_every_ordered_pair_of_a_block_on_one_shared_crop():
+    blocks = [_series("a", "real", 5, seed=1), _series("b", "simulated", 2, seed=2), _series("c", "real", 3, seed=3)]
+    rng = np.random.default_rng(0)
+    x, better, worse = series_block_batch(blocks, 64, 4, rng, augment=False)
+    sizes = [4, 2, 3]  # min(length, len(series))
+    assert x.shape == (sum(sizes), 64, 64, 1)
+    assert len(better) == sum(n * (n - 1) // 2 for n in sizes)
+    starts = np.cumsum([0] + sizes)
+    for b, w in zip(better, worse):
+        k = np.searchsorted(starts, b, side="right") - 1
+        assert starts[k] <= b < w < starts[k + 1]  # same block, better first
+    # each block's crops come from one position of its own images, in the series' order
+    for k, s in enumerate(blocks):
+        crops = x[starts[k] : starts[k + 1], ..., 0]
+        found = []
+        for c in crops:
+            hits = [i for i, img in enumerate(s.images)
+                    for y in range(img.shape[0] - 63) for xx in range(img.shape[1] - 63)
+                    if np.array_equal(img[y : y + 64, xx : xx + 64], c)][:1]
+            assert hits, "crop not cut from the series"
+            found.append(hits[0])
+        assert found == sorted(found) and len(set(found)) == len(found)
+
+
+def test_pair_accuracy_counts_ordered_pairs_and_ties_half():
+    s = [_series("a", "real", 3), _series("b", "simulated", 3)]
+    # real: (3,2,1) all 3 pairs right; simulated: (1,1,2): tie 0.5, wrong, wrong -> 0.5/3
+    acc = series_pair_accuracy(s, [[3, 2, 1], [1, 1, 2]])
+    assert acc["real"] == pytest.approx(1.0)
+    assert acc["simulated"] == pytest.approx(0.5 / 3)
+    assert acc["all"] == pytest.approx((1.0 + 0.5 / 3) / 2)
+
+
+def test_refine_runs_checkpoints_and_resumes(tmp_path):
+    import json
+
+    import keras
+
+    from tomoqc.models.tiqa import build_tiqa, load_model
+
+    model_path = tmp_path / "parent.keras"
+    keras.utils.set_random_seed(0)
+    build_tiqa(input_size=None, seed=0).save(model_path)
+
+    series = [_series(f"r{i}", "real", 4, seed=i) for i in range(3)] + \
+             [_series(f"s{i}", "simulated", 4, seed=10 + i) for i in range(3)]
+    out = tmp_path / "refine"
+    kw = dict(steps_per_epoch=2, blocks_per_batch=2, length=3, crop=64, val_samples=("r0", "s0"), val_size=64,
+              val_crops=1, seed=0, log=lambda m: None)
+    rec = refine_on_series(model_path, series, out, epochs=1, **kw)
+    assert rec["series"] == {"train": 4, "val": 2, "val_samples": ["r0", "s0"],
+                             "by_source": {"real": {"noise": 2}, "simulated": {"noise": 2}}}
+    assert [h["epoch"] for h in rec["history"]] == [0, 1]
+    rec2 = refine_on_series(model_path, series, out, epochs=2, resume=True, **kw)
+    assert [h["epoch"] for h in rec2["history"]] == [0, 1, 2]
+    assert json.loads((out / "record.json").read_text())["init_sha256"] == rec["init_sha256"]
+    # the refined network is a TIQA model the scorer loads; the parent file is untouched
+    m = load_model(out / "last.keras")
+    assert np.isfinite(m.predict_patches(series[0].images[0][:64, :64][None])[0]).all()
+    a = load_model(model_path).model.get_weights()
+    b = m.model.get_weights()
+    assert any(not np.array_equal(u, v) for u, v in zip(a, b))  # it did learn something
