@@ -107,3 +107,33 @@ def test_integer_masks_and_empty_phase():
 def test_bad_input(mask, kwargs, err):
     with pytest.raises(err):
         two_point_correlation(mask, **kwargs)
+
+
+@pytest.mark.parametrize("axis", [0, 1])
+def test_within_a_region_counts_only_pairs_inside_it(axis):
+    rng = np.random.default_rng(9)
+    yy, xx = np.mgrid[:64, :64]
+    region = (yy - 31.5) ** 2 + (xx - 31.5) ** 2 < 28**2  # a field-of-view disc
+    # a checkerboard inside the disc; anything at all outside it
+    board = ((yy + xx) % 2).astype(bool)
+    a = np.where(region, board, rng.random((64, 64)) < 0.9)
+    b = np.where(region, board, False)
+    s2a = two_point_correlation(a, axis=axis, max_r=10, within=region)
+    s2b = two_point_correlation(b, axis=axis, max_r=10, within=region)
+    np.testing.assert_allclose(s2a, s2b, atol=1e-12)  # pixels outside the region do not matter
+    # odd separations: never both on the board's phase; r = 0: the phase's share of the disc
+    assert np.all(s2a[1::2] < 1e-12)
+    assert s2a[0] == pytest.approx(board[region].mean(), abs=1e-12)
+    # even separations: a pair of the disc is in the phase exactly when its first point is
+    for r in (2, 4, 8):
+        if axis == 1:
+            both = region[:, :-r] & region[:, r:]
+            want = board[:, :-r][both].mean()
+        else:
+            both = region[:-r] & region[r:]
+            want = board[:-r][both].mean()
+        assert s2a[r] == pytest.approx(want, abs=1e-12)
+    # the whole image as the region is the plain estimate
+    full = np.ones((64, 64), bool)
+    np.testing.assert_allclose(two_point_correlation(a, axis=axis, max_r=10, within=full),
+                               two_point_correlation(a, axis=axis, max_r=10), atol=1e-12)

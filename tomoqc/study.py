@@ -797,7 +797,8 @@ def _stage_segment_phantom(root: Path, p: StudyParams, prog: _Progress) -> dict:
                 valid = fov_mask(t.shape, fovs.get(ref))
                 truths[ref] = (t, np.ones(t.shape, bool) if valid is None else valid)
                 for axis in (1, 0):
-                    s2_true.setdefault(axis, []).append(two_point_correlation(t == S2_PHASE, axis=axis, max_r=max_r))
+                    s2_true.setdefault(axis, []).append(
+                        two_point_correlation(t == S2_PHASE, axis=axis, max_r=max_r, within=truths[ref][1]))
             t, valid = truths[ref]
             f1 = f1_per_class(pred[valid], t[valid], 3)
             out.append({"file": r["file"], "f1_mean": float(np.nanmean(f1)) if np.isfinite(f1).any() else math.nan,
@@ -809,7 +810,7 @@ def _stage_segment_phantom(root: Path, p: StudyParams, prog: _Progress) -> dict:
                         continue
                     for axis in (1, 0):
                         s2_pred.setdefault((kind, int(r["level"]), axis), []).append(
-                            two_point_correlation(pred == S2_PHASE, axis=axis, max_r=max_r))
+                            two_point_correlation(pred == S2_PHASE, axis=axis, max_r=max_r, within=valid))
         tick(len(part))
     cols = ["file", "f1_mean"] + [f"f1_{n.replace(' ', '_').replace('-', '_')}" for n in PHASE_NAMES]
     _write_csv(root / "segmentation" / "phantom.csv", out, cols)

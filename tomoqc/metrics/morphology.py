@@ -40,7 +40,8 @@ def _check_mask(mask) -> np.ndarray:
     return a.astype(np.float64)
 
 
-def two_point_correlation(mask, *, axis: int, max_r: int | None = None, periodic: bool = False) -> np.ndarray:
+def two_point_correlation(mask, *, axis: int, max_r: int | None = None, periodic: bool = False,
+                          within=None) -> np.ndarray:
     """Two-point correlation ``S2(r)`` of a phase along one image axis.
 
     Parameters
@@ -56,11 +57,16 @@ def two_point_correlation(mask, *, axis: int, max_r: int | None = None, periodic
     periodic : bool
         Treat the image as one period of a periodic structure (the pixel after the last
         is the first).
+    within : (H, W) array of bool, optional
+        The region where the structure is known (a reconstruction's field of view): only
+        pairs whose two points both lie in it count, in the numerator and in the number of
+        pairs. Pixels outside it do not matter. Default: the whole image.
 
     Returns
     -------
     ndarray of float64, shape (max_r + 1,)
-        ``S2(r)`` for ``r = 0, 1, ..., max_r``; ``S2(0)`` is the phase's area fraction.
+        ``S2(r)`` for ``r = 0, 1, ..., max_r``; ``S2(0)`` is the phase's area fraction
+        (within the region). NaN at separations no pair of the region spans.
 
     Notes
     -----
@@ -84,8 +90,15 @@ def two_point_correlation(mask, *, axis: int, max_r: int | None = None, periodic
     a = _check_mask(mask)
     if isinstance(axis, bool) or axis not in (0, 1):
         raise OptionError(f"axis must be 0 (y) or 1 (x), got {axis!r}")
+    w = None
+    if within is not None:
+        w = _check_mask(within)
+        if w.shape != a.shape:
+            raise InputError(None, f"the region has shape {w.shape}, the phase mask {a.shape}")
+        a = a * w
     if axis == 0:
         a = a.T  # separations along the last axis from here on
+        w = None if w is None else w.T
     m, n = a.shape
     if max_r is None:
         max_r = n // 2
@@ -96,15 +109,21 @@ def two_point_correlation(mask, *, axis: int, max_r: int | None = None, periodic
         raise OptionError(f"max_r must be >= 0, got {max_r}")
     if max_r > n - 1:
         raise OptionError(f"max_r must be below the image's length along axis {axis} ({n}), got {max_r}")
+    size = n if periodic else 2 * n  # zero padding to 2 n leaves no wrap-around
+
+    def autocorr(x):
+        f = np.fft.rfft(x, n=size, axis=1)
+        return np.fft.irfft(f * np.conj(f), n=size, axis=1).sum(axis=0)[: max_r + 1]
+
+    if w is not None:
+        pairs = np.rint(autocorr(w))  # pairs with both points in the region
+        with np.errstate(invalid="ignore", divide="ignore"):
+            s2 = np.where(pairs > 0, autocorr(a) / np.maximum(pairs, 1.0), np.nan)
+        return np.where(np.isfinite(s2), np.clip(s2, 0.0, 1.0), np.nan)
     if periodic:
-        f = np.fft.rfft(a, axis=1)
-        corr = np.fft.irfft(f * np.conj(f), n=n, axis=1)
-        s2 = corr.sum(axis=0)[: max_r + 1] / (m * n)
+        s2 = autocorr(a) / (m * n)
     else:
-        size = 2 * n
-        f = np.fft.rfft(a, n=size, axis=1)
-        corr = np.fft.irfft(f * np.conj(f), n=size, axis=1)
         pairs = (n - np.arange(max_r + 1)) * m
-        s2 = corr.sum(axis=0)[: max_r + 1] / pairs
+        s2 = autocorr(a) / pairs
     # FFT round-off: counts are whole numbers of pairs
     return np.clip(s2, 0.0, 1.0)
