@@ -47,6 +47,7 @@ def test_pair_accuracy_counts_ordered_pairs_and_ties_half():
     assert acc["all"] == pytest.approx((1.0 + 0.5 / 3) / 2)
 
 
+@pytest.mark.slow  # ~35 s: an EfficientNet-B0 training step; the refine is an experiment, not a release stage
 def test_refine_runs_checkpoints_and_resumes(tmp_path):
     import json
 
