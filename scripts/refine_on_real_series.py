@@ -23,8 +23,12 @@ Measured (2026-12-01, 2 cores, these defaults; not shipped): 13 epochs of 40 bat
 left the held-out real series' pair accuracy where the parent had it (0.920) while the
 held-out simulated series fell from 0.890 to 0.807, so the run was stopped and the bundled
 model is not a product of this script. Crops of 160 px often miss the ring or column
-defect a series is about, so many pairs teach noise; larger crops or whole slices (a GPU)
-are the next thing to try.
+defect a series is about, so many pairs teach noise. With ``--crop 256 --minutes 25`` (18
+epochs) the held-out simulated series rose from 0.890 to 0.931 (best, epoch 15; real flat at
+0.920), and that network alone orders the real series of ``benchmarks/real_orderings.py``
+0.877 against the parent's 0.847 (``benchmarks/patch_side_orderings.py --model
+WORK/refine/best.keras --sides 224``: dose 0.934, blur 0.967, the rest unchanged). It is not
+a release until its measured terms, trust statistics and the phantom table are redone.
 
 A release would then refit what depends on the network's features (stages 4e-4f of
 ``scripts/train_default_model.py``)::
