@@ -161,10 +161,10 @@ def install(best: Path, parent: Path, dest_dir: Path, record: dict, command: str
     })
     card.setdefault("training", {})["series_refine"] = {**rec, "parent": parent_entry}
     if evaluate is not None:
+        from tomoqc.models.tiqa import TiqaModel
         from tomoqc.train.finetune import evaluate_dataset, format_table
 
-        atomic_write_text(dest.with_suffix(".json"), json.dumps(card, indent=2, default=float) + "\n")
-        model = load_model(dest)
+        model = TiqaModel(load_model(dest).model, path=dest, card=card)  # the new card, before it is written
         ev = evaluate_dataset(model, evaluate)
         card["evaluation"] = {"sampling": "grid", "severity": "measured from severity_baseline",
                               "data": str(evaluate), "table": ev["table"],

@@ -117,9 +117,8 @@ def two_point_correlation(mask, *, axis: int, max_r: int | None = None, periodic
 
     if w is not None:
         pairs = np.rint(autocorr(w))  # pairs with both points in the region
-        with np.errstate(invalid="ignore", divide="ignore"):
-            s2 = np.where(pairs > 0, autocorr(a) / np.maximum(pairs, 1.0), np.nan)
-        return np.where(np.isfinite(s2), np.clip(s2, 0.0, 1.0), np.nan)
+        s2 = np.clip(autocorr(a) / np.maximum(pairs, 1.0), 0.0, 1.0)
+        return np.where(pairs > 0, s2, np.nan)
     if periodic:
         s2 = autocorr(a) / (m * n)
     else:

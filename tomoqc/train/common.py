@@ -137,13 +137,36 @@ def load_state(out_dir):
     return model, arrays, meta
 
 
-def restore_optimizer(optimizer, model, arrays) -> None:
-    """Build ``optimizer`` for ``model`` and load saved variable values into it."""
-    optimizer.build(model.trainable_variables)
-    vars_ = optimizer.variables
-    if len(vars_) != len(arrays):
-        raise InputError(None, f"saved optimizer state has {len(arrays)} variables, expected {len(vars_)}")
-    for v, a in zip(vars_, arrays):
+class Start:
+    """Where a training run starts: from its saved state (``resume``) or afresh.
+
+    ``model`` and ``optimizer_arrays`` are the saved ones, or None on a fresh start (the
+    caller builds its model); ``epoch``, ``history``, ``best`` and ``rng`` continue the saved
+    run or start at 0, [], -inf and a generator seeded with ``seed``; ``meta`` is the saved
+    ``state.json`` (empty on a fresh start) for what else a stage keeps there.
+    """
+
+    def __init__(self, out_dir, *, resume: bool, seed: int):
+        if resume:  # load_state names the folder when there is nothing to resume
+            self.model, self.optimizer_arrays, self.meta = load_state(out_dir)
+            self.rng = restore_rng(self.meta["rng"])
+        else:
+            self.model, self.optimizer_arrays, self.meta = None, None, {}
+            self.rng = np.random.default_rng(seed)
+        self.epoch = int(self.meta.get("epoch", 0))
+        self.history = list(self.meta.get("history", []))
+        self.best = float(self.meta.get("best", -np.inf))
+
+
+def build_optimizer(optimizer, variables, arrays=None, *, where=None) -> None:
+    """Build ``optimizer`` for ``variables`` and, when resuming, load its saved ``arrays``
+    (from :func:`load_state`) into it; ``where`` (the training folder) names a mismatch."""
+    optimizer.build(variables)
+    if arrays is None:
+        return
+    if len(arrays) != len(optimizer.variables):
+        raise InputError(where, "saved optimizer state does not match the model")
+    for v, a in zip(optimizer.variables, arrays):
         v.assign(a)
 
 

@@ -15,7 +15,6 @@ dropout 0.5, 20 epochs.
 
 from __future__ import annotations
 
-import math
 import time
 from pathlib import Path
 
@@ -337,22 +336,11 @@ def train_finetune(
         n_batches = min(n_batches, int(steps_per_epoch))
 
     common.set_seed(seed)
-    start_epoch = 0
-    history: list[dict] = []
-    best = -math.inf
-    since_best = 0
-    if resume and common.has_state(out_dir):
-        model, opt_arrays, meta = common.load_state(out_dir)
-        start_epoch = int(meta["epoch"])
-        history = list(meta.get("history", []))
-        best = float(meta.get("best", -math.inf))
-        since_best = int(meta.get("since_best", 0))
-        rng = common.restore_rng(meta["rng"])
-    else:
-        if resume:
-            raise InputError(out_dir, "no saved training state to resume from (run without --resume)")
-        opt_arrays = None
-        rng = np.random.default_rng(seed)
+    start = common.Start(out_dir, resume=resume, seed=seed)
+    model, opt_arrays, rng = start.model, start.optimizer_arrays, start.rng
+    start_epoch, history, best = start.epoch, start.history, start.best
+    since_best = int(start.meta.get("since_best", 0))
+    if model is None:
         model = load_model(init).model if init is not None else build_tiqa(input_size=None, seed=seed)
     set_batchnorm_momentum(model, bn_momentum)
 
@@ -361,12 +349,7 @@ def train_finetune(
         lr, decay_steps=max(1, n_batches * decay_epochs), decay_rate=lr_decay, staircase=True
     )
     optimizer = keras.optimizers.Adam(learning_rate=schedule)
-    optimizer.build(train_vars)
-    if opt_arrays is not None:
-        if len(opt_arrays) != len(optimizer.variables):
-            raise InputError(out_dir, "saved optimizer state does not match the model")
-        for v, a in zip(optimizer.variables, opt_arrays):
-            v.assign(a)
+    common.build_optimizer(optimizer, train_vars, opt_arrays, where=out_dir)
 
     if calibrate_head and init is not None and opt_arrays is None:
         a, c = _calibrate_score_head(model, train, store, crop, seed)

@@ -30,7 +30,6 @@ learning to rank", NeurIPS 2009.
 
 from __future__ import annotations
 
-import math
 import time
 from pathlib import Path
 
@@ -306,20 +305,10 @@ def train_rank(
         n_batches = min(n_batches, int(steps_per_epoch))
 
     common.set_seed(seed)
-    start_epoch = 0
-    history: list[dict] = []
-    best = -math.inf
-    if resume and common.has_state(out_dir):
-        model, opt_arrays, meta = common.load_state(out_dir)
-        start_epoch = int(meta["epoch"])
-        history = list(meta.get("history", []))
-        best = float(meta.get("best", -math.inf))
-        rng = common.restore_rng(meta["rng"])
-    else:
-        if resume:
-            raise InputError(out_dir, "no saved training state to resume from (run without --resume)")
-        opt_arrays = None
-        rng = np.random.default_rng(seed)
+    start = common.Start(out_dir, resume=resume, seed=seed)
+    model, opt_arrays, rng = start.model, start.optimizer_arrays, start.rng
+    start_epoch, history, best = start.epoch, start.history, start.best
+    if model is None:
         if init is not None:
             from tomoqc.models.tiqa import load_model
 
@@ -333,12 +322,7 @@ def train_rank(
         lr, decay_steps=max(1, n_batches), decay_rate=lr_decay, staircase=True
     )
     optimizer = keras.optimizers.Adam(learning_rate=schedule)
-    optimizer.build(train_vars)
-    if opt_arrays is not None:
-        if len(opt_arrays) != len(optimizer.variables):
-            raise InputError(out_dir, "saved optimizer state does not match the model")
-        for v, a in zip(optimizer.variables, opt_arrays):
-            v.assign(a)
+    common.build_optimizer(optimizer, train_vars, opt_arrays, where=out_dir)
 
     train_step = rank_step(model, train_vars, optimizer, better, worse, margin)
 

@@ -443,12 +443,7 @@ def train_segment(
     schedule = keras.optimizers.schedules.ExponentialDecay(
         lr, decay_steps=max(1, steps_per_epoch * decay_epochs), decay_rate=lr_decay, staircase=True)
     optimizer = keras.optimizers.Adam(learning_rate=schedule)
-    optimizer.build(train_vars)
-    if opt_arrays is not None:
-        if len(opt_arrays) != len(optimizer.variables):
-            raise InputError(out_dir, "saved optimizer state does not match the model")
-        for v, a in zip(optimizer.variables, opt_arrays):
-            v.assign(a)
+    common.build_optimizer(optimizer, train_vars, opt_arrays, where=out_dir)
 
     pixel_weight_of_class = tf.constant(class_weights or [1.0] * classes, tf.float32)
 

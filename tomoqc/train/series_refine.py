@@ -38,7 +38,6 @@ training stages.
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,6 +46,7 @@ import numpy as np
 
 from tomoqc.errors import InputError, OptionError
 from tomoqc.train import common
+from tomoqc.train.data import _augment, choose_crop
 
 __all__ = ["OrderedSeries", "build_training_series", "series_block_batch", "refine_on_series", "VAL_SAMPLES",
            "series_pair_accuracy"]
@@ -109,12 +109,6 @@ def build_training_series(realdata, *, phantoms: int = 6, seed: int = 20261130, 
     return out
 
 
-def _crop_origin(img: np.ndarray, size: int, rng: np.random.Generator) -> tuple[int, int]:
-    from tomoqc.train.data import choose_crop
-
-    return choose_crop(img, size, rng)
-
-
 def series_block_batch(blocks, size: int, length: int, rng: np.random.Generator, *, augment: bool = True):
     """One batch from ``blocks`` (a list of :class:`OrderedSeries`).
 
@@ -129,13 +123,12 @@ def series_block_batch(blocks, size: int, length: int, rng: np.random.Generator,
     for s in blocks:
         n = len(s.images)
         pick = np.sort(rng.choice(n, size=min(length, n), replace=False))
-        y, x = _crop_origin(s.images[pick[0]], side, rng)
+        y, x = choose_crop(s.images[pick[0]], side, rng)
         k = int(rng.integers(0, 4)) if augment else 0
         flip = bool(rng.integers(0, 2)) if augment else False
         base = len(xs)
         for i in pick:
-            c = np.rot90(s.images[i][y : y + side, x : x + side], k)
-            xs.append(c[:, ::-1] if flip else c)
+            xs.append(_augment(s.images[i][y : y + side, x : x + side], k, flip))
         for a in range(len(pick)):
             for b in range(a + 1, len(pick)):
                 better.append(base + a)
@@ -166,7 +159,7 @@ def _val_crops(series, size: int, crops: int, seed: int):
     out = []
     for s in series:
         side = min(size, *s.images[0].shape)
-        pos = [_crop_origin(s.images[0], side, rng) for _ in range(crops)]
+        pos = [choose_crop(s.images[0], side, rng) for _ in range(crops)]
         out.append(np.stack([[img[y : y + side, x : x + side] for (y, x) in pos] for img in s.images]))
     return out  # per series: (n_images, crops, s, s)
 
@@ -237,27 +230,14 @@ def refine_on_series(
 
     common.set_seed(seed)
     parent = load_model(init).model
-    start_epoch, history, best = 0, [], -math.inf
-    if resume and common.has_state(out_dir):
-        model, opt_arrays, meta = common.load_state(out_dir)
-        start_epoch = int(meta["epoch"])
-        history = list(meta.get("history", []))
-        best = float(meta.get("best", -math.inf))
-        rng = common.restore_rng(meta["rng"])
-    else:
-        if resume:
-            raise InputError(out_dir, "no saved training state to resume from (run without --resume)")
+    start = common.Start(out_dir, resume=resume, seed=seed)
+    model, opt_arrays, rng = start.model, start.optimizer_arrays, start.rng
+    start_epoch, history, best = start.epoch, start.history, start.best
+    if model is None:
         model = load_model(init).model
-        opt_arrays = None
-        rng = np.random.default_rng(seed)
     train_vars = [v for v in model.trainable_variables if not v.path.startswith("severity")]
     optimizer = keras.optimizers.Adam(learning_rate=lr)
-    optimizer.build(train_vars)
-    if opt_arrays is not None:
-        if len(opt_arrays) != len(optimizer.variables):
-            raise InputError(out_dir, "saved optimizer state does not match the model")
-        for v, a in zip(optimizer.variables, opt_arrays):
-            v.assign(a)
+    common.build_optimizer(optimizer, train_vars, opt_arrays, where=out_dir)
 
     spec = (tf.TensorSpec([None, None, None, 1], tf.float32), tf.TensorSpec([None], tf.int32),
             tf.TensorSpec([None], tf.int32))
