@@ -2,7 +2,7 @@
 """Refine the bundled TIQA network on series of known order from real data (seeded).
 
     python scripts/refine_on_real_series.py --realdata ../shared/realdata --work /tmp/series_refine \
-        [--init tomoqc/models/weights/tiqa_default.keras] [--minutes 40] [--seed 2026]
+        [--init tomoqc/models/weights/tiqa_default.keras] [--crop 256] [--minutes 40] [--seed 2026]
 
 Steps (each resumes or is skipped when its output exists):
 
@@ -19,24 +19,25 @@ Steps (each resumes or is skipped when its output exists):
    ``--evaluate DATA`` (a labelled phantom set, e.g. the one ``benchmarks/phantom_table.py``
    builds) writes the card's evaluation table.
 
-Measured (2026-12-01, 2 cores, these defaults; not shipped): 13 epochs of 40 batches (8 min)
-left the held-out real series' pair accuracy where the parent had it (0.920) while the
-held-out simulated series fell from 0.890 to 0.807, so the run was stopped and the bundled
-model is not a product of this script. Crops of 160 px often miss the ring or column
-defect a series is about, so many pairs teach noise. With ``--crop 256 --minutes 25`` (18
-epochs) the held-out simulated series rose from 0.890 to 0.931 (best, epoch 15; real flat at
-0.920), and that network alone orders the real series of ``benchmarks/real_orderings.py``
-0.877 against the parent's 0.847 (``benchmarks/patch_side_orderings.py --model
-WORK/refine/best.keras --sides 224``: dose 0.934, blur 0.967, the rest unchanged). It is not
-a release until its measured terms, trust statistics and the phantom table are redone.
+The bundled model's last training stage (the shipped weights came from this script on the
+previous release, ``--crop 256 --minutes 25``, 18 epochs, best at epoch 15;
+``scripts/train_default_model.py`` runs the same stage as 4d). Measured on 2 cores:
 
-A release would then refit what depends on the network's features (stages 4e-4f of
-``scripts/train_default_model.py``)::
+* crops of 160 px (13 epochs, 8 min) left the held-out real series' pair accuracy where the
+  parent had it (0.920) while the held-out simulated series fell from 0.890 to 0.807: such
+  crops often miss the ring or column defect a series is about, so many pairs teach noise;
+* crops of 256 px raised the held-out simulated series from 0.890 to 0.931 (real flat at
+  0.920), and the network alone then orders the real series of
+  ``benchmarks/real_orderings.py`` 0.877 against the parent's 0.847
+  (``benchmarks/patch_side_orderings.py --model WORK/refine/best.keras --sides 224``).
+
+The install keeps the parent's calibration and severity baseline; what depends on the
+network's features is then refitted (stages 4f-4g of ``scripts/train_default_model.py``)::
 
     python scripts/fit_measured_terms.py --realdata ../shared/realdata --model DIR/tiqa_default.keras \
         --out WORK/terms --write-card
     python scripts/fit_trust.py --realdata ../shared/realdata --model DIR/tiqa_default.keras \
-        --out DIR/tiqa_default.json
+        --out DIR/tiqa_default.json --quantile 0.9 --tta 1
 """
 
 from __future__ import annotations
@@ -57,31 +58,6 @@ def log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
-def _save_series(path: Path, series) -> None:
-    import numpy as np
-
-    arrays, meta = {}, []
-    for i, s in enumerate(series):
-        meta.append([s.name, s.kind, s.source, len(s.images)])
-        for j, a in enumerate(s.images):
-            arrays[f"s{i}_{j}"] = a
-    tmp = path.with_name(path.name + ".part.npz")
-    np.savez(tmp, meta=np.array(meta, dtype=object), **arrays)
-    os.replace(tmp, path)
-
-
-def _load_series(path: Path):
-    import numpy as np
-
-    from tomoqc.train.series_refine import OrderedSeries
-
-    z = np.load(path, allow_pickle=True)
-    out = []
-    for i, (name, kind, source, n) in enumerate(z["meta"]):
-        out.append(OrderedSeries(str(name), str(kind), str(source), [z[f"s{i}_{j}"] for j in range(int(n))]))
-    return out
-
-
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--realdata", type=Path, default=REPO.parent / "shared" / "realdata")
@@ -90,7 +66,7 @@ def main(argv=None) -> int:
     ap.add_argument("--minutes", type=float, default=40.0)
     ap.add_argument("--epochs", type=int, default=40)
     ap.add_argument("--steps", type=int, default=40, help="batches per epoch")
-    ap.add_argument("--crop", type=int, default=160)
+    ap.add_argument("--crop", type=int, default=256)
     ap.add_argument("--margin", type=float, default=0.3)
     ap.add_argument("--anchor-weight", type=float, default=1.0)
     ap.add_argument("--lr", type=float, default=2e-5)
@@ -102,17 +78,11 @@ def main(argv=None) -> int:
     a = ap.parse_args(argv)
 
     from tomoqc.logs import quiet_native_logs
-    from tomoqc.train.series_refine import build_training_series, refine_on_series
+    from tomoqc.train.series_refine import cached_training_series, refine_on_series
 
     quiet_native_logs()
     a.work.mkdir(parents=True, exist_ok=True)
-    cache = a.work / "series.npz"
-    if cache.is_file():
-        series = _load_series(cache)
-        log(f"read {len(series)} series from {cache}")
-    else:
-        series = build_training_series(a.realdata, seed=a.seed, log=log)
-        _save_series(cache, series)
+    series = cached_training_series(a.realdata, a.work / "series.npz", seed=a.seed, log=log)
     command = "python scripts/refine_on_real_series.py " + " ".join(sys.argv[1:] if argv is None else argv)
     rec = refine_on_series(a.init, series, a.work / "refine", epochs=a.epochs, steps_per_epoch=a.steps,
                            crop=a.crop, margin=a.margin, anchor_weight=a.anchor_weight, lr=a.lr, seed=a.seed,

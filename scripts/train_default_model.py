@@ -33,15 +33,20 @@ Steps (each skipped when its output already exists, so a rerun continues):
    ``(level / 5) ** 0.5``, epoch picked on held-out references naming the distortion);
    the backbone and the score head, hence every score, stay as they are
    (``--severity-head-epochs``, 0 to skip).
-4d. score calibration: a strictly increasing logistic map from the raw score to the label
+4d. series refine: :func:`tomoqc.train.series_refine.refine_on_series` goes on training the
+   network on series whose quality order physics fixes, from real measured data degraded
+   directly and from real slices and phantoms re-projected and scanned again (rank loss,
+   anchored on the network's own raw score and severities; ``--series-refine-epochs``, 0
+   to skip; it needs ``--realdata``). The stages below are fitted on the refined network.
+4e. score calibration: a strictly increasing logistic map from the raw score to the label
    scale, fitted on the training phantoms (``--score-calibration none`` to skip); it
    changes no ranking, only how linearly the 1-5 score follows the labels.
-4e. measured terms: :func:`tomoqc.train.measured.fit_card_terms` fits how the measured
+4f. measured terms: :func:`tomoqc.train.measured.fit_card_terms` fits how the measured
    noise, blur, ring and streak indicators of a whole slice (:mod:`tomoqc.metrics.nr`,
    :mod:`tomoqc.metrics.rings`) lower the network's score and give the severities, on series
    of known order from phantoms, re-projected real slices and real measured data of
    ``--realdata`` (``../shared/realdata``; ``--measured-terms none`` to skip).
-4f. trust: ``scripts/fit_trust.py`` records what the model has seen (feature statistics and
+4g. trust: ``scripts/fit_trust.py`` records what the model has seen (feature statistics and
    raw-score range) for the out-of-distribution flag (run after installing; it needs
    ``--realdata`` too).
 5. evaluation on the fresh-seed set with the default test-time sampling (grid of 224
@@ -270,6 +275,10 @@ def main(argv=None) -> int:
     ap.add_argument("--severity-head-power", type=float, default=0.5,
                     help="severity targets are (level / 5) ** POWER in the severity-head refit")
     ap.add_argument("--severity-head-lr", type=float, default=1e-3)
+    ap.add_argument("--series-refine-epochs", type=int, default=18,
+                    help="epochs of the refine on series of known order from real data (0: skip it)")
+    ap.add_argument("--series-refine-crop", type=int, default=256, help="crop side of the series refine")
+    ap.add_argument("--series-refine-minutes", type=float, default=30.0)
     ap.add_argument("--score-calibration", choices=("logistic", "none"), default="logistic",
                     help="fit a strictly increasing map from raw scores to labels on the training phantoms")
     ap.add_argument("--measured-terms", choices=("fit", "none"), default="fit",
@@ -415,6 +424,41 @@ def main(argv=None) -> int:
         if head_record is not None:
             best = head_best
 
+    # 4d. series refine: the network goes on learning from series of known order from real
+    # data (tomoqc.train.series_refine), anchored on its own raw outputs; the calibration,
+    # measured terms and severity baseline below are fitted on the refined network
+    series_record = None
+    if args.series_refine_epochs > 0:
+        from tomoqc.models.tiqa import file_sha256 as _sha
+
+        sr_out = work / "series_refine"
+        sr_json = sr_out / "record.json"
+        done = sr_out / "DONE"
+        init_sha = _sha(best)
+        series_record = json.loads(sr_json.read_text()) if done.exists() else None
+        if series_record is not None and series_record.get("init_sha256") != init_sha:
+            done.unlink()  # a finished stage counts only for the model it started from
+            series_record = None
+        if not args.skip_train and series_record is None:
+            from tomoqc.train.common import has_state
+            from tomoqc.train.series_refine import cached_training_series, refine_on_series
+
+            if not args.realdata.is_dir():
+                raise SystemExit(f"error: {args.realdata}: real-data folder not found (give --realdata, "
+                                 "or --series-refine-epochs 0)")
+            log(f"series-refine stage on {best}")
+            series = cached_training_series(args.realdata, work / "series_refine_series.npz", seed=args.seed,
+                                            log=log)
+            series_record = refine_on_series(best, series, sr_out, epochs=args.series_refine_epochs,
+                                             steps_per_epoch=40, crop=args.series_refine_crop, seed=args.seed,
+                                             resume=args.resume and has_state(sr_out),
+                                             time_limit_s=args.series_refine_minutes * 60, log=log, command=command)
+            if series_record["interrupted"]:
+                return 0
+            done.write_text("done\n")
+        if series_record is not None:
+            best = Path(series_record["best"])
+
     # 5. evaluate + install
     import numpy as np
 
@@ -425,7 +469,7 @@ def main(argv=None) -> int:
 
     model = load_model(best)
     train_rows = read_manifest(train_dir)
-    # 4d. a strictly increasing map from the raw score to the label scale, fitted on the
+    # 4e. a strictly increasing map from the raw score to the label scale, fitted on the
     # training phantoms (tomoqc.models.tiqa.calibration_from_scores); rankings are unchanged
     calibration = None
     if args.score_calibration == "logistic":
@@ -439,7 +483,7 @@ def main(argv=None) -> int:
         model.calibration = _calibration_from_card({"score_calibration": calibration})
         log(f"score calibration on {calibration['n']} training images in {time.time() - t:.0f} s: "
             f"logistic{calibration['kind']}, PLCC {calibration['plcc_before']:.3f} -> {calibration['plcc_after']:.3f}")
-    # 4e. the measured terms: how the slice's measured indicators lower the network's score,
+    # 4f. the measured terms: how the slice's measured indicators lower the network's score,
     # fitted on series of known order (phantoms, re-projected real slices, real measured data)
     measured_terms = None
     model.ring_term = None
@@ -531,6 +575,8 @@ def main(argv=None) -> int:
                      "refine": None if refine_card is None else
                      {k: refine_card.get(k) for k in ("hyperparameters", "validation", "init")},
                      "severity_head": head_record,
+                     "series_refine": None if series_record is None else
+                     {k: v for k, v in series_record.items() if k != "best"},
                      "refine_from": None if args.refine_from is None else
                      {"path": str(args.refine_from), "sha256": file_sha256(args.refine_from),
                       "model_id": refined_card.get("model_id"),

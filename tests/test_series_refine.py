@@ -3,7 +3,8 @@
 import numpy as np
 import pytest
 
-from tomoqc.train.series_refine import OrderedSeries, refine_on_series, series_block_batch, series_pair_accuracy
+from tomoqc.train.series_refine import (OrderedSeries, cached_training_series, read_series, refine_on_series,
+                                        series_block_batch, series_pair_accuracy, write_series)
 
 
 def _series(name, source, n, shape=(96, 96), seed=0):
@@ -47,7 +48,31 @@ def test_pair_accuracy_counts_ordered_pairs_and_ties_half():
     assert acc["all"] == pytest.approx((1.0 + 0.5 / 3) / 2)
 
 
-@pytest.mark.slow  # ~35 s: an EfficientNet-B0 training step; the refine is an experiment, not a release stage
+def test_series_cache_round_trips_and_spares_the_rebuild(tmp_path):
+    series = [_series("dose/x", "real", 3, seed=1), _series("phantom#0", "simulated", 2, shape=(40, 56), seed=2)]
+    cache = tmp_path / "c" / "series.npz"
+    write_series(cache, series)
+    assert not list(cache.parent.glob("*.part*"))
+    back = read_series(cache)
+    assert [(s.name, s.kind, s.source, len(s.images)) for s in back] == \
+        [(s.name, s.kind, s.source, len(s.images)) for s in series]
+    for a, b in zip(series, back):
+        for x, y in zip(a.images, b.images):
+            np.testing.assert_array_equal(x, y)
+    # with the cache there, the real-data folder is not read (here it does not exist)
+    again = cached_training_series(tmp_path / "no-such-folder", cache, log=lambda m: None)
+    assert [s.name for s in again] == ["dose/x", "phantom#0"]
+
+
+def test_a_damaged_series_cache_is_named(tmp_path):
+    from tomoqc.errors import InputError
+
+    bad = tmp_path / "series.npz"
+    bad.write_bytes(b"not an npz")
+    with pytest.raises(InputError, match="series.npz"):
+        read_series(bad)
+
+
 def test_refine_runs_checkpoints_and_resumes(tmp_path):
     import json
 

@@ -48,7 +48,7 @@ from tomoqc.errors import InputError, OptionError
 from tomoqc.train import common
 from tomoqc.train.data import _augment, choose_crop
 
-__all__ = ["OrderedSeries", "build_training_series", "series_block_batch", "refine_on_series", "VAL_SAMPLES",
+__all__ = ["OrderedSeries", "build_training_series", "cached_training_series", "write_series", "read_series", "series_block_batch", "refine_on_series", "VAL_SAMPLES",
            "series_pair_accuracy"]
 
 #: Samples whose series are held out for validation (real: ``kind/sample``; simulated:
@@ -107,6 +107,46 @@ def build_training_series(realdata, *, phantoms: int = 6, seed: int = 20261130, 
             out.append(OrderedSeries(f"{kind}/{sample}", f"real_{kind}", "real", [_normalised(a) for a in stack]))
     log(f"all series: {len(out)} ({time.monotonic() - t0:.0f} s)")
     return out
+
+
+def cached_training_series(realdata, cache, *, seed: int = 20261130, log=print) -> list[OrderedSeries]:
+    """:func:`build_training_series`, read from ``cache`` (an ``.npz``) when it is there,
+    built and written there (atomically) when not."""
+    cache = Path(cache)
+    if cache.is_file():
+        series = read_series(cache)
+        log(f"read {len(series)} series from {cache}")
+        return series
+    series = build_training_series(realdata, seed=seed, log=log)
+    write_series(cache, series)
+    return series
+
+
+def write_series(path, series) -> None:
+    """Write ``series`` to ``path`` (``.npz``), atomically."""
+    import os
+
+    path = Path(path)
+    arrays, meta = {}, []
+    for i, s in enumerate(series):
+        meta.append([s.name, s.kind, s.source, len(s.images)])
+        arrays.update({f"s{i}_{j}": np.asarray(a, np.float32) for j, a in enumerate(s.images)})
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".part.npz")
+    np.savez(tmp, meta=np.array(meta, dtype=object), **arrays)
+    os.replace(tmp, path)
+
+
+def read_series(path) -> list[OrderedSeries]:
+    """The series :func:`write_series` wrote to ``path``."""
+    import pickle
+
+    try:
+        z = np.load(path, allow_pickle=True)
+        return [OrderedSeries(str(name), str(kind), str(source), [z[f"s{i}_{j}"] for j in range(int(n))])
+                for i, (name, kind, source, n) in enumerate(z["meta"])]
+    except (OSError, ValueError, KeyError, pickle.UnpicklingError) as err:
+        raise InputError(path, f"not a series cache ({err}); delete it to rebuild") from None
 
 
 def series_block_batch(blocks, size: int, length: int, rng: np.random.Generator, *, augment: bool = True):
