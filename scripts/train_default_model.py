@@ -204,6 +204,21 @@ def label_sets(train_dir: Path, others, *, intensity: str) -> tuple[dict, list[s
     return anchors, shared
 
 
+def finished_stage(out_dir: Path, init_sha: str) -> dict | None:
+    """The record (``record.json``) of a stage finished in ``out_dir`` (``DONE``), or None.
+
+    A finished stage counts only for the model it started from (the record's
+    ``init_sha256``): for another one its ``DONE`` marker is removed and it runs again."""
+    done = out_dir / "DONE"
+    if not done.exists():
+        return None
+    record = json.loads((out_dir / "record.json").read_text())
+    if record.get("init_sha256") != init_sha:
+        done.unlink()
+        return None
+    return record
+
+
 def merge_datasets(out: Path, parts) -> None:
     """A dataset folder whose manifest lists the images of several others (paths relative to ``out``)."""
     from tomoqc.train.common import atomic_write_text
@@ -401,14 +416,8 @@ def main(argv=None) -> int:
         from tomoqc.models.tiqa import file_sha256 as _sha
 
         head_best = head_out / "best.keras"
-        head_json = head_out / "record.json"
         init_sha = _sha(best)
-        done = head_out / "DONE"
-        head_record = json.loads(head_json.read_text()) if done.exists() else None
-        # a finished head stage counts only for the model it started from
-        if head_record is not None and head_record.get("init_sha256") != init_sha:
-            done.unlink()
-            head_record = None
+        head_record = finished_stage(head_out, init_sha)
         if not args.skip_train and head_record is None:
             from tomoqc.train.heads import refit_severity_head
 
@@ -419,8 +428,8 @@ def main(argv=None) -> int:
                                               seed=args.seed, cache=head_out / "features.npz", log=log)
             head_record["init"] = str(best)
             head_record["init_sha256"] = init_sha
-            head_json.write_text(json.dumps(head_record, indent=2, default=str) + "\n")
-            done.write_text("done\n")
+            (head_out / "record.json").write_text(json.dumps(head_record, indent=2, default=str) + "\n")
+            (head_out / "DONE").write_text("done\n")
         if head_record is not None:
             best = head_best
 
@@ -432,13 +441,7 @@ def main(argv=None) -> int:
         from tomoqc.models.tiqa import file_sha256 as _sha
 
         sr_out = work / "series_refine"
-        sr_json = sr_out / "record.json"
-        done = sr_out / "DONE"
-        init_sha = _sha(best)
-        series_record = json.loads(sr_json.read_text()) if done.exists() else None
-        if series_record is not None and series_record.get("init_sha256") != init_sha:
-            done.unlink()  # a finished stage counts only for the model it started from
-            series_record = None
+        series_record = finished_stage(sr_out, _sha(best))
         if not args.skip_train and series_record is None:
             from tomoqc.train.common import has_state
             from tomoqc.train.series_refine import cached_training_series, refine_on_series
@@ -455,7 +458,7 @@ def main(argv=None) -> int:
                                              time_limit_s=args.series_refine_minutes * 60, log=log, command=command)
             if series_record["interrupted"]:
                 return 0
-            done.write_text("done\n")
+            (sr_out / "DONE").write_text("done\n")  # refine_on_series wrote record.json
         if series_record is not None:
             best = Path(series_record["best"])
 

@@ -38,6 +38,8 @@ training stages.
 
 from __future__ import annotations
 
+import os
+import pickle
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,8 +50,8 @@ from tomoqc.errors import InputError, OptionError
 from tomoqc.train import common
 from tomoqc.train.data import _augment, choose_crop
 
-__all__ = ["OrderedSeries", "build_training_series", "cached_training_series", "write_series", "read_series", "series_block_batch", "refine_on_series", "VAL_SAMPLES",
-           "series_pair_accuracy"]
+__all__ = ["OrderedSeries", "build_training_series", "cached_training_series", "write_series", "read_series",
+           "series_block_batch", "refine_on_series", "VAL_SAMPLES", "series_pair_accuracy"]
 
 #: Samples whose series are held out for validation (real: ``kind/sample``; simulated:
 #: the reference name of :func:`tomoqc.train.measured.reference_slices`).
@@ -124,8 +126,6 @@ def cached_training_series(realdata, cache, *, seed: int = 20261130, log=print) 
 
 def write_series(path, series) -> None:
     """Write ``series`` to ``path`` (``.npz``), atomically."""
-    import os
-
     path = Path(path)
     arrays, meta = {}, []
     for i, s in enumerate(series):
@@ -139,8 +139,6 @@ def write_series(path, series) -> None:
 
 def read_series(path) -> list[OrderedSeries]:
     """The series :func:`write_series` wrote to ``path``."""
-    import pickle
-
     try:
         z = np.load(path, allow_pickle=True)
         return [OrderedSeries(str(name), str(kind), str(source), [z[f"s{i}_{j}"] for j in range(int(n))])
