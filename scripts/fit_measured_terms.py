@@ -31,6 +31,9 @@ def main(argv=None) -> int:
     ap.add_argument("--labelled", type=Path, nargs="*", default=[],
                     help="labelled dataset folders (tomoqc dataset build + tomoqc label) for the label term")
     ap.add_argument("--seed", type=int, default=20261130)
+    ap.add_argument("--balance", choices=("pairs", "kinds"), default=None,
+                    help="weigh every pair alike, or every series kind alike, inside the real and the simulated "
+                         "half (default: tomoqc.train.measured.BALANCE)")
     ap.add_argument("--write-card", action="store_true", help="write measured_terms into the model's card")
     args = ap.parse_args(argv)
 
@@ -47,7 +50,7 @@ def main(argv=None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 1
     entry = fit_card_terms(model, args.realdata, args.out, labelled=args.labelled, phantoms=args.phantoms,
-                           seed=args.seed)
+                           seed=args.seed, **({} if args.balance is None else {"balance": args.balance}))
     entry["command"] = "python scripts/fit_measured_terms.py " + " ".join(sys.argv[1:] if argv is None else argv)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "measured_terms.json").write_text(json.dumps(entry, indent=2) + "\n")

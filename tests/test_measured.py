@@ -179,3 +179,32 @@ def test_relative_terms_enter_only_when_asked_and_never_raise_the_score():
     assert t.weighs("axis", relative=True) and not t.weighs("axis")
     with pytest.raises(OptionError):
         MeasuredTerms(w, TYPICAL, relative=("sharpness",))
+
+
+@pytest.mark.parametrize("balance", ["pairs", "kinds"])
+def test_pair_weights_split_real_and_simulated_halves_evenly(balance):
+    from tomoqc.train.measured import pair_weights
+
+    kinds = ["dose"] * 30 + ["ring"] * 10 + ["real_dose"] * 12 + ["real_stripes"] * 2
+    w = pair_weights(kinds, balance=balance, real_weight=1.0)
+    real = np.array([k.startswith("real_") for k in kinds])
+    assert w.mean() == pytest.approx(1.0)
+    assert w[real].sum() == pytest.approx(w[~real].sum())  # the two halves weigh the same
+    by_kind = {k: w[np.array(kinds) == k].sum() for k in set(kinds)}
+    if balance == "kinds":  # every kind of a half weighs the same in total
+        assert by_kind["dose"] == pytest.approx(by_kind["ring"])
+        assert by_kind["real_dose"] == pytest.approx(by_kind["real_stripes"])
+    else:  # every pair of a half weighs the same
+        assert len(set(np.round(w[~real], 12))) == 1 and len(set(np.round(w[real], 12))) == 1
+        assert by_kind["dose"] == pytest.approx(3 * by_kind["ring"])
+
+
+def test_pair_weights_real_weight_and_bad_balance():
+    from tomoqc.train.measured import pair_weights
+
+    kinds = ["dose"] * 4 + ["real_gain"] * 4
+    w = pair_weights(kinds, balance="kinds", real_weight=3.0)
+    assert w[4:].sum() == pytest.approx(3 * w[:4].sum())
+    assert pair_weights(["dose", "blur"], balance="kinds").tolist() == [1.0, 1.0]  # no real half: still mean 1
+    with pytest.raises(OptionError, match="balance"):
+        pair_weights(kinds, balance="levels")

@@ -69,6 +69,9 @@ L2 = 0.002
 TAU = 0.25
 #: Weight of the real series' pairs (together) against the simulated ones (together).
 REAL_WEIGHT = 1.0
+#: How pairs are weighed inside the real and inside the simulated half (:func:`pair_weights`).
+BALANCES = ("pairs", "kinds")
+BALANCE = "pairs"
 #: Weight of the squared error against labels (labelled sets) in the fit: small, so that the
 #: labels keep the terms on the label scale without undoing what the real series ask for.
 LABEL_WEIGHT = 0.03
@@ -286,8 +289,39 @@ def labelled_rows(model, directories, log=_log) -> list:
     return rows
 
 
+def pair_weights(kinds, *, balance: str = BALANCE, real_weight: float = REAL_WEIGHT) -> np.ndarray:
+    """Weight of each pair in the fit, from its series kind (``real_*`` for real measured data).
+
+    The real pairs together weigh ``real_weight`` times the simulated ones together.
+    ``balance="pairs"``: within each half every pair weighs the same (a kind with many
+    series pulls the weights its way); ``"kinds"``: within each half every kind weighs the
+    same in total (an impairment with few series, such as stripe removal, counts as much as
+    one with many). Weights have mean 1.
+    """
+    if balance not in BALANCES:
+        from tomoqc.errors import OptionError
+
+        raise OptionError(f"balance must be one of {', '.join(BALANCES)}, got {balance!r}")
+    kinds = np.asarray(list(kinds), dtype=object)
+    if kinds.size == 0:
+        return np.ones(0)
+    is_real = np.array([str(k).startswith("real_") for k in kinds])
+    w = np.zeros(len(kinds))
+    halves = [(is_real, float(real_weight)), (~is_real, 1.0)]
+    present = [(sel, hw) for sel, hw in halves if sel.any()]
+    for sel, hw in present:
+        if balance == "pairs":
+            w[sel] = hw / sel.sum()
+        else:
+            names = sorted(set(kinds[sel]))
+            for k in names:
+                m = sel & (kinds == k)
+                w[m] = hw / (len(names) * m.sum())
+    return w / w.mean()
+
+
 def fit_card_terms(model, realdata, work, *, labelled=(), phantoms: int = 6, seed: int = 20261130,
-                   log=_log) -> dict:
+                   balance: str = BALANCE, log=_log) -> dict:
     """Fit the measured terms of ``model`` (a :class:`tomoqc.models.tiqa.TiqaModel`); return the card entry.
 
     ``realdata`` is the real-data folder; ``labelled`` optional dataset folders with labels
@@ -371,9 +405,7 @@ def fit_card_terms(model, realdata, work, *, labelled=(), phantoms: int = 6, see
             for b in idx:
                 if rows[a]["level"] < rows[b]["level"]:
                     pairs.append((a, b))
-    # the real series count REAL_WEIGHT times as much as the simulated ones together
-    is_real = np.array([rows[a]["kind"].startswith("real_") for a, _ in pairs])
-    pw = np.where(is_real, REAL_WEIGHT * max(1.0, (~is_real).sum() / max(1, is_real.sum())), 1.0)
+    pw = pair_weights([rows[a]["kind"] for a, _ in pairs], balance=balance)
     fit = fit_measured_terms(score, ind, np.array(pairs), typical=typical, weights=pw, labels=labels,
                              label_weight=LABEL_WEIGHT, l2=L2, tau=TAU)
     log(f"typical {typical}")
@@ -418,7 +450,7 @@ def fit_card_terms(model, realdata, work, *, labelled=(), phantoms: int = 6, see
                       f"directly ({', '.join(f'{k} {s}' for k, s in TRAIN_SERIES)}), float and 8-bit exports"),
         "pairs": fit["pairs"], "pair_accuracy": fit["pair_accuracy"],
         "pair_accuracy_network": fit["pair_accuracy_network"], "label_rmse": fit["label_rmse"],
-        "labelled": [str(Path(d).name) for d in labelled], "by_kind": by_kind, "seed": seed,
+        "labelled": [str(Path(d).name) for d in labelled], "by_kind": by_kind, "seed": seed, "balance": balance,
         "relative_fit": rel,
     })
     return entry
