@@ -136,9 +136,12 @@ def test_slurm_cluster_scores_equal_local_scores(slurm, pipeline, tiny_data, tmp
     for vol in vols:
         a = open_quality(tmp_path / "slurm" / f"{vol.name}.quality.zarr")
         b = open_quality(tmp_path / "local" / f"{vol.name}.quality.zarr")
-        np.testing.assert_allclose(a["score"].values, b["score"].values, rtol=0, atol=1e-5)
-        np.testing.assert_allclose(a["severity"].values, b["severity"].values, rtol=0, atol=1e-5)
-        np.testing.assert_allclose(a["patch_score"].values, b["patch_score"].values, rtol=0, atol=1e-5)
+        # equal to float32 rounding: a SLURM worker has 1 core and the local one the machine's
+        # threads, and TensorFlow's CPU kernels sum in an order that depends on the thread
+        # count (a score of 3.57 once differed by 1.3e-5); any real difference - another
+        # slice, chunk or model - is orders of magnitude larger
+        for name in ("score", "severity", "patch_score"):
+            np.testing.assert_allclose(a[name].values, b[name].values, rtol=0, atol=1e-4, err_msg=name)
         values.append(np.concatenate([a["score"].values, a["severity"].values.ravel()]))
     allv = np.concatenate(values)  # the streak severity is NaN for a network without measured terms
     assert np.nanmax(allv) - np.nanmin(allv) > 0.01, "constant outputs: the comparison would prove nothing"
