@@ -23,6 +23,8 @@ sys.path.insert(0, str(REPO))
 
 
 def main(argv=None) -> int:
+    from tomoqc.train.measured import BALANCE, BALANCES
+
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--realdata", type=Path, required=True, help="the real-data folder (../shared/realdata)")
     ap.add_argument("--out", type=Path, default=Path("fit-out"), help="folder for the scored tables")
@@ -31,9 +33,9 @@ def main(argv=None) -> int:
     ap.add_argument("--labelled", type=Path, nargs="*", default=[],
                     help="labelled dataset folders (tomoqc dataset build + tomoqc label) for the label term")
     ap.add_argument("--seed", type=int, default=20261130)
-    ap.add_argument("--balance", choices=("pairs", "kinds"), default=None,
+    ap.add_argument("--balance", choices=BALANCES, default=BALANCE,
                     help="weigh every pair alike, or every series kind alike, inside the real and the simulated "
-                         "half (default: tomoqc.train.measured.BALANCE)")
+                         "half (tomoqc.train.measured.pair_weights)")
     ap.add_argument("--write-card", action="store_true", help="write measured_terms into the model's card")
     args = ap.parse_args(argv)
 
@@ -50,7 +52,7 @@ def main(argv=None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 1
     entry = fit_card_terms(model, args.realdata, args.out, labelled=args.labelled, phantoms=args.phantoms,
-                           seed=args.seed, **({} if args.balance is None else {"balance": args.balance}))
+                           seed=args.seed, balance=args.balance)
     entry["command"] = "python scripts/fit_measured_terms.py " + " ".join(sys.argv[1:] if argv is None else argv)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "measured_terms.json").write_text(json.dumps(entry, indent=2) + "\n")

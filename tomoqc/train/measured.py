@@ -307,9 +307,9 @@ def pair_weights(kinds, *, balance: str = BALANCE, real_weight: float = REAL_WEI
         return np.ones(0)
     is_real = np.array([str(k).startswith("real_") for k in kinds])
     w = np.zeros(len(kinds))
-    halves = [(is_real, float(real_weight)), (~is_real, 1.0)]
-    present = [(sel, hw) for sel, hw in halves if sel.any()]
-    for sel, hw in present:
+    for sel, hw in ((is_real, float(real_weight)), (~is_real, 1.0)):
+        if not sel.any():
+            continue
         if balance == "pairs":
             w[sel] = hw / sel.sum()
         else:
