@@ -101,9 +101,7 @@ def test_correlated_noise_is_seen_at_coarser_levels():
     np.testing.assert_allclose(noise_levels(_steps(256) + rng.normal(0, 0.05, (256, 256))), 0.05, rtol=0.12)
 
 
-def test_blur_index_rises_with_blur_and_not_with_noise():
-    from scipy import ndimage
-
+def test_blur_index_rises_with_blur_and_not_with_noise_or_fewer_projections():
     from tomoqc.distort import physics
     from tomoqc.metrics.nr import blur_index
     from tomoqc.phantom import electrode_slice
@@ -113,12 +111,25 @@ def test_blur_index_rises_with_blur_and_not_with_noise():
     blurred = [blur_index(physics.simulate_scan(img, flux=2e4, psf_sigma=s, rng=0)) for s in (0.0, 1.0, 2.0, 4.0)]
     assert all(b > a for a, b in zip(blurred, blurred[1:])), blurred
     noisy = [blur_index(physics.simulate_scan(img, flux=f, rng=0)) for f in (1e5, 2e4, 5e3, 1e3)]
-    # noise is taken off before the ratio: it does not read as sharpness
-    assert max(noisy) < 1.15 * min(noisy) and max(noisy) < 0.9 * blurred[2]
-    # an image-domain Gaussian blur of width b gives the analytic ratio for a step edge
+    # noise is taken off and only strong edge crests count: it does not read as sharpness
+    assert max(noisy) < 1.15 * min(noisy) and max(noisy) < 0.9 * blurred[2], (noisy, blurred)
+    # nor do moderate undersampling streaks (1/4 of the projections); at 1/8 and fewer the
+    # streaks' own crests start to read sharper (README, known limits)
+    n_full = int(np.ceil(np.pi / 2 * 128))  # the scan's default: Nyquist sampling of the slice
+    sparse = [blur_index(physics.simulate_scan(img, flux=1e5, n_angles=n_full // k, rng=0)) for k in (1, 2, 4)]
+    assert min(sparse) > 0.9 * sparse[0], sparse
+
+
+@pytest.mark.parametrize("b", [1.0, 2.0, 4.0])
+def test_blur_index_is_the_gaussian_width_of_a_blurred_step(b):
+    """On a step edge blurred by a Gaussian of width b the crest energy ratio gives b back."""
+    from scipy import ndimage
+
+    from tomoqc.metrics.nr import blur_index
+
     rng = np.random.default_rng(9)
-    for b in (1.0, 2.0, 4.0):
-        step = ndimage.gaussian_filter(_steps(256), b) + rng.normal(0, 0.01, (256, 256))
-        r = np.sqrt(3.0**2 + b**2) / np.sqrt(1.5**2 + b**2)
-        assert blur_index(step) == pytest.approx(1 / (r - 1), rel=0.15)
+    step = ndimage.gaussian_filter(_steps(256), b) + rng.normal(0, 0.01, (256, 256))
+    assert blur_index(step) == pytest.approx(b, rel=0.1)
     assert blur_index(step * 5 + 7) == pytest.approx(blur_index(step), rel=1e-6)
+    # a sharp sampled step reads well under a pixel: only the pixel grid's own spread
+    assert blur_index(_steps(256) + rng.normal(0, 0.01, (256, 256))) < 0.6

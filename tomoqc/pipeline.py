@@ -51,8 +51,9 @@ The quality output is an :class:`xarray.Dataset`:
     range; about 0 without rings), NaN when it cannot be measured. The axis is found
     once per volume unless given (attrs ``ring_center`` and ``ring_center_source``).
 ``noise_index(z)``, ``blur_index(z)``, ``streak_index(z)`` float32
-    The other measured indicators (:mod:`tomoqc.metrics.nr`): noise over contrast, edge
-    blur (about 1 when sharp), and the spokes of too few projections.
+    The other measured indicators (:mod:`tomoqc.metrics.nr`): noise over contrast, the
+    Gaussian width of the strongest edges in pixels (about 0.4 when sharp), and the spokes
+    of too few projections.
 
 ``z`` holds the indices of the scored slices along the slicing axis.
 
@@ -107,8 +108,9 @@ OUTPUT_VARIABLES = ("score", "score_uncertainty", "flag", "valid_fraction", "pat
                     *(name for name, _ in INDICATOR_VARIABLES))
 _INDICATOR_ATTRS = {
     "noise_index": {"long_name": "noise index (robust noise sigma over the slice's contrast)", "units": "1"},
-    "blur_index": {"long_name": "blur index (1 / (gradient-energy ratio at 1.5 and 3 px - 1); about 1 when sharp)",
-                   "units": "1"},
+    "blur_index": {"long_name": "blur index (Gaussian width of the strongest edges, from their crests' "
+                                "gradient-energy ratio at 1.5 and 3 px; about 0.4 when sharp)",
+                   "units": "pixel"},
     "ring_index": {"long_name": "ring index (RMS concentric amplitude about the rotation axis)",
                    "units": "fraction of the slice's robust intensity range"},
     "streak_index": {"long_name": "streak index (angular contrast of the power spectrum's spokes)", "units": "1"},
