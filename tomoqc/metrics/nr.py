@@ -39,9 +39,10 @@ of scale ``s``, read on the crest of a straight step edge blurred by a Gaussian 
 ``b**2 = (s2**2 - R * s1**2) / (R - 1)``, whatever its contrast. The crest is found by
 non-maximum suppression along the gradient (the Canny edge detector's thinning, [4]_), and
 only the strongest crests count (the top 3 % of the slice's gradient energy at ``s2``),
-and of those only the step-like ones: a thin line's crest energy falls as ``1 / s**4``, so
-its ratio exceeds ``(s2 / s1)**2``, which no blurred step reaches; such crests (the streaks
-of too few projections, fibres, noise) are left out, since they would read as sharpness.
+and of those only the step-like ones: no blurred step edge gives a ratio above
+``(s2 / s1)**2``, while structure finer than an edge does (the dense streaks of too few
+projections, fine texture, noise); such crests are left out, since they would read as
+sharpness. (An isolated thin line is not told apart: it reads about 1.2 px.)
 The noise's share of each energy, ``sigma_n**2`` (the largest level of
 :func:`noise_levels`) times the gradient energy the same filter gives unit white noise, is
 taken off first. The index is that width in pixels: about 0.4 for a perfectly sharp
@@ -326,7 +327,7 @@ def _crest(energy: np.ndarray, gy: np.ndarray, gx: np.ndarray) -> np.ndarray:
     return out
 
 
-def blur_index(img, *, scales=(2.0, 4.0), strongest: float = 0.03, lines: float = 1.1, cap: float = 50.0) -> float:
+def blur_index(img, *, scales=(2.0, 4.0), strongest: float = 0.03, fine: float = 1.1, cap: float = 50.0) -> float:
     """Blur of a slice: the Gaussian width (px) of its strongest edges (module doc).
 
     Parameters
@@ -336,10 +337,10 @@ def blur_index(img, *, scales=(2.0, 4.0), strongest: float = 0.03, lines: float 
         The two Gaussian scales ``s1 < s2`` (px).
     strongest : float
         Fraction of the sample's pixels, by gradient energy at ``s2``, whose edge crests count.
-    lines : float
-        Crests whose energy ratio exceeds ``lines * (s2 / s1)**2`` are left out: no blurred
-        step reaches ``(s2 / s1)**2``, thin lines do (the streaks of too few projections,
-        fibres, noise), and they would read as sharpness.
+    fine : float
+        Crests whose energy ratio exceeds ``fine * (s2 / s1)**2`` are left out: no blurred
+        step edge reaches ``(s2 / s1)**2``; structure finer than an edge does (the dense
+        streaks of too few projections, fine texture, noise), and it would read as sharpness.
     cap : float
         Value returned when the energy ratio reaches 1 or less (blur much wider than ``s2``).
 
@@ -349,7 +350,7 @@ def blur_index(img, *, scales=(2.0, 4.0), strongest: float = 0.03, lines: float 
         The width ``b`` (px) of a Gaussian blur that gives the crests' energy ratio: about
         0.4 for a sharp sampled step, ``b`` after a blur of width ``b``, at most ``cap``.
         Invariant to gain and offset. NaN without sample or contrast, and where fewer than
-        16 step-like crests are found (a slice of thin lines only). Slices larger than
+        16 step-like crests are found (a slice of fine texture only). Slices larger than
         ``MAX_SIDE / 2`` are measured on their central square of that side.
 
     Examples
@@ -387,8 +388,8 @@ def blur_index(img, *, scales=(2.0, 4.0), strongest: float = 0.03, lines: float 
     # gy, gx are those of the coarser scale: its crests are the edges' centre lines
     strong = energy[1] >= np.quantile(energy[1][inner], 1.0 - float(strongest))
     crest = inner & strong & _crest(energy[1], gy, gx)
-    # a blurred step gives at most (s2 / s1)**2; thin lines (streaks, fibres, noise) more
-    sel = crest & (energy[0] < float(lines) * (s2 / s1) ** 2 * energy[1])
+    # a blurred step gives at most (s2 / s1)**2; structure finer than an edge gives more
+    sel = crest & (energy[0] < float(fine) * (s2 / s1) ** 2 * energy[1])
     if sel.sum() < 16:
         return float("nan")
     e1, e2 = float(np.mean(energy[0][sel])), float(np.mean(energy[1][sel]))
