@@ -109,7 +109,7 @@ OUTPUT_VARIABLES = ("score", "score_uncertainty", "flag", "valid_fraction", "pat
 _INDICATOR_ATTRS = {
     "noise_index": {"long_name": "noise index (robust noise sigma over the slice's contrast)", "units": "1"},
     "blur_index": {"long_name": "blur index (Gaussian width of the strongest edges, from their crests' "
-                                "gradient-energy ratio at 1.5 and 3 px; about 0.4 when sharp)",
+                                "gradient-energy ratio at 2 and 4 px; about 0.4 when sharp)",
                    "units": "pixel"},
     "ring_index": {"long_name": "ring index (RMS concentric amplitude about the rotation axis)",
                    "units": "fraction of the slice's robust intensity range"},

@@ -6,8 +6,8 @@ and angle series below chance). The slice score therefore combines the network's
 score ``s`` (1-5) with five measured indicators ``x_k`` of the whole slice:
 
 * ``noise`` - :func:`tomoqc.metrics.nr.noise_index`, noise in units of the slice's contrast;
-* ``blur`` - :func:`tomoqc.metrics.nr.blur_index`, edge blur from gradient energies at two
-  scales, corrected for noise;
+* ``blur`` - :func:`tomoqc.metrics.nr.blur_index`, the Gaussian width (px) of the slice's
+  strongest step edges, noise and finer structure left out;
 * ``ring`` - :func:`tomoqc.metrics.rings.ring_index`, coherent concentric structure about the
   (automatically found) rotation axis;
 * ``streak`` - :func:`tomoqc.metrics.nr.streak_index`, the spokes that too few projections
