@@ -114,7 +114,7 @@ def test_blur_index_rises_with_blur_and_not_with_noise_or_fewer_projections():
     # noise is taken off and only strong edge crests count: it does not read as sharpness
     assert max(noisy) < 1.15 * min(noisy) and max(noisy) < 0.9 * blurred[2], (noisy, blurred)
     # nor do undersampling streaks, down to 1/16 of the projections (their dense crests are
-    # finer than any edge and left out; the earlier whole-slice index read them 2-4x sharper)
+    # finer than any edge and left out; the earlier whole-slice index halved at 1/16)
     n_full = int(np.ceil(np.pi / 2 * 128))  # the scan's default: Nyquist sampling of the slice
     sparse = [blur_index(physics.simulate_scan(img, flux=1e5, n_angles=n_full // k, rng=0)) for k in (1, 4, 16)]
     assert min(sparse) > 0.9 * sparse[0], sparse

@@ -48,8 +48,9 @@ The noise's share of each energy, ``sigma_n**2`` (the largest level of
 taken off first. The index is that width in pixels: about 0.4 for a perfectly sharp
 sampled step, ``b`` after a Gaussian blur of width ``b``. This is the scale-space edge-width
 idea of [3]_ reduced to two scales. (An earlier index, ``1 / (R - 1)`` of energies averaged
-over the whole slice, rose only 1.12 to 1.42 for a 1 px blur of real slices and read 40 %
-sharper at 1/16 of the projections: ``benchmarks/real_orderings.py`` images.)
+over the whole slice, rose only 1.12 to 1.42 for a 1 px detector blur of real slices and
+fell by a third at the sparsest angle level of the ``benchmarks/real_orderings.py``
+series: it read streaks as sharpness.)
 
 References
 ----------
