@@ -303,15 +303,17 @@ def test_killed_conversion_leaves_no_output(tmp_path):
 
 def test_interrupted_conversion_cleans_up(tmp_path):
     """Ctrl-C midway: the conversion stops, and neither the output nor its temporary remains."""
-    # enough data that the signal lands midway: 192 MiB, three slabs of tomoqc.io.SLAB_BYTES
-    # (3000 x 64 x 64 was one slab, written in about a second, and a loaded CI machine once
-    # let it finish before the signal landed)
-    vol = np.random.default_rng(6).random((3000, 128, 128), dtype=np.float32)
+    # enough slices that an idle machine cannot finish them before the signal lands
+    vol = np.random.default_rng(6).random((3000, 64, 64), dtype=np.float32)
     np.save(tmp_path / "v.npy", vol)
     out = tmp_path / "o.zarr"
     cmd = [sys.executable, "-c", "from tomoqc.cli import entry; entry()", "convert",
            str(tmp_path / "v.npy"), str(out), "--chunks", "1", "--quiet"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # Ctrl-C as a terminal delivers it: a suite started in the background of a
+    # non-interactive shell inherits SIGINT ignored, and so would the child (Python then
+    # installs no KeyboardInterrupt handler at all)
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     tmp = tmp_path / f".o.zarr.tmp-{proc.pid}"
     deadline = time.monotonic() + 60
     while not (tmp / "zarr.json").exists():
