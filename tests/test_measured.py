@@ -6,15 +6,18 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tomoqc.errors import OptionError
-from tomoqc.models.measured import INDICATORS, MeasuredTerms, fit_measured_terms, fit_severity_line
+from tomoqc.models.measured import INDICATORS, MeasuredTerms, absolute_feature, fit_measured_terms, fit_severity_line
 
 TYPICAL = {"noise": 0.03, "blur": 1.0, "ring": 0.004, "streak": 0.1, "axis": 0.5}
 
 
-def _terms(**w):
+POWER = {"noise": 2.0, "blur": 2.0, "ring": 2.0, "streak": 1.0}
+
+
+def _terms(power=None, **w):
     weights = {k: 1.0 for k in INDICATORS}
     weights.update(w)
-    return MeasuredTerms(weights, TYPICAL, severity={"noise": (1.0, 0.25)})
+    return MeasuredTerms(weights, TYPICAL, severity={"noise": (1.0, 0.25)}, power=power)
 
 
 def test_typical_indicators_keep_the_network_score():
@@ -33,16 +36,33 @@ def test_formula():
         1 + 4 / (1 + np.exp(-z)))
 
 
-@settings(max_examples=60, deadline=None)
+def test_formula_with_powers():
+    # amplitudes add in power: noise 0.09 on a typical 0.03 -> log((0.03^2 + 0.09^2) / (2 * 0.03^2)) = log 5
+    t = _terms(power=POWER, noise=2.0)
+    ind = dict(TYPICAL, noise=0.09)
+    q = (3.0 - 1) / 4
+    z = np.log(q / (1 - q)) - 2.0 * np.log(5.0)
+    assert float(t.combine(np.array([3.0]), {k: np.array([v]) for k, v in ind.items()})[0]) == pytest.approx(
+        1 + 4 / (1 + np.exp(-z)))
+    # at the typical value every form gives 0; far above it the power doubles the slope
+    assert absolute_feature(np.array([0.03]), 0.03, 2.0)[0] == pytest.approx(0.0, abs=1e-15)
+    hi = absolute_feature(np.array([30.0, 300.0]), 0.03, 2.0)
+    assert hi[1] - hi[0] == pytest.approx(2 * np.log(10.0), rel=1e-6)
+    # a tiny typical value does not underflow
+    assert np.isfinite(absolute_feature(np.array([1e-200]), 1e-200, 2.0)[0])
+
+
+@settings(max_examples=150, deadline=None)
 @given(
     name=st.sampled_from(INDICATORS),
     base=st.floats(1e-5, 10.0),
     factor=st.floats(1.0001, 100.0),
     score=st.floats(1.0, 5.0),
+    powered=st.booleans(),
 )
-def test_more_of_any_indicator_always_lowers_the_score(name, base, factor, score):
+def test_more_of_any_indicator_always_lowers_the_score(name, base, factor, score, powered):
     # strictly, at every level: no threshold below which an indicator does nothing
-    t = _terms()
+    t = _terms(power=POWER if powered else None)
     lo = {k: np.array([TYPICAL[k]]) for k in INDICATORS}
     hi = dict(lo)
     lo[name] = np.array([base])
@@ -68,11 +88,18 @@ def test_severity_line_and_card_round_trip():
     card = {"measured_terms": t.to_card()}
     back = MeasuredTerms.from_card(card)
     assert back.weights == t.weights and back.typical == t.typical
+    assert back.power == {k: 1.0 for k in INDICATORS}
+    powered = MeasuredTerms.from_card({"measured_terms": _terms(power=POWER).to_card()})
+    assert powered.power == {**{k: 1.0 for k in INDICATORS}, **POWER}
     assert back.severity_lines == {"noise": (1.0, 0.25)}
     assert MeasuredTerms.from_card({}) is None
 
 
 def test_bad_terms_are_refused():
+    with pytest.raises(OptionError):
+        MeasuredTerms({"noise": 1.0}, TYPICAL, power={"noise": 0.5})
+    with pytest.raises(OptionError):
+        MeasuredTerms({"noise": 1.0}, TYPICAL, power={"colour": 2.0})
     with pytest.raises(OptionError):
         MeasuredTerms({"noise": -1.0}, TYPICAL)
     with pytest.raises(OptionError):

@@ -149,6 +149,19 @@ def test_remove_stripes(sino_scan):
     assert np.array_equal(rd.remove_stripes(p, 0), p)
 
 
+def test_stripe_window_is_a_share_of_the_detector():
+    # the odd window nearest 2 % of the columns, at least 3: 3.2 -> 3, 11.2 -> 11, 7.3 -> 7
+    assert rd.stripe_window(160) == 1
+    assert rd.stripe_window(560) == 5
+    assert rd.stripe_window(365) == 3
+    assert rd.stripe_window(20) == 1  # never below a 3-column window
+    # the window grows with the detector, never shrinks
+    halves = [rd.stripe_window(n) for n in range(1, 4000, 7)]
+    assert halves == sorted(halves)
+    with pytest.raises(OptionError):
+        rd.stripe_window(0)
+
+
 def test_gain_mismatch_levels_nested(sino_scan):
     _, p = sino_scan
     p = p * 3.0 / N

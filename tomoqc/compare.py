@@ -473,12 +473,9 @@ def _separating(arrays, sev, distortions, best: int, paired: np.ndarray, terms):
         if terms is not None:
             costs = {}
             for k in ("noise", "blur", "ring", "streak"):
-                t, c = terms.typical[k], terms.weights[k]
-                xv = arrays[f"{k}_index"][v][paired]
-                xb = arrays[f"{k}_index"][best][paired]
-                xv = np.where(np.isfinite(xv), np.maximum(xv, 0.0), t)
-                xb = np.where(np.isfinite(xb), np.maximum(xb, 0.0), t)
-                costs[k] = float(np.median(slope * c * np.log((t + xv) / (t + xb))))
+                df = (terms.feature(k, arrays[f"{k}_index"][v][paired])
+                      - terms.feature(k, arrays[f"{k}_index"][best][paired]))
+                costs[k] = float(np.median(slope * terms.weights[k] * df))
             k = max(costs, key=costs.get)
             cost[v] = costs[k]
             if costs[k] >= SEVERITY_STEP:

@@ -17,14 +17,19 @@ score ``s`` (1-5) with five measured indicators ``x_k`` of the whole slice:
 
 The combination works on the logit of the score's position in [1, 5]::
 
-    z     = logit((s - 1) / 4) - sum_k c_k * log((t_k + x_k) / (2 t_k))
+    z     = logit((s - 1) / 4) - sum_k c_k * log((t_k**p_k + x_k**p_k) / (2 t_k**p_k))
     score = 1 + 4 / (1 + exp(-z))
 
 with ``c_k > 0`` and ``t_k > 0`` the typical value of indicator ``k`` on clean slices, so that a
-slice whose indicators sit at their clean level keeps the network's score. The score falls
-*strictly* as any indicator rises, at every value (there is no threshold below which an
-indicator does nothing, and no clipping plateau: the logistic keeps the score inside (1, 5)
-smoothly). The weights ``c_k`` are fitted (:func:`fit_measured_terms`) so that within series
+slice whose indicators sit at their clean level keeps the network's score. The power ``p_k``
+says how the indicator adds to the clean level: the noise and ring indices are RMS amplitudes
+and the blur index a Gaussian width, and independent amplitudes add in power, widths in
+quadrature, so theirs is 2 (a noise or ring far below the typical level hardly moves the
+score, one far above it counts with twice the slope); the streak index, a spread in excess
+of what chance gives, adds as it is (``p = 1``). Cards without powers use 1 for all. The
+score falls *strictly* as any indicator rises, at every positive value (there is no
+threshold below which an indicator does nothing, and no clipping plateau: the logistic
+keeps the score inside (1, 5) smoothly). The weights ``c_k`` are fitted (:func:`fit_measured_terms`) so that within series
 of the same slice at rising impairment the score falls, on phantoms and on real slices that
 were re-projected and scanned again; the fit is recorded in the model card.
 
@@ -41,7 +46,7 @@ import numpy as np
 
 from tomoqc.errors import OptionError
 
-__all__ = ["INDICATORS", "MeasuredTerms", "measure_indicators", "fit_measured_terms", "fit_severity_line"]
+__all__ = ["INDICATORS", "MeasuredTerms", "absolute_feature", "measure_indicators", "fit_measured_terms", "fit_severity_line"]
 
 #: Indicators measured on every slice, in the order of the arrays below.
 INDICATORS = ("noise", "blur", "ring", "streak", "axis")
@@ -79,6 +84,15 @@ def measure_indicators(img, *, ring_center=None, ring_settings=None, axis=None) 
     }
 
 
+def absolute_feature(x, t: float, p: float = 1.0) -> np.ndarray:
+    """``log((t**p + x**p) / (2 t**p))`` for ``x >= 0``: 0 at the typical value ``t``, strictly rising.
+
+    Computed as ``log((1 + (x / t)**p) / 2)`` so that small ``t`` does not underflow.
+    """
+    r = np.asarray(x, np.float64) / float(t)
+    return np.log1p(r ** float(p)) - math.log(2.0)
+
+
 def _logit_score(score):
     q = (np.asarray(score, np.float64) - 1.0) / 4.0
     q = np.clip(q, 1e-3, 1.0 - 1e-3)
@@ -100,6 +114,8 @@ class MeasuredTerms:
         Options for :func:`tomoqc.metrics.rings.ring_index` (sectors, window, min_radius).
     info : dict, optional
         What the fit recorded (kept in the card).
+    power : dict, optional
+        ``{indicator: p_k}``, each >= 1 (module doc); 1 where absent.
     relative : iterable of str, optional
         Indicators that are only compared between reconstructions of one scan (``axis``:
         the refocusing estimate reads a content-dependent error on some samples, the same
@@ -109,7 +125,7 @@ class MeasuredTerms:
     """
 
     def __init__(self, weights: dict, typical: dict, *, severity: dict | None = None,
-                 ring_settings: dict | None = None, info: dict | None = None, relative=()):
+                 ring_settings: dict | None = None, info: dict | None = None, relative=(), power=None):
         for k in list(weights) + list(typical):
             if k not in INDICATORS:
                 raise OptionError(f"unknown indicator {k!r}; choose from {', '.join(INDICATORS)}")
@@ -120,6 +136,13 @@ class MeasuredTerms:
                 raise OptionError(f"weight of {k} must be >= 0, got {self.weights[k]}")
             if not self.typical[k] > 0:
                 raise OptionError(f"typical value of {k} must be > 0, got {self.typical[k]}")
+        self.power = {k: 1.0 for k in INDICATORS}
+        for k, v in (power or {}).items():
+            if k not in INDICATORS:
+                raise OptionError(f"unknown indicator {k!r} in power")
+            if not (math.isfinite(float(v)) and float(v) >= 1.0):
+                raise OptionError(f"power of {k} must be >= 1, got {v}")
+            self.power[k] = float(v)
         self.severity_lines = {}
         for k, uv in (severity or {}).items():
             u, v = (float(x) for x in uv)
@@ -138,7 +161,7 @@ class MeasuredTerms:
         return self.weights.get(name, 0.0) > 0 and (relative or name not in self.relative)
 
     def penalty(self, indicators: dict, *, relative: bool = False) -> np.ndarray:
-        """``sum_k c_k log((t_k + x_k) / (2 t_k))`` per slice; NaN or absent indicators count as
+        """``sum_k c_k log((t_k**p_k + x_k**p_k) / (2 t_k**p_k))`` per slice; NaN or absent indicators count as
         typical; the relative indicators count only with ``relative``."""
         total = None
         for k in INDICATORS:
@@ -149,7 +172,7 @@ class MeasuredTerms:
         return np.zeros(1) if total is None else total
 
     def feature(self, name: str, x) -> np.ndarray:
-        """``log((t + x) / (2 t))`` of indicator ``name`` (NaN counts as typical).
+        """``log((t**p + x**p) / (2 t**p))`` of indicator ``name`` (NaN counts as typical).
 
         A relative indicator only ever lowers the score: its ``t`` is the estimate's
         resolution, readings up to it count as none (a rotation-axis error the refocusing
@@ -161,7 +184,7 @@ class MeasuredTerms:
             x = np.where(np.isfinite(x), np.maximum(x - t, 0.0), 0.0)
             return np.log1p(x / t)
         x = np.where(np.isfinite(x), np.maximum(x, 0.0), t)
-        return np.log((t + x) / (2.0 * t))
+        return absolute_feature(x, t, self.power[name])
 
     def combine(self, score, indicators: dict, *, relative: bool = False) -> np.ndarray:
         """Slice scores from the network's calibrated scores and the indicators (with
@@ -185,8 +208,10 @@ class MeasuredTerms:
             "severity": {k: list(v) for k, v in self.severity_lines.items()},
             "ring_settings": self.ring_settings,
             "relative": list(self.relative),
+            "power": self.power,
             **self.info,
-            "form": {"absolute": "c_k log((t_k + x_k) / (2 t_k))", "relative": "c_k log(1 + max(x_k - t_k, 0) / t_k)"},
+            "form": {"absolute": "c_k log((t_k^p_k + x_k^p_k) / (2 t_k^p_k))",
+                     "relative": "c_k log(1 + max(x_k - t_k, 0) / t_k)"},
         }
 
     @classmethod
@@ -198,9 +223,9 @@ class MeasuredTerms:
         if not isinstance(d, dict):
             return None
         info = {k: v for k, v in d.items()
-                if k not in ("weights", "typical", "severity", "ring_settings", "relative", "form")}
+                if k not in ("weights", "typical", "severity", "ring_settings", "relative", "form", "power")}
         return cls(d["weights"], d["typical"], severity=d.get("severity"), ring_settings=d.get("ring_settings"),
-                   info=info, relative=d.get("relative", ()))
+                   info=info, relative=d.get("relative", ()), power=d.get("power"))
 
 
 def fit_severity_line(x, level, *, anchor: float | None = None, max_level: int = 5) -> tuple[float, float]:
@@ -231,7 +256,7 @@ def fit_severity_line(x, level, *, anchor: float | None = None, max_level: int =
 
 def fit_measured_terms(score, indicators: dict, pairs, *, typical: dict, weights=None, labels=None,
                        label_weight: float = 1.0, tau: float = 0.25, l2: float = 0.05, init: float = 0.5,
-                       steps: int = 3000, lr: float = 0.05) -> dict:
+                       steps: int = 3000, lr: float = 0.05, power=None) -> dict:
     """Fit the weights ``c_k`` so that the combined score orders known pairs.
 
     Parameters
@@ -244,6 +269,8 @@ def fit_measured_terms(score, indicators: dict, pairs, *, typical: dict, weights
         ``(better, worse)`` index pairs whose order is known (same slice, rising impairment).
     typical : dict
         ``t_k`` per indicator.
+    power : dict, optional
+        ``p_k`` per indicator (1 where absent; :class:`MeasuredTerms`).
     weights : array (m,), optional
         Weight of each pair in the loss (default all 1).
     labels : array (n,), optional
@@ -272,7 +299,7 @@ def fit_measured_terms(score, indicators: dict, pairs, *, typical: dict, weights
         x = np.asarray(indicators[k], np.float64)
         t = float(typical[k])
         x = np.where(np.isfinite(x), np.maximum(x, 0.0), t)
-        feats.append(np.log((t + x) / (2.0 * t)))
+        feats.append(absolute_feature(x, t, float((power or {}).get(k, 1.0))))
     F = np.stack(feats, axis=1)  # (n, K)
     lab = None if labels is None else np.asarray(labels, np.float64)
     if lab is not None and lab.shape != s.shape:

@@ -77,6 +77,12 @@ BALANCE = "pairs"
 LABEL_WEIGHT = 0.03
 
 
+#: How each indicator adds to its typical clean level in the terms
+#: (:class:`tomoqc.models.measured.MeasuredTerms`): noise and ring indices are RMS amplitudes
+#: and add in power, the blur index is a Gaussian width and adds in quadrature; the streak
+#: index (a spread in excess of chance) adds as it is. On the fit's own series the powers
+#: order as many pairs as the linear form did (0.979 against 0.978 of 1570).
+POWER = {"noise": 2.0, "blur": 2.0, "ring": 2.0, "streak": 1.0}
 #: Indicators fitted and applied only between reconstructions of one scan (see
 #: :class:`tomoqc.models.measured.MeasuredTerms`), and the series kind that fits them.
 RELATIVE = ("axis",)
@@ -407,7 +413,7 @@ def fit_card_terms(model, realdata, work, *, labelled=(), phantoms: int = 6, see
                     pairs.append((a, b))
     pw = pair_weights([rows[a]["kind"] for a, _ in pairs], balance=balance)
     fit = fit_measured_terms(score, ind, np.array(pairs), typical=typical, weights=pw, labels=labels,
-                             label_weight=LABEL_WEIGHT, l2=L2, tau=TAU)
+                             label_weight=LABEL_WEIGHT, l2=L2, tau=TAU, power=POWER)
     log(f"typical {typical}")
     log(f"fit {fit}")
     sev = {}
@@ -423,10 +429,10 @@ def fit_card_terms(model, realdata, work, *, labelled=(), phantoms: int = 6, see
         sev[k] = fit_severity_line(ind[k][sel], levels[sel], anchor=anchors[k])
     log(f"severity lines {sev}")
     weights = {k: (0.0 if k in RELATIVE else v) for k, v in fit["weights"].items()}
-    rel = fit_relative_weight(MeasuredTerms(weights, typical), center_rows, "axis", l2=L2, tau=TAU)
+    rel = fit_relative_weight(MeasuredTerms(weights, typical, power=POWER), center_rows, "axis", l2=L2, tau=TAU)
     log(f"relative axis term: {rel}")
     weights["axis"] = rel["weight"]
-    terms = MeasuredTerms(weights, typical, severity=sev, relative=RELATIVE)
+    terms = MeasuredTerms(weights, typical, severity=sev, relative=RELATIVE, power=POWER)
     comb = terms.combine(score, ind)
     table = {}
     for (_, kind), idx in groups.items():
