@@ -174,6 +174,31 @@ def test_gain_mismatch_levels_nested(sino_scan):
         rd.gain_mismatch(p, 1.0, 0, kind="bogus")
 
 
+def test_gain_mismatch_deepens_a_detectors_own_stripes(sino_scan):
+    _, p = sino_scan
+    p = p * 3.0 / N
+    # a measured detector: every column already off by up to 3 % (its own stripes), more than
+    # the defects of level 1 (up to 1 %): random signs would cancel some (seed 0-5: one of the
+    # six series falls somewhere)
+    own = np.random.default_rng(4).uniform(-0.03, 0.03, p.shape[1])
+    measured = p + own[None, :]
+
+    def rms(s):
+        return float(np.sqrt(np.mean(rd.own_stripes(s) ** 2)))
+
+    for seed in range(6):
+        levels = [rms(rd.gain_mismatch(measured, lv, seed, deepen=True)) for lv in (0.0, 1.0, 2.0, 3.0)]
+        # every defect adds to its column's own stripe: the stripes grow with the level
+        assert all(b > a for a, b in zip(levels, levels[1:])), levels
+        d = rd.gain_mismatch(measured, 2.0, seed, deepen=True) - measured
+        cols = np.abs(d).max(axis=0) > 1e-9  # the defect columns (elsewhere only rounding)
+        assert 0 < cols.sum() < p.shape[1] // 4
+        # each defect has the sign of its column's own stripe (a column at its window's
+        # median, own stripe exactly 0, may get either)
+        base = rd.own_stripes(measured)[cols]
+        assert np.all(np.sign(d.mean(axis=0)[cols])[base != 0] == np.sign(base[base != 0]))
+
+
 def test_reproject_runs_and_scales():
     img = _disc(64, 20.0)
     rec = rd.reproject(img * 100.0 + 5.0)  # scaled to [0, 1] by its percentiles
