@@ -12,14 +12,16 @@ dose       1, 1/2, 1/4, 1/8 of the photons: Savu raw counts binomially thinned
            2000, 1000 counts (battery_xct im_1, qim3d bone, psi_shell shellX)
 angles     all, 1/2, 1/4, 1/8 of the projections: Savu rows 88, 104; HTC2022 tb, 02a,
            04b; re-projected battery_xct im_1, qim3d cement, psi_shell shellX
-stripes    stripe removal (Vo et al. 2018, sorting-based) vs none: Savu rows 88, 104,
+stripes    stripe removal (Vo et al. 2018, sorting-based; median window about 2 % of the
+           detector, :func:`tomoqc.realdata.stripe_window`) vs none: Savu rows 88, 104,
            120 (their own rings); HTC2022 ta, 06a and re-projected battery_xct im_1,
            qim3d bone with injected full/partial stripes (removed vs raw)
 blur       detector PSF sigma 0, 1, 2, 4 px on the transmission: Savu row 88; HTC2022
            01b, 07a; re-projected qim3d bone, psi_shell shellX
-gain       column gain mismatch levels 0, 1, 2, 3 (nested defects of one seed): Savu
-           row 104; HTC2022 02b, 05a (partial stripes); re-projected battery_xct im_1,
-           qim3d cement
+gain       column gain mismatch levels 0, 1, 2, 3 (nested defects of one seed; on the
+           measured data each defect deepens its column's own stripe,
+           ``gain_mismatch(deepen=True)``): Savu row 104; HTC2022 02b, 05a (partial
+           stripes); re-projected battery_xct im_1, qim3d cement
 =========  ==========================================================================
 
 Sources (see ``../shared/realdata/README.md`` for commits and licences): Savu test data
