@@ -287,6 +287,15 @@ def _axis_starts(length: int, patch: int) -> np.ndarray:
     return np.round(np.linspace(0, length - patch, n)).astype(np.int64)
 
 
+def _padded_batch(m: int, batch_size: int) -> int:
+    """The batch a short final batch of ``m`` patches is padded to: the next power of two,
+    at most ``batch_size``. A few fixed shapes keep the compiled function from being traced
+    again for every length, and a slice of 4 patches costs 4 patches' work, not a full batch's."""
+    if m >= batch_size:
+        return m
+    return min(batch_size, 1 << max(0, int(m - 1).bit_length()))
+
+
 def patch_grid(shape, patch: int = PATCH):
     """The grid of square patches that covers a slice, overlapping where needed.
 
@@ -773,8 +782,9 @@ class TiqaModel:
             for i in range(0, n, bs):
                 chunk = _view(x[i : i + bs], v)
                 m = len(chunk)
-                if m < bs:
-                    chunk = np.concatenate([chunk, np.zeros((bs - m,) + chunk.shape[1:], np.float32)])
+                padded = _padded_batch(m, bs)
+                if m < padded:
+                    chunk = np.concatenate([chunk, np.zeros((padded - m,) + chunk.shape[1:], np.float32)])
                 s, sv, f = fn(np.ascontiguousarray(chunk)[..., None])
                 sv = np.asarray(sv)
                 if scores is None:
