@@ -59,6 +59,7 @@ __all__ = [
     "HEAD_DISTORTIONS",
     "TTA_PATCHES",
     "PATCH",
+    "BACKBONES",
     "patch_from_card",
     "RESIZE_SHORT_SIDE",
     "FLAG_CONSTANT",
@@ -200,6 +201,28 @@ def set_batchnorm_momentum(model, momentum: float) -> int:
     return n
 
 
+#: Backbones :func:`build_tiqa` can build.
+BACKBONES = ("efficientnet-b0", "small-cnn")
+
+
+def _small_cnn(side, seed):
+    """The ``small-cnn`` backbone: 8-bit-range RGB in, four stride-2 stages of a 3x3
+    convolution, batch normalisation and swish (16, 32, 64, 128 channels) out."""
+    import keras
+    from keras import layers
+
+    net = keras.Sequential(name="small_cnn")
+    net.add(keras.Input(shape=(side, side, 3)))
+    net.add(layers.Rescaling(1.0 / 255.0, name="unit_range"))
+    for i, ch in enumerate((16, 32, 64, 128)):
+        init = keras.initializers.HeNormal(seed=None if seed is None else seed + 100 + i)
+        net.add(layers.Conv2D(ch, 3, strides=2, padding="same", use_bias=False, kernel_initializer=init,
+                              name=f"stage{i + 1}_conv"))
+        net.add(layers.BatchNormalization(name=f"stage{i + 1}_bn"))
+        net.add(layers.Activation("swish", name=f"stage{i + 1}_swish"))
+    return net
+
+
 def build_tiqa(
     *,
     backbone_weights: str | os.PathLike | None = None,
@@ -208,6 +231,7 @@ def build_tiqa(
     dropout: float = 0.5,
     bn_momentum: float | None = None,
     seed: int | None = None,
+    backbone: str = "efficientnet-b0",
 ):
     """Build the TIQA network (Keras 3).
 
@@ -227,6 +251,11 @@ def build_tiqa(
         Momentum of the backbone's BatchNormalization layers (None keeps Keras' 0.99).
     seed : int or None
         Seed of the weight initialisers of the heads and of the dropout layers.
+    backbone : str
+        ``"efficientnet-b0"`` (the TIQA network, the default) or ``"small-cnn"``: four
+        stride-2 convolution stages (16-128 channels, about 0.1 M parameters) with the same
+        input, heads and layer names, for tests and quick CPU experiments of the training
+        and scoring machinery. It is not a quality model of its own.
 
     Returns
     -------
@@ -247,20 +276,27 @@ def build_tiqa(
         raise OptionError(f"input_size must be at least 32 pixels, got {input_size}")
     if not 0.0 <= dropout < 1.0:
         raise OptionError(f"dropout must be in [0, 1), got {dropout}")
+    if backbone not in BACKBONES:
+        raise OptionError(f"backbone must be one of {', '.join(BACKBONES)}, got {backbone!r}")
+    if backbone_weights is not None and backbone != "efficientnet-b0":
+        raise OptionError("backbone weights are EfficientNet-B0 weights; they need backbone='efficientnet-b0'")
 
     side = None if input_size is None else int(input_size)
     inp = keras.Input(shape=(side, side, 1), name="patch")
     x = layers.Rescaling(255.0, name="to_8bit_range")(inp)
     x = layers.Concatenate(axis=-1, name="gray_to_rgb")([x, x, x])
-    backbone = keras.applications.EfficientNetB0(
-        include_top=False,
-        weights=backbone_weights,
-        input_shape=(side, side, 3),
-        pooling=None,
-    )
+    if backbone == "efficientnet-b0":
+        net = keras.applications.EfficientNetB0(
+            include_top=False,
+            weights=backbone_weights,
+            input_shape=(side, side, 3),
+            pooling=None,
+        )
+    else:
+        net = _small_cnn(side, seed)
     if bn_momentum is not None:
-        set_batchnorm_momentum(backbone, bn_momentum)
-    feat = backbone(x)
+        set_batchnorm_momentum(net, bn_momentum)
+    feat = net(x)
     feat = layers.GlobalAveragePooling2D(name="pool")(feat)
 
     def init(k):
