@@ -68,3 +68,18 @@ def tiny_labelled(tiny, tmp_path_factory):
         w.writeheader()
         w.writerows(rows)
     return d
+
+
+@pytest.fixture(scope="session")
+def small_tiqa(tmp_path_factory):
+    """A new, untrained TIQA network with the ``small-cnn`` backbone, as a .keras file: the
+    starting point of the training tests (they check the training machinery; training
+    EfficientNet-B0 itself is the slow opt-in suite's job)."""
+    import keras
+
+    from tomoqc.models.tiqa import build_tiqa
+
+    path = tmp_path_factory.getbasetemp() / "small-tiqa-untrained.keras"
+    keras.utils.set_random_seed(0)
+    build_tiqa(input_size=None, seed=0, backbone="small-cnn").save(path)
+    return path

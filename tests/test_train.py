@@ -13,10 +13,10 @@ import pytest
 from tomoqc.errors import InputError, OptionError
 
 
-def test_rank_training_improves_ranking(tiny, tmp_path):
+def test_rank_training_improves_ranking(tiny, small_tiqa, tmp_path):
     from tomoqc.train.rank import train_rank
 
-    res = train_rank(tiny, tmp_path / "rank", epochs=12, blocks_per_batch=3, crop=64, lr=1e-3, margin=6.0,
+    res = train_rank(tiny, tmp_path / "rank", init=small_tiqa, epochs=12, blocks_per_batch=3, crop=64, lr=1e-3, margin=6.0,
                      val_size=96, val_crops=1, recalibrate_batches=2, seed=1, progress=False,
                      val_references=["r00000"])
     h = res["history"]
@@ -34,11 +34,11 @@ def test_rank_training_improves_ranking(tiny, tmp_path):
         assert len(list(csv.DictReader(fh))) == 13
 
 
-def test_signal_saves_state_and_resume_finishes(tiny, tmp_path):
+def test_signal_saves_state_and_resume_finishes(tiny, small_tiqa, tmp_path):
     from tomoqc.train.rank import train_rank
 
     out = tmp_path / "run"
-    kw = dict(epochs=4, blocks_per_batch=3, crop=48, lr=1e-3, val_size=64, val_crops=1, recalibrate_batches=1,
+    kw = dict(init=small_tiqa, epochs=4, blocks_per_batch=3, crop=48, lr=1e-3, val_size=64, val_crops=1, recalibrate_batches=1,
               seed=2, progress=False, val_references=["r00001"])
 
     def send_when_first_epoch_saved():
@@ -64,10 +64,10 @@ def test_signal_saves_state_and_resume_finishes(tiny, tmp_path):
         train_rank(tiny, tmp_path / "nothing", resume=True, **kw)
 
 
-def test_finetune_regresses_labels(tiny_labelled, tmp_path):
+def test_finetune_regresses_labels(tiny_labelled, small_tiqa, tmp_path):
     from tomoqc.train.finetune import train_finetune
 
-    res = train_finetune(tiny_labelled, tmp_path / "ft", epochs=6, batch_size=8, crop=64, lr=1e-3,
+    res = train_finetune(tiny_labelled, tmp_path / "ft", init=small_tiqa, epochs=6, batch_size=8, crop=64, lr=1e-3,
                          val_size=96, val_crops=1, recalibrate_batches=2, seed=3, progress=False,
                          val_references=["r00002"], patience=10)
     h = res["history"]
@@ -161,12 +161,12 @@ def test_bad_data(tmp_path):
         train_finetune(tmp_path / "d", tmp_path / "o")
 
 
-def test_cli_train_rank_and_errors(tiny, tmp_path, capsys):
+def test_cli_train_rank_and_errors(tiny, small_tiqa, tmp_path, capsys):
     from tomoqc.cli import main
 
     out = tmp_path / "cli"
     code = main(["train", "rank", "--data", str(tiny), "--out", str(out), "--epochs", "1", "--batch-size", "2",
-                 "--crop", "48", "--lr", "1e-3", "--no-progress"])
+                 "--crop", "48", "--lr", "1e-3", "--init", str(small_tiqa), "--no-progress"])
     assert code == 0
     for f in ("best.keras", "log.csv", "curves.png", "model_card.json"):
         assert (out / f).is_file()
