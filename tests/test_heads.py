@@ -31,7 +31,7 @@ def setup(tiny_labelled, tmp_path_factory):
     root = tmp_path_factory.mktemp("heads")
     model = root / "m.keras"
     keras.utils.set_random_seed(0)
-    build_tiqa(input_size=None, seed=0).save(model)
+    build_tiqa(input_size=None, seed=0, backbone="small-cnn").save(model)
     return tiny_labelled, model, root
 
 

@@ -141,7 +141,7 @@ def test_ring_term_soft_minimum_and_fit():
 def test_model_applies_the_ring_term_to_slice_scores_unless_raw():
     from tomoqc.models.tiqa import RingTerm, TiqaModel, build_tiqa
 
-    km = build_tiqa(input_size=None, seed=0)
+    km = build_tiqa(input_size=None, seed=0, backbone="small-cnn")
     card = {"ring_term": {"a": 1.0, "b": -1.0, "softness": 10.0, "severity": [1.0, 0.2]}}
     plain, ringed = TiqaModel(km, batch_size=4), TiqaModel(km, batch_size=4, card=card)
     assert isinstance(ringed.ring_term, RingTerm) and plain.ring_term is None

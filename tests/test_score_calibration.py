@@ -40,7 +40,7 @@ def test_falling_relation_gives_no_map_and_too_few_points_fail():
 
 
 def test_model_applies_the_card_map_to_patch_scores_unless_raw():
-    km = build_tiqa(input_size=None, seed=0)
+    km = build_tiqa(input_size=None, seed=0, backbone="small-cnn")
     params = [4.0, 1.0, 0.0, 0.5]  # logistic4 from 1 to 4 around 0
     plain = TiqaModel(km, batch_size=4)
     calibrated = TiqaModel(km, batch_size=4, card={"score_calibration": {"kind": 4, "params": params}})

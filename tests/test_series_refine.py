@@ -82,7 +82,7 @@ def test_refine_runs_checkpoints_and_resumes(tmp_path):
 
     model_path = tmp_path / "parent.keras"
     keras.utils.set_random_seed(0)
-    build_tiqa(input_size=None, seed=0).save(model_path)
+    build_tiqa(input_size=None, seed=0, backbone="small-cnn").save(model_path)
 
     series = [_series(f"r{i}", "real", 4, seed=i) for i in range(3)] + \
              [_series(f"s{i}", "simulated", 4, seed=10 + i) for i in range(3)]

@@ -22,7 +22,7 @@ from tomoqc.models.tiqa import (
 @pytest.fixture(scope="module")
 def model_file(tmp_path_factory):
     path = tmp_path_factory.mktemp("tiqa") / "random.keras"
-    build_tiqa(seed=3).save(path)
+    build_tiqa(seed=3, backbone="small-cnn").save(path)
     (path.with_suffix(".json")).write_text(json.dumps({"model_id": "random-test-model"}))
     return path
 
@@ -55,6 +55,27 @@ def test_model_outputs_and_size(model):
     assert (sev > 0).all() and (sev < 1).all()
     assert model.model_id == "random-test-model"
     assert len(model.sha256) == 64
+
+
+def test_small_cnn_backbone_has_the_tiqa_interface():
+    """The small backbone keeps the input, the heads and the ``pool`` layer of the TIQA
+    network, at a small fraction of EfficientNet-B0's 4 M parameters."""
+    km = build_tiqa(input_size=None, seed=0, backbone="small-cnn")
+    out = km(np.zeros((3, 80, 112, 1), np.float32), training=False)
+    assert tuple(out["score"].shape) == (3, 1) and tuple(out["severity"].shape) == (3, 3)
+    assert km.get_layer("pool").output.shape[-1] == 128
+    assert km.count_params() < 250_000
+    with pytest.raises(OptionError, match="backbone"):
+        build_tiqa(backbone="resnet")
+    with pytest.raises(OptionError, match="EfficientNet-B0"):
+        build_tiqa(backbone="small-cnn", backbone_weights=__file__)
+
+
+def test_padded_batch_sizes():
+    from tomoqc.models.tiqa import _padded_batch
+
+    assert [_padded_batch(m, 16) for m in (1, 2, 3, 4, 5, 9, 15, 16, 20)] == [1, 2, 4, 4, 8, 16, 16, 16, 20]
+    assert [_padded_batch(m, 6) for m in (3, 5, 6)] == [4, 6, 6]
 
 
 def test_predict_independent_of_batch_padding(model):
@@ -252,7 +273,7 @@ def test_the_model_card_sets_the_patch_side(tmp_path):
     from tomoqc.pipeline import score
 
     path = tmp_path / "p96.keras"
-    build_tiqa(input_size=None, seed=4).save(path)
+    build_tiqa(input_size=None, seed=4, backbone="small-cnn").save(path)
     card = {"model_id": "p96", "test_time_sampling": {"mode": "grid", "patch": 96}}
     path.with_suffix(".json").write_text(json.dumps(card))
     m = load_model(path, batch_size=4, tta_views=1)
