@@ -16,8 +16,8 @@ from tomoqc.errors import InputError, OptionError
 def test_rank_training_improves_ranking(tiny, small_tiqa, tmp_path):
     from tomoqc.train.rank import train_rank
 
-    res = train_rank(tiny, tmp_path / "rank", init=small_tiqa, epochs=12, blocks_per_batch=3, crop=64, lr=1e-3, margin=6.0,
-                     val_size=96, val_crops=1, recalibrate_batches=2, seed=1, progress=False,
+    res = train_rank(tiny, tmp_path / "rank", init=small_tiqa, epochs=12, blocks_per_batch=3, crop=64, lr=1e-3,
+                     margin=6.0, val_size=96, val_crops=1, recalibrate_batches=2, seed=1, progress=False,
                      val_references=["r00000"])
     h = res["history"]
     assert [r["epoch"] for r in h] == list(range(13))
@@ -38,8 +38,8 @@ def test_signal_saves_state_and_resume_finishes(tiny, small_tiqa, tmp_path):
     from tomoqc.train.rank import train_rank
 
     out = tmp_path / "run"
-    kw = dict(init=small_tiqa, epochs=4, blocks_per_batch=3, crop=48, lr=1e-3, val_size=64, val_crops=1, recalibrate_batches=1,
-              seed=2, progress=False, val_references=["r00001"])
+    kw = dict(init=small_tiqa, epochs=4, blocks_per_batch=3, crop=48, lr=1e-3, val_size=64, val_crops=1,
+              recalibrate_batches=1, seed=2, progress=False, val_references=["r00001"])
 
     def send_when_first_epoch_saved():
         for _ in range(1200):
@@ -67,8 +67,8 @@ def test_signal_saves_state_and_resume_finishes(tiny, small_tiqa, tmp_path):
 def test_finetune_regresses_labels(tiny_labelled, small_tiqa, tmp_path):
     from tomoqc.train.finetune import train_finetune
 
-    res = train_finetune(tiny_labelled, tmp_path / "ft", init=small_tiqa, epochs=6, batch_size=8, crop=64, lr=1e-3,
-                         val_size=96, val_crops=1, recalibrate_batches=2, seed=3, progress=False,
+    res = train_finetune(tiny_labelled, tmp_path / "ft", init=small_tiqa, epochs=6, batch_size=8, crop=64,
+                         lr=1e-3, val_size=96, val_crops=1, recalibrate_batches=2, seed=3, progress=False,
                          val_references=["r00002"], patience=10)
     h = res["history"]
     # from a new network (no rank stage) a few epochs fit the training labels

@@ -329,7 +329,7 @@ def _padded_batch(m: int, batch_size: int) -> int:
     again for every length, and a slice of 4 patches costs 4 patches' work, not a full batch's."""
     if m >= batch_size:
         return m
-    return min(batch_size, 1 << max(0, int(m - 1).bit_length()))
+    return min(batch_size, 1 << (m - 1).bit_length())
 
 
 def patch_grid(shape, patch: int = PATCH):
