@@ -65,10 +65,12 @@ def test_volume_equals_direct_model_in_any_chunking(tiny_model, volume, direct, 
                      progress=False)
         assert ds.attrs["complete"] is True and ds.attrs["chunks_total"] == -(-5 // chunk)
         np.testing.assert_array_equal(ds["label"].values, direct["label"])
+        # a chunk's last batch of tiles is padded to fewer items than the direct call's, and
+        # the CPU kernels sum in another order for another batch shape: float32 rounding only
         np.testing.assert_allclose(ds["probability"].transpose("z", "class", "y", "x").values,
-                                   direct["probability"], atol=1e-6)
+                                   direct["probability"], atol=1e-5)
         for name in ("uncertainty", "aleatoric", "epistemic"):
-            np.testing.assert_allclose(ds[name].values, direct[name], atol=1e-6)
+            np.testing.assert_allclose(ds[name].values, direct[name], atol=1e-5)
         # reopened from disk, the same
         again = open_segmentation(out / "vol.zarr.seg.zarr")
         np.testing.assert_array_equal(again["label"].values, direct["label"])

@@ -71,13 +71,6 @@ def test_small_cnn_backbone_has_the_tiqa_interface():
         build_tiqa(backbone="small-cnn", backbone_weights=__file__)
 
 
-def test_padded_batch_sizes():
-    from tomoqc.models.tiqa import _padded_batch
-
-    assert [_padded_batch(m, 16) for m in (1, 2, 3, 4, 5, 9, 15, 16, 20)] == [1, 2, 4, 4, 8, 16, 16, 16, 20]
-    assert [_padded_batch(m, 6) for m in (3, 5, 6)] == [4, 6, 6]
-
-
 def test_predict_independent_of_batch_padding(model):
     rng = np.random.default_rng(0)
     p = rng.uniform(0, 1, size=(11, PATCH, PATCH)).astype(np.float32)

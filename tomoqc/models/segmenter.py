@@ -70,6 +70,7 @@ import numpy as np
 
 from tomoqc.errors import InputError, OptionError
 from tomoqc.metrics.uncertainty import entropy_bits
+from tomoqc.models.batching import pad_batch
 
 __all__ = [
     "SegmentModel",
@@ -413,12 +414,10 @@ class SegmentModel:
         return self._fn
 
     def _predict(self, x: np.ndarray, batch_size: int) -> np.ndarray:
-        """Probabilities ``(b, h, w, K)`` of tiles ``x`` ``(b, h, w)``; the batch is padded to
-        ``batch_size`` so that every call has the same shape."""
+        """Probabilities ``(b, h, w, K)`` of tiles ``x`` ``(b, h, w)``; a short batch is padded
+        (:func:`tomoqc.models.batching.pad_batch`) so that few shapes are traced."""
         b = x.shape[0]
-        if b < batch_size:
-            x = np.concatenate([x, np.zeros((batch_size - b,) + x.shape[1:], np.float32)])
-        out = np.asarray(self._predict_fn()(np.ascontiguousarray(x, np.float32)[..., None]), np.float32)[:b]
+        out = np.asarray(self._predict_fn()(pad_batch(x, batch_size)[..., None]), np.float32)[:b]
         lo, hi = (float(out.min()), float(out.max())) if out.size else (0.0, 1.0)
         if not (np.isfinite(lo) and np.isfinite(hi) and lo >= -_PROB_SLACK and hi <= 1 + _PROB_SLACK):
             raise InputError(

@@ -46,6 +46,7 @@ from pathlib import Path
 import numpy as np
 
 from tomoqc.errors import InputError, OptionError
+from tomoqc.models.batching import pad_batch
 from tomoqc.preprocess import normalize_slice_flagged, patch_validity
 
 __all__ = [
@@ -321,15 +322,6 @@ def _axis_starts(length: int, patch: int) -> np.ndarray:
         return np.zeros(1, dtype=np.int64)
     n = int(np.ceil(length / patch))
     return np.round(np.linspace(0, length - patch, n)).astype(np.int64)
-
-
-def _padded_batch(m: int, batch_size: int) -> int:
-    """The batch a short final batch of ``m`` patches is padded to: the next power of two,
-    at most ``batch_size``. A few fixed shapes keep the compiled function from being traced
-    again for every length, and a slice of 4 patches costs 4 patches' work, not a full batch's."""
-    if m >= batch_size:
-        return m
-    return min(batch_size, 1 << (m - 1).bit_length())
 
 
 def patch_grid(shape, patch: int = PATCH):
@@ -818,10 +810,7 @@ class TiqaModel:
             for i in range(0, n, bs):
                 chunk = _view(x[i : i + bs], v)
                 m = len(chunk)
-                padded = _padded_batch(m, bs)
-                if m < padded:
-                    chunk = np.concatenate([chunk, np.zeros((padded - m,) + chunk.shape[1:], np.float32)])
-                s, sv, f = fn(np.ascontiguousarray(chunk)[..., None])
+                s, sv, f = fn(pad_batch(chunk, bs)[..., None])
                 sv = np.asarray(sv)
                 if scores is None:
                     scores = np.empty((views, n), np.float32)
