@@ -118,10 +118,12 @@ def test_save_load_round_trip_and_finetune(tiny_labelled, tmp_path):
         load_rankiqa(tmp_path / "alone.keras")
 
     # rank, then fine-tune: the scores regress the labels better than the labels' mean does
+    calls = []
     res = train_rankiqa(tiny_labelled, tmp_path / "ft.keras", size=SIZE, width=TINY, rank_epochs=12,
                         finetune_epochs=6, steps_per_epoch=5, seed=0, progress=False, blocks_per_batch=3,
-                        batch_size=12, lr=1e-3, finetune_lr=3e-4)
+                        batch_size=12, lr=1e-3, finetune_lr=3e-4, on_step=lambda: calls.append(1))
     assert [h["stage"] for h in res["card"]["history"]] == ["rank"] * 12 + ["finetune"] * 6
+    assert len(calls) == (12 + 6) * 5  # one call per training step, for a caller's progress bar
     rows = read_manifest(tiny_labelled)
     lab = np.array([float(row["label"]) for row in rows])
     pred = load_rankiqa(res["path"]).predict([np.load(tiny_labelled / row["file"]) for row in rows])

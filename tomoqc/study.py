@@ -744,12 +744,17 @@ def _stage_scores(root: Path, p: StudyParams, method: str, prog: _Progress, test
 
         out_path = root / "models" / "rankiqa.keras"
         out_path.parent.mkdir(parents=True, exist_ok=True)
-        tick = prog.task("RankIQA: train", 1)
+        # one tick per training step when the steps per epoch are fixed (the default),
+        # else one for the whole training
+        steps = (p.rankiqa_rank_epochs + p.rankiqa_finetune_epochs) * p.rankiqa_steps if p.rankiqa_steps else 0
+        tick = prog.task("RankIQA: train", steps or 1)
         t0 = time.time()
         train_rankiqa(root / "data", out_path, size=p.rankiqa_size, width=p.rankiqa_width,
                       rank_epochs=p.rankiqa_rank_epochs, finetune_epochs=p.rankiqa_finetune_epochs,
-                      steps_per_epoch=p.rankiqa_steps, references=list(train_refs), seed=p.seed, progress=False)
-        tick(1)
+                      steps_per_epoch=p.rankiqa_steps, references=list(train_refs), seed=p.seed, progress=False,
+                      on_step=tick if steps else None)
+        if not steps:
+            tick(1)
         info = {"train_seconds": round(time.time() - t0, 1), "weights": str(out_path.relative_to(root)),
                 "weights_sha256": _sha256(out_path)}
         model = load_rankiqa(out_path)

@@ -226,6 +226,7 @@ def train_rankiqa(
     finetune_lr: float = 5e-5,
     dropout: float = 0.5,
     check_blocks: int = 24,
+    on_step=None,
 ) -> dict:
     """Train the RankIQA baseline: rank stage, then fine-tuning to the labels.
 
@@ -254,6 +255,10 @@ def train_rankiqa(
         Seed of the weights, the crops, the augmentation and the batch order.
     progress : bool
         Show progress bars and a line per epoch.
+    on_step : callable, optional
+        Called with no argument after every training step of either stage (a caller's own
+        progress display: there are ``rank_epochs * steps + finetune_epochs * steps`` of
+        them with ``steps_per_epoch``).
     blocks_per_batch : int
         Rank blocks per rank batch (each block holds levels 0-5: six crops).
     batch_size : int
@@ -369,6 +374,8 @@ def train_rankiqa(
                 for _ in range(n_steps):
                     losses.append(float(step_fn(*next(batches))))
                     prog.advance(task, f"loss {np.mean(losses[-20:]):.4f}")
+                    if on_step is not None:
+                        on_step()
                 steps += len(losses)
                 row = {"stage": name, "epoch": epoch, "steps": len(losses), "loss": float(np.mean(losses)),
                        "seconds": round(time.monotonic() - t0, 3)}
