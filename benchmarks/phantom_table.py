@@ -25,6 +25,24 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 
+def labelled_set(out: Path, references: int, seed: int, model) -> Path:
+    """``out/data_<references>_<seed>``: phantoms of both domains with the fourth impairment,
+    labelled on the anchors of ``model``'s card as its training data were; built once."""
+    from tomoqc.dataset import build_dataset
+    from tomoqc.labels import project_dataset
+
+    d = Path(out) / f"data_{references}_{seed}"
+    t0 = time.time()
+    if not (d / "labels.json").is_file():
+        if not (d / "manifest.csv").is_file():
+            build_dataset(d, references=references, domain="both", size=256, seed=seed, workers=1, progress=False)
+        lab = model.card.get("data", {}).get("labels") or {}
+        anchors = (lab.get("anchors") or {}).get("worst_goodness")
+        project_dataset(d, intensity=lab.get("intensity", "absolute"), anchors=anchors, progress=False)
+        print(f"built and labelled {d} ({time.time() - t0:.0f} s)")
+    return d
+
+
 def format_levels(with_terms: list, network: list) -> str:
     """Median label and score per domain, impairment and level, with the terms and without.
 
@@ -58,22 +76,11 @@ def main(argv=None) -> int:
     ap.add_argument("--model", type=Path, default=None, help="TIQA model (.keras); default the bundled one")
     args = ap.parse_args(argv)
 
-    from tomoqc.dataset import build_dataset
-    from tomoqc.labels import project_dataset
     from tomoqc.models.tiqa import load_model
     from tomoqc.train.finetune import evaluate_dataset, format_table
 
     model = load_model(args.model)
-    d = args.out / f"data_{args.references}_{args.seed}"
-    t0 = time.time()
-    if not (d / "labels.json").is_file():
-        if not (d / "manifest.csv").is_file():
-            build_dataset(d, references=args.references, domain="both", size=256, seed=args.seed, workers=1,
-                          progress=False)
-        lab = model.card.get("data", {}).get("labels") or {}
-        anchors = (lab.get("anchors") or {}).get("worst_goodness")
-        project_dataset(d, intensity=lab.get("intensity", "absolute"), anchors=anchors, progress=False)
-        print(f"built and labelled {d} ({time.time() - t0:.0f} s)")
+    d = labelled_set(args.out, args.references, args.seed, model)
     ev = evaluate_dataset(model, d)
     print(f"model {model.model_id} with its measured terms, {args.references} fresh references (seed {args.seed})")
     print(format_table(ev["table"]))
