@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -27,20 +26,12 @@ sys.path.insert(0, str(REPO))
 
 def labelled_set(out: Path, references: int, seed: int, model) -> Path:
     """``out/data_<references>_<seed>``: phantoms of both domains with the fourth impairment,
-    labelled on the anchors of ``model``'s card as its training data were; built once."""
-    from tomoqc.dataset import build_dataset
-    from tomoqc.labels import project_dataset
+    labelled on the anchors of ``model``'s card as its training data were; built once
+    (:func:`tomoqc.labels.labelled_phantom_set`)."""
+    from tomoqc.labels import labelled_phantom_set
 
-    d = Path(out) / f"data_{references}_{seed}"
-    t0 = time.time()
-    if not (d / "labels.json").is_file():
-        if not (d / "manifest.csv").is_file():
-            build_dataset(d, references=references, domain="both", size=256, seed=seed, workers=1, progress=False)
-        lab = model.card.get("data", {}).get("labels") or {}
-        anchors = (lab.get("anchors") or {}).get("worst_goodness")
-        project_dataset(d, intensity=lab.get("intensity", "absolute"), anchors=anchors, progress=False)
-        print(f"built and labelled {d} ({time.time() - t0:.0f} s)")
-    return d
+    return labelled_phantom_set(Path(out) / f"data_{references}_{seed}", references=references, seed=seed,
+                                card=model.card)
 
 
 def format_levels(with_terms: list, network: list) -> str:

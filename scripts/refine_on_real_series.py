@@ -91,59 +91,14 @@ def main(argv=None) -> int:
     if rec["interrupted"]:
         return 3
     if a.install is not None:
-        install(Path(rec["best"]), a.init, a.install, rec, command, evaluate=a.evaluate)
+        from tomoqc.train.install import install_stage
+
+        install_stage(Path(rec["best"]), a.init, a.install, stage="series_refine",
+                      record={k: v for k, v in rec.items() if k != "best"}, command=command,
+                      description="refined on series of known quality order from real measured data, re-projected "
+                                  "real slices and phantoms (tomoqc.train.series_refine), anchored on its own outputs",
+                      evaluate=a.evaluate, log=log)
     return 0
-
-
-def install(best: Path, parent: Path, dest_dir: Path, record: dict, command: str, *, evaluate=None) -> Path:
-    """Write ``dest_dir/tiqa_default.{keras,json}``: the refined network and its card."""
-    import json
-    import shutil
-
-    from tomoqc.models.tiqa import _read_card, file_sha256, load_model
-    from tomoqc.train.common import atomic_write_text, versions
-
-    card = _read_card(Path(parent))
-    if not card:
-        raise SystemExit(f"error: {parent}: no model card beside the parent model")
-    dest_dir.mkdir(parents=True, exist_ok=True)
-    dest = dest_dir / "tiqa_default.keras"
-    tmp = dest.with_name(dest.name + ".tmp")
-    shutil.copyfile(best, tmp)
-    os.replace(tmp, dest)
-    sha = file_sha256(dest)
-    parent_entry = {"model_id": card.get("model_id"), "sha256": card.get("weights_sha256"),
-                    "command": card.get("command"), "evaluation": card.get("evaluation")}
-    for stale in ("measured_terms", "evaluation_measured_terms", "trust", "evaluation"):
-        card.pop(stale, None)
-    rec = {k: v for k, v in record.items() if k not in ("best",)}
-    card.update({
-        "model_id": f"tiqa-default-{sha[:12]}",
-        "weights": dest.name,
-        "weights_sha256": sha,
-        "size_bytes": dest.stat().st_size,
-        "description": card.get("description", "").rstrip(".") + "; then refined on series of known quality "
-                       "order from real measured data, re-projected real slices and phantoms "
-                       "(tomoqc.train.series_refine), anchored on its own outputs.",
-        "command": command,
-        "versions": versions(),
-        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-    })
-    card.setdefault("training", {})["series_refine"] = {**rec, "parent": parent_entry}
-    if evaluate is not None:
-        from tomoqc.models.tiqa import TiqaModel
-        from tomoqc.train.finetune import evaluate_dataset, format_table
-
-        model = TiqaModel(load_model(dest).model, path=dest, card=card)  # the new card, before it is written
-        ev = evaluate_dataset(model, evaluate)
-        card["evaluation"] = {"sampling": "grid", "severity": "measured from severity_baseline",
-                              "data": str(evaluate), "table": ev["table"],
-                              "note": "the network with the parent's calibration, before the measured terms "
-                                      "are refitted"}
-        log("evaluation on " + str(evaluate) + "\n" + format_table(ev["table"]))
-    atomic_write_text(dest.with_suffix(".json"), json.dumps(card, indent=2, default=float) + "\n")
-    log(f"installed {dest} ({dest.stat().st_size / 1e6:.1f} MB, sha256 {sha[:12]})")
-    return dest
 
 
 if __name__ == "__main__":

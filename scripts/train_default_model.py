@@ -41,6 +41,10 @@ Steps (each skipped when its output already exists, so a rerun continues):
 4e. score calibration: a strictly increasing logistic map from the raw score to the label
    scale, fitted on the training phantoms (``--score-calibration none`` to skip); it
    changes no ranking, only how linearly the 1-5 score follows the labels.
+4e2. score head: :func:`tomoqc.train.score_head.refit_score_head` refits the score head
+   alone on frozen features, to the training phantoms' labels (through the calibration of
+   4e) and the series of 4d together (``--score-head-steps``, 0 to skip; it needs
+   ``--realdata``). ``scripts/refit_score_head.py`` runs the same stage on an installed model.
 4f. measured terms: :func:`tomoqc.train.measured.fit_card_terms` fits how the measured
    noise, blur, ring and streak indicators of a whole slice (:mod:`tomoqc.metrics.nr`,
    :mod:`tomoqc.metrics.rings`) lower the network's score and give the severities, on series
@@ -294,6 +298,8 @@ def main(argv=None) -> int:
                     help="epochs of the refine on series of known order from real data (0: skip it)")
     ap.add_argument("--series-refine-crop", type=int, default=256, help="crop side of the series refine")
     ap.add_argument("--series-refine-minutes", type=float, default=30.0)
+    ap.add_argument("--score-head-steps", type=int, default=600,
+                    help="steps of the score-head refit on frozen features (labels + series; 0: skip it)")
     ap.add_argument("--score-calibration", choices=("logistic", "none"), default="logistic",
                     help="fit a strictly increasing map from raw scores to labels on the training phantoms")
     ap.add_argument("--measured-terms", choices=("fit", "none"), default="fit",
@@ -486,6 +492,47 @@ def main(argv=None) -> int:
         model.calibration = _calibration_from_card({"score_calibration": calibration})
         log(f"score calibration on {calibration['n']} training images in {time.time() - t:.0f} s: "
             f"logistic{calibration['kind']}, PLCC {calibration['plcc_before']:.3f} -> {calibration['plcc_after']:.3f}")
+    # 4e2. the score head alone, refitted on frozen features to the training phantoms' labels
+    # and the series of known order together, through the calibration above
+    # (tomoqc.train.score_head); the installed network is the one with the refitted head
+    score_head_record = None
+    if args.score_head_steps > 0 and not args.skip_train:
+        from tomoqc.models.tiqa import file_sha256 as _sha
+        from tomoqc.train.common import save_keras_atomic
+        from tomoqc.train.score_head import HEAD_LAYERS, labelled_features, refit_score_head, series_features
+        from tomoqc.train.series_refine import cached_training_series
+
+        sh_out = work / "score_head"
+        score_head_record = finished_stage(sh_out, _sha(best))
+        if score_head_record is None:
+            if not args.realdata.is_dir():
+                raise SystemExit(f"error: {args.realdata}: real-data folder not found (give --realdata, "
+                                 "or --score-head-steps 0)")
+            t = time.time()
+            series = cached_training_series(args.realdata, work / "series_refine_series.npz", seed=args.seed,
+                                            log=log)
+            score_head_record = refit_score_head(model, labelled_features(model, train_dir, log=log),
+                                                 series_features(model, series, log=log),
+                                                 steps=args.score_head_steps, calibration=calibration,
+                                                 seed=args.seed, log=log)
+            weights = score_head_record.pop("weights")
+            score_head_record.pop("initial")
+            k = 0
+            for name in HEAD_LAYERS:
+                layer = model.model.get_layer(name)
+                n = len(layer.get_weights())
+                layer.set_weights(weights[k : k + n])
+                k += n
+            sh_out.mkdir(parents=True, exist_ok=True)
+            save_keras_atomic(model.model, sh_out / "best.keras")
+            score_head_record.update(init=str(best), init_sha256=_sha(best), best=str(sh_out / "best.keras"))
+            (sh_out / "record.json").write_text(json.dumps(score_head_record, indent=2, default=float) + "\n")
+            (sh_out / "DONE").write_text("done\n")
+            log(f"score head refitted in {time.time() - t:.0f} s: kept step {score_head_record['best']['step']}")
+        best = Path(score_head_record["best"])
+        model = load_model(best)
+        if calibration is not None:
+            model.calibration = _calibration_from_card({"score_calibration": calibration})
     # 4f. the measured terms: how the slice's measured indicators lower the network's score,
     # fitted on series of known order (phantoms, re-projected real slices, real measured data)
     measured_terms = None
@@ -580,6 +627,8 @@ def main(argv=None) -> int:
                      "severity_head": head_record,
                      "series_refine": None if series_record is None else
                      {k: v for k, v in series_record.items() if k != "best"},
+                     "score_head": None if score_head_record is None else
+                     {k: v for k, v in score_head_record.items() if k != "best"},
                      "refine_from": None if args.refine_from is None else
                      {"path": str(args.refine_from), "sha256": file_sha256(args.refine_from),
                       "model_id": refined_card.get("model_id"),

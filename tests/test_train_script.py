@@ -107,7 +107,7 @@ TINY = ["--references", "3", "--eval-references", "2", "--size", "224", "--sampl
         "--rank-epochs", "1", "--rank-steps", "2", "--finetune-epochs", "1", "--finetune-steps", "2",
         "--refine-epochs", "1", "--refine-steps", "2", "--seed", "5", "--eval-seed", "6",
         "--ellipse-references", "2", "--severity-head-epochs", "2", "--measured-terms", "none",
-        "--series-refine-epochs", "0"]
+        "--series-refine-epochs", "0", "--score-head-steps", "0"]
 
 
 def _train_and_install(mod, work, install):

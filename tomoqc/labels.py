@@ -80,6 +80,7 @@ from tomoqc.metrics import fr, stats
 
 __all__ = [
     "DEFAULT_OBSERVERS",
+    "labelled_phantom_set",
     "PSNR_CAP",
     "data_range_of",
     "INTENSITY_MODES",
@@ -437,6 +438,28 @@ def _validate_with_dataset_module(directory: Path) -> None:
         return
     read_manifest(directory)
 
+
+
+def labelled_phantom_set(directory, *, references: int, seed: int, card: dict | None, size: int = 256,
+                         log=print) -> Path:
+    """``directory``: phantoms of both domains with every impairment (:func:`tomoqc.dataset.build_dataset`),
+    labelled on the anchors of a model ``card`` (``data.labels``) as that model's training data
+    were (:func:`project_dataset`); built once, reused when its ``labels.json`` is there."""
+    import time
+
+    from tomoqc.dataset import build_dataset
+
+    d = Path(directory)
+    if (d / "labels.json").is_file():
+        return d
+    t0 = time.time()
+    if not (d / "manifest.csv").is_file():
+        build_dataset(d, references=references, domain="both", size=size, seed=seed, workers=1, progress=False)
+    lab = (card or {}).get("data", {}).get("labels") or {}
+    anchors = (lab.get("anchors") or {}).get("worst_goodness")
+    project_dataset(d, intensity=lab.get("intensity", "absolute"), anchors=anchors, progress=False)
+    log(f"built and labelled {d} ({time.time() - t0:.0f} s)")
+    return d
 
 def project_dataset(
     directory,
