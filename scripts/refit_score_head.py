@@ -60,6 +60,8 @@ def main(argv=None) -> int:
     ap.add_argument("--margin", type=float, default=0.1, help="rank margin, score units")
     ap.add_argument("--series-weight", type=float, default=1.0)
     ap.add_argument("--anchor-weight", type=float, default=0.01)
+    ap.add_argument("--level-weight", type=float, default=0.0,
+                    help="weight of the rank hinge on the labelled phantoms' levels (0: none)")
     ap.add_argument("--seed", type=int, default=20261130, help="seed of the series (as the series refinement)")
     ap.add_argument("--install", type=Path, default=None, help="folder to write tiqa_default.keras/.json into")
     ap.add_argument("--evaluate", type=Path, default=None,
@@ -102,7 +104,8 @@ def main(argv=None) -> int:
                 pickle.dump(feats, fh)
             os.replace(tmp, feats_path)
         rec = refit_score_head(model, feats["labelled"], feats["series"], steps=a.steps, lr=a.lr, margin=a.margin,
-                               series_weight=a.series_weight, anchor_weight=a.anchor_weight, log=log)
+                               series_weight=a.series_weight, anchor_weight=a.anchor_weight,
+                               level_weight=a.level_weight, log=log)
     except TomoqcError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1

@@ -124,3 +124,17 @@ def test_install_stage_writes_a_card_without_stale_fits(model_path, tmp_path):
     assert new["score_calibration"] == {"kind": None}
     with pytest.raises(InputError, match="no model card"):
         install_stage(model_path, model_path, tmp_path / "o2", stage="s", record={}, command="c", description="d")
+
+
+def test_level_pairs_order_levels_within_a_reference_domain_and_distortion():
+    from tomoqc.train.score_head import level_pairs
+
+    lab = PatchFeatures(groups=["a", "a", "a", "a", "a", "b", "b"],
+                        kinds=["none", "noise", "noise", "blur", "mixed", "none", "noise"],
+                        domains=["image"] * 5 + ["physics"] * 2,
+                        levels=[0, 1, 3, 2, 2, 0, 5])
+    pairs = set(level_pairs(lab, range(7)))
+    # a/image: clean above both noise levels and the blur level; noise 1 above noise 3;
+    # the mixture in no pair; b/physics: clean above its noise
+    assert pairs == {(0, 1), (0, 2), (1, 2), (0, 3), (5, 6)}
+    assert set(level_pairs(lab, [0, 2, 5])) == {(0, 2)}

@@ -20,7 +20,10 @@ at once:
   on every ordered pair of a series, ``relu(margin - (s_better - s_worse))``, the real and
   the simulated half weighing alike;
 * an **anchor** on the head's own starting weights (squared distance, each array relative
-  to its size), so that the head moves only as far as the evidence asks.
+  to its size), so that the head moves only as far as the evidence asks;
+* optionally (``level_weight``) the same hinge on the labelled phantoms' levels: within each
+  reference, domain and single distortion, every lower level above every higher one
+  (:func:`level_pairs`).
 
 Features are computed once (one backbone pass per patch, in inference mode); the head then
 trains full-batch in seconds per hundred steps. Validation: held-out phantom references
@@ -41,7 +44,7 @@ import numpy as np
 from tomoqc.errors import InputError, OptionError
 
 __all__ = ["HEAD_LAYERS", "PatchFeatures", "labelled_features", "series_features", "refit_score_head",
-           "head_scores"]
+           "head_scores", "level_pairs"]
 
 #: The layers this stage trains, in order: a ReLU dense layer and the linear score output.
 HEAD_LAYERS = ("score_dense", "score")
@@ -55,6 +58,8 @@ class PatchFeatures:
     labels: np.ndarray | None = None  # per image, for labelled sets
     groups: list = field(default_factory=list)  # per image: reference (labelled) or series index
     kinds: list = field(default_factory=list)  # per image: distortion (labelled) or series kind
+    domains: list = field(default_factory=list)  # per image: "image" or "physics" (labelled)
+    levels: list = field(default_factory=list)  # per image: distortion level, 0 for the clean reference
 
 
 def _features(model, images, *, normalize: bool) -> list[np.ndarray]:
@@ -86,6 +91,8 @@ def labelled_features(model, data_dir, *, log=print) -> PatchFeatures:
         labels += [float(r["label"]) for r in rr]
         out.groups += [r["reference"] for r in rr]
         out.kinds += [r["distortion"] for r in rr]
+        out.domains += [r.get("domain") or "image" for r in rr]
+        out.levels += [int(r.get("level") or 0) for r in rr]
     out.labels = np.asarray(labels, np.float64)
     log(f"features of {len(labels)} labelled images of {data_dir} ({time.monotonic() - t0:.0f} s)")
     return out
@@ -145,6 +152,28 @@ def _pair_accuracy(weights, series_feats, card) -> dict:
     return series_pair_accuracy([s for s, _ in kept], [head_scores(weights, f, card).tolist() for _, f in kept])
 
 
+def level_pairs(labelled: PatchFeatures, keep) -> list[tuple[int, int]]:
+    """``(better, worse)`` index pairs among the images ``keep``: within each reference, domain
+    and single distortion, every lower level against every higher one (the clean reference is
+    level 0 of each of its distortions); mixtures are left out."""
+    blocks: dict = {}
+    clean: dict = {}
+    for i in keep:
+        key = (labelled.groups[i], labelled.domains[i])
+        if labelled.kinds[i] == "none":
+            clean.setdefault(key, []).append(i)
+        elif labelled.kinds[i] != "mixed":
+            blocks.setdefault(key + (labelled.kinds[i],), []).append(i)
+    out = []
+    for key, idx in blocks.items():
+        idx = clean.get(key[:2], []) + idx
+        for a in idx:
+            for b in idx:
+                if labelled.levels[a] < labelled.levels[b]:
+                    out.append((a, b))
+    return out
+
+
 def _flat(patches):
     keep = [k for k, p in enumerate(patches) if len(p)]
     x = np.concatenate([patches[k] for k in keep]).astype(np.float32)
@@ -162,6 +191,7 @@ def refit_score_head(
     margin: float = 0.1,
     series_weight: float = 1.0,
     anchor_weight: float = 0.01,
+    level_weight: float = 0.0,
     val_references: int = 3,
     val_samples=None,
     eval_every: int = 25,
@@ -218,6 +248,10 @@ def refit_score_head(
     if not better:
         raise InputError(None, "no training series with two or more scored images")
     xs, segs, _ = _flat(images)
+    pos = {tr_i[int(k)]: j for j, k in enumerate(keep)}
+    lv = level_pairs(labelled, list(pos)) if level_weight > 0 and labelled.levels else []
+    t_lb = tf.constant(np.asarray([pos[a] for a, _ in lv], np.int32))
+    t_lw = tf.constant(np.asarray([pos[b] for _, b in lv], np.int32))
     real = np.asarray(real)
     pw = np.where(real, 1.0 / max(real.sum(), 1), 1.0 / max((~real).sum(), 1))
     pw = (pw / pw.sum()).astype(np.float32)
@@ -239,7 +273,11 @@ def refit_score_head(
     @tf.function
     def step():
         with tf.GradientTape() as tape:
-            label_loss = tf.reduce_mean((slice_scores(t_xp, t_segp) - t_yp) ** 2)
+            sp = slice_scores(t_xp, t_segp)
+            label_loss = tf.reduce_mean((sp - t_yp) ** 2)
+            if lv:  # every lower level of a reference's distortion above every higher one
+                label_loss += level_weight * tf.reduce_mean(
+                    tf.nn.relu(margin - (tf.gather(sp, t_lb) - tf.gather(sp, t_lw))))
             s = slice_scores(t_xs, t_segs)
             rank_loss = tf.reduce_sum(t_pw * tf.nn.relu(margin - (tf.gather(s, t_b) - tf.gather(s, t_w))))
             anchor = tf.add_n([tf.reduce_sum((v - v0) ** 2) / n for v, v0, n in zip(V, V0, size)])
@@ -282,7 +320,8 @@ def refit_score_head(
         "best": best_row,
         "history": history,
         "hyperparameters": {"steps": steps, "lr": lr, "margin": margin, "series_weight": series_weight,
-                            "anchor_weight": anchor_weight, "eval_every": eval_every, "seed": seed,
+                            "anchor_weight": anchor_weight, "level_weight": level_weight, "level_pairs": len(lv),
+                            "eval_every": eval_every, "seed": seed,
                             "optimizer": "Adam, full batch", "features": "grid patches, one view, inference mode"},
         "split": {"val_references": sorted(val_refs), "val_samples": list(val_samples),
                   "train_images": len(yp), "train_series": len(train_series), "train_pairs": len(better),
