@@ -514,10 +514,12 @@ def main(argv=None) -> int:
             t = time.time()
             series = cached_training_series(args.realdata, work / "series_refine_series.npz", seed=args.seed,
                                             log=log)
-            score_head_record = refit_score_head(model, labelled_features(model, train_dir, log=log),
-                                                 series_features(model, series, log=log),
+            labelled = labelled_features(model, train_dir, log=log)
+            # a quarter of the training references (1 to 3) held out to pick the step
+            held = max(1, min(3, len(set(labelled.groups)) // 4))
+            score_head_record = refit_score_head(model, labelled, series_features(model, series, log=log),
                                                  steps=args.score_head_steps, calibration=calibration,
-                                                 seed=args.seed, log=log)
+                                                 val_references=held, seed=args.seed, log=log)
             weights = score_head_record.pop("weights")
             score_head_record.pop("initial")
             k = 0
@@ -528,10 +530,12 @@ def main(argv=None) -> int:
                 k += n
             sh_out.mkdir(parents=True, exist_ok=True)
             save_keras_atomic(model.model, sh_out / "best.keras")
-            score_head_record.update(init=str(best), init_sha256=_sha(best), best=str(sh_out / "best.keras"))
+            # the kept validation row under "kept"; "best" is the network file, as the series refine's
+            score_head_record.update(init=str(best), init_sha256=_sha(best), kept=score_head_record["best"],
+                                     best=str(sh_out / "best.keras"))
             (sh_out / "record.json").write_text(json.dumps(score_head_record, indent=2, default=float) + "\n")
             (sh_out / "DONE").write_text("done\n")
-            log(f"score head refitted in {time.time() - t:.0f} s: kept step {score_head_record['best']['step']}")
+            log(f"score head refitted in {time.time() - t:.0f} s: kept step {score_head_record['kept']['step']}")
         best = Path(score_head_record["best"])
         model = load_model(best)
         if calibration is not None:
