@@ -73,7 +73,7 @@ def main(argv=None) -> int:
     from tomoqc.logs import quiet_native_logs
     from tomoqc.models.tiqa import file_sha256, load_model
     from tomoqc.train.common import atomic_write_text, save_keras_atomic
-    from tomoqc.train.score_head import HEAD_LAYERS, labelled_features, refit_score_head, series_features
+    from tomoqc.train.score_head import labelled_features, refit_score_head, series_features, set_head_weights
     from tomoqc.train.series_refine import cached_training_series
 
     quiet_native_logs()
@@ -111,12 +111,7 @@ def main(argv=None) -> int:
         return 1
     weights = rec.pop("weights")
     rec.pop("initial")
-    k = 0
-    for name in HEAD_LAYERS:
-        layer = model.model.get_layer(name)
-        n = len(layer.get_weights())
-        layer.set_weights(weights[k : k + n])
-        k += n
+    set_head_weights(model.model, weights)
     out = a.work / "score_head.keras"
     save_keras_atomic(model.model, out)
     rec.update({"stage": "score_head", "init": str(a.init), "init_sha256": init_sha, "command": command,

@@ -502,7 +502,7 @@ def main(argv=None) -> int:
     if args.score_head_steps > 0 and not args.skip_train:
         from tomoqc.models.tiqa import file_sha256 as _sha
         from tomoqc.train.common import save_keras_atomic
-        from tomoqc.train.score_head import HEAD_LAYERS, labelled_features, refit_score_head, series_features
+        from tomoqc.train.score_head import labelled_features, refit_score_head, series_features, set_head_weights
         from tomoqc.train.series_refine import cached_training_series
 
         sh_out = work / "score_head"
@@ -522,12 +522,7 @@ def main(argv=None) -> int:
                                                  val_references=held, seed=args.seed, log=log)
             weights = score_head_record.pop("weights")
             score_head_record.pop("initial")
-            k = 0
-            for name in HEAD_LAYERS:
-                layer = model.model.get_layer(name)
-                n = len(layer.get_weights())
-                layer.set_weights(weights[k : k + n])
-                k += n
+            set_head_weights(model.model, weights)
             sh_out.mkdir(parents=True, exist_ok=True)
             save_keras_atomic(model.model, sh_out / "best.keras")
             # the kept validation row under "kept"; "best" is the network file, as the series refine's

@@ -9,7 +9,7 @@ import pytest
 
 from tomoqc.errors import InputError
 from tomoqc.metrics.stats import srocc
-from tomoqc.train.score_head import HEAD_LAYERS, PatchFeatures, head_scores, refit_score_head
+from tomoqc.train.score_head import PatchFeatures, head_scores, head_weights, refit_score_head
 from tomoqc.train.series_refine import OrderedSeries
 
 
@@ -26,7 +26,7 @@ def scored(model_path):
 
 
 def _head(m):
-    return [w for n in HEAD_LAYERS for w in m.model.get_layer(n).get_weights()]
+    return head_weights(m.model)
 
 
 def test_head_scores_are_the_scorers_slice_scores(scored):

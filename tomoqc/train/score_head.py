@@ -44,10 +44,25 @@ import numpy as np
 from tomoqc.errors import InputError, OptionError
 
 __all__ = ["HEAD_LAYERS", "PatchFeatures", "labelled_features", "series_features", "refit_score_head",
-           "head_scores", "level_pairs"]
+           "head_scores", "level_pairs", "head_weights", "set_head_weights"]
 
 #: The layers this stage trains, in order: a ReLU dense layer and the linear score output.
 HEAD_LAYERS = ("score_dense", "score")
+
+
+def head_weights(keras_model) -> list[np.ndarray]:
+    """The score head's arrays ``[W1, b1, W2, b2]`` (:data:`HEAD_LAYERS`, in order)."""
+    return [np.asarray(w, np.float32) for n in HEAD_LAYERS for w in keras_model.get_layer(n).get_weights()]
+
+
+def set_head_weights(keras_model, weights) -> None:
+    """Put ``weights`` (as :func:`head_weights` returns them) into the score head of ``keras_model``."""
+    k = 0
+    for name in HEAD_LAYERS:
+        layer = keras_model.get_layer(name)
+        n = len(layer.get_weights())
+        layer.set_weights(weights[k : k + n])
+        k += n
 
 
 @dataclass
@@ -218,7 +233,7 @@ def refit_score_head(
     if not (lr > 0 and margin >= 0 and series_weight >= 0 and anchor_weight >= 0):
         raise OptionError("lr must be > 0; margin, series_weight and anchor_weight >= 0")
     keras_model = model.model
-    init = [np.asarray(w, np.float32) for n in HEAD_LAYERS for w in keras_model.get_layer(n).get_weights()]
+    init = head_weights(keras_model)
     card = model.card if calibration is None else {"score_calibration": calibration}
     cal = _tf_calibration(*_calibration_params(card))
     val_samples = VAL_SAMPLES if val_samples is None else tuple(val_samples)
