@@ -8,8 +8,10 @@ Steps (each resumes or is skipped when its output exists):
 
 1. data: a labelled phantom set of its own (``--references 12 --seed 7373``, both domains,
    every impairment, labelled on the anchors of the parent's card:
-   :func:`tomoqc.labels.labelled_phantom_set`; never the phantom table's seed-9001 set) and the
-   series of :func:`tomoqc.train.series_refine.build_training_series` (``WORK/series.npz``);
+   :func:`tomoqc.labels.labelled_phantom_set`; never the phantom table's seed-9001 set), the
+   series of :func:`tomoqc.train.series_refine.build_training_series` (``WORK/series.npz``)
+   and the image-domain ring series of real slices (:func:`tomoqc.train.score_head.image_ring_series`,
+   ``--image-weight``);
 2. features: the parent's pooled features of every valid grid patch of each image, as the
    scorer computes them (``WORK/features.pkl``);
 3. refit: :func:`tomoqc.train.score_head.refit_score_head` (label term + series rank term +
@@ -62,6 +64,9 @@ def main(argv=None) -> int:
     ap.add_argument("--anchor-weight", type=float, default=0.01)
     ap.add_argument("--level-weight", type=float, default=0.0,
                     help="weight of the rank hinge on the labelled phantoms' levels (0: none)")
+    ap.add_argument("--image-weight", type=float, default=1.0,
+                    help="weight of the image-domain ring series of real slices against the real and the simulated "
+                         "series' 1 each (0: left out)")
     ap.add_argument("--seed", type=int, default=20261130, help="seed of the series (as the series refinement)")
     ap.add_argument("--install", type=Path, default=None, help="folder to write tiqa_default.keras/.json into")
     ap.add_argument("--evaluate", type=Path, default=None,
@@ -73,7 +78,8 @@ def main(argv=None) -> int:
     from tomoqc.logs import quiet_native_logs
     from tomoqc.models.tiqa import file_sha256, load_model
     from tomoqc.train.common import atomic_write_text, save_keras_atomic
-    from tomoqc.train.score_head import labelled_features, refit_score_head, series_features, set_head_weights
+    from tomoqc.train.score_head import (image_ring_series, labelled_features, refit_score_head, series_features,
+                                         set_head_weights)
     from tomoqc.train.series_refine import cached_training_series
 
     quiet_native_logs()
@@ -99,13 +105,14 @@ def main(argv=None) -> int:
             series = cached_training_series(a.realdata, a.work / "series.npz", seed=a.seed, log=log)
             feats = {"init_sha256": init_sha, "labelled": labelled_features(model, data, log=log),
                      "series": series_features(model, series, log=log)}
-            tmp = feats_path.with_name(feats_path.name + ".part")
-            with open(tmp, "wb") as fh:
-                pickle.dump(feats, fh)
-            os.replace(tmp, feats_path)
-        rec = refit_score_head(model, feats["labelled"], feats["series"], steps=a.steps, lr=a.lr, margin=a.margin,
+            _save(feats, feats_path)
+        if a.image_weight > 0 and "image" not in feats:  # a cache from before the image-domain rings
+            feats["image"] = series_features(model, image_ring_series(a.realdata, seed=a.seed, log=log), log=log)
+            _save(feats, feats_path)
+        series = feats["series"] + (feats.get("image", []) if a.image_weight > 0 else [])
+        rec = refit_score_head(model, feats["labelled"], series, steps=a.steps, lr=a.lr, margin=a.margin,
                                series_weight=a.series_weight, anchor_weight=a.anchor_weight,
-                               level_weight=a.level_weight, log=log)
+                               level_weight=a.level_weight, image_weight=a.image_weight, log=log)
     except TomoqcError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
@@ -129,6 +136,13 @@ def main(argv=None) -> int:
                                   "known order together (tomoqc.train.score_head)",
                       evaluate=a.evaluate, log=log)
     return 0
+
+
+def _save(feats: dict, path: Path) -> None:
+    tmp = path.with_name(path.name + ".part")
+    with open(tmp, "wb") as fh:
+        pickle.dump(feats, fh)
+    os.replace(tmp, path)
 
 
 if __name__ == "__main__":

@@ -43,10 +43,9 @@ Steps (each skipped when its output already exists, so a rerun continues):
    changes no ranking, only how linearly the 1-5 score follows the labels.
 4e2. score head: :func:`tomoqc.train.score_head.refit_score_head` refits the score head
    alone on frozen features, to the training phantoms' labels (through the calibration of
-   4e) and the series of 4d together (``--score-head-steps``; off by default: the one
-   measured refit raised the score of the strongest image-domain rings on a real slice,
-   README stage 8; it needs ``--realdata``). ``scripts/refit_score_head.py`` runs the
-   same stage on an installed model.
+   4e) and the series of 4d together, with image-domain ring series of real slices as a
+   third group (``--score-head-steps``, 600; 0 skips it; it needs ``--realdata``).
+   ``scripts/refit_score_head.py`` runs the same stage on an installed model.
 4f. measured terms: :func:`tomoqc.train.measured.fit_card_terms` fits how the measured
    noise, blur, ring and streak indicators of a whole slice (:mod:`tomoqc.metrics.nr`,
    :mod:`tomoqc.metrics.rings`) lower the network's score and give the severities, on series
@@ -300,9 +299,8 @@ def main(argv=None) -> int:
                     help="epochs of the refine on series of known order from real data (0: skip it)")
     ap.add_argument("--series-refine-crop", type=int, default=256, help="crop side of the series refine")
     ap.add_argument("--series-refine-minutes", type=float, default=30.0)
-    ap.add_argument("--score-head-steps", type=int, default=0,
-                    help="steps of the score-head refit on frozen features (labels + series; 0, the default: skip "
-                         "it; 600 was measured: README, 'The bundled model', stage 8)")
+    ap.add_argument("--score-head-steps", type=int, default=600,
+                    help="steps of the score-head refit on frozen features (labels + series; 0: skip it)")
     ap.add_argument("--score-calibration", choices=("logistic", "none"), default="logistic",
                     help="fit a strictly increasing map from raw scores to labels on the training phantoms")
     ap.add_argument("--measured-terms", choices=("fit", "none"), default="fit",
@@ -502,7 +500,8 @@ def main(argv=None) -> int:
     if args.score_head_steps > 0 and not args.skip_train:
         from tomoqc.models.tiqa import file_sha256 as _sha
         from tomoqc.train.common import save_keras_atomic
-        from tomoqc.train.score_head import labelled_features, refit_score_head, series_features, set_head_weights
+        from tomoqc.train.score_head import (image_ring_series, labelled_features, refit_score_head, series_features,
+                                             set_head_weights)
         from tomoqc.train.series_refine import cached_training_series
 
         sh_out = work / "score_head"
@@ -517,6 +516,7 @@ def main(argv=None) -> int:
             labelled = labelled_features(model, train_dir, log=log)
             # a quarter of the training references (1 to 3) held out to pick the step
             held = max(1, min(3, len(set(labelled.groups)) // 4))
+            series += image_ring_series(args.realdata, seed=args.seed, log=log)
             score_head_record = refit_score_head(model, labelled, series_features(model, series, log=log),
                                                  steps=args.score_head_steps, calibration=calibration,
                                                  val_references=held, seed=args.seed, log=log)

@@ -138,3 +138,41 @@ def test_level_pairs_order_levels_within_a_reference_domain_and_distortion():
     # the mixture in no pair; b/physics: clean above its noise
     assert pairs == {(0, 1), (0, 2), (1, 2), (0, 3), (5, 6)}
     assert set(level_pairs(lab, [0, 2, 5])) == {(0, 2)}
+
+
+def test_pair_weights_give_each_source_group_its_share():
+    """Real and simulated pairs weigh 1 in total each, image-domain ones ``image_weight``,
+    however many pairs each group has; without image pairs the halves are equal as before."""
+    from tomoqc.train.score_head import _pair_weights
+
+    src = ["real"] * 3 + ["simulated"] * 7 + ["image"] * 20
+    for w in (0.0, 0.5, 1.0, 3.0):
+        pw = _pair_weights(src, w)
+        assert pw.sum() == pytest.approx(1.0, abs=1e-6)
+        total = 2.0 + w
+        assert pw[:3].sum() == pytest.approx(1 / total, abs=1e-6)
+        assert pw[3:10].sum() == pytest.approx(1 / total, abs=1e-6)
+        assert pw[10:].sum() == pytest.approx(w / total, abs=1e-6)
+        assert len(set(np.round(pw[:3], 9))) == 1 and len(set(np.round(pw[10:], 9))) == 1
+    pw = _pair_weights(["real"] * 2 + ["simulated"] * 6, 1.0)
+    assert pw[:2].sum() == pytest.approx(0.5, abs=1e-6) and pw[2:].sum() == pytest.approx(0.5, abs=1e-6)
+
+
+def test_image_ring_series_draws_rising_rings_into_each_real_slice(tmp_path):
+    """A real-data folder holding one of the training samples gives one ring series of
+    source "image": the clean slice first, then five levels whose measured ring index rises."""
+    import tifffile
+
+    from tomoqc.metrics.rings import ring_index
+    from tomoqc.phantom import electrode_slice
+    from tomoqc.train.score_head import image_ring_series
+
+    (tmp_path / "qbi").mkdir()
+    img = electrode_slice((200, 200), seed=5)[0].astype(np.float32)
+    tifffile.imwrite(tmp_path / "qbi" / "wood.tif", img)
+    series = image_ring_series(tmp_path, seed=1, log=lambda m: None)
+    assert len(series) == 1
+    s = series[0]
+    assert (s.name, s.kind, s.source, len(s.images)) == ("wood#0", "img_ring", "image", 6)
+    ri = [ring_index(a) for a in s.images]
+    assert all(b > a for a, b in zip(ri, ri[1:])), np.round(ri, 4)

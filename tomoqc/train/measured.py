@@ -197,12 +197,13 @@ def series_for(img: np.ndarray, rng: np.random.Generator):
     return {kind: [a.astype(np.float32) for a in imgs] for kind, imgs in out.items()}
 
 
-def image_series(img: np.ndarray, rng: np.random.Generator):
-    """The report's image-domain recipes at levels 0..5 (phantoms only)."""
+def image_series(img: np.ndarray, rng: np.random.Generator, kinds=("noise", "blur", "ring")):
+    """The report's image-domain recipes ``kinds`` at levels 0..5 (here for the phantoms;
+    :func:`tomoqc.train.score_head.image_ring_series` draws rings on the real slices)."""
     from tomoqc.distort import image as idist
 
     return {f"img_{d}": [img.astype(np.float32)] + [idist.apply(img, d, lv, rng=rng).astype(np.float32)
-                                                    for lv in range(1, 6)] for d in ("noise", "blur", "ring")}
+                                                    for lv in range(1, 6)] for d in kinds}
 
 
 def export_roundtrip(img: np.ndarray, window, fmt: str) -> np.ndarray:

@@ -19,6 +19,11 @@ at once:
   real measured data degraded directly and re-projected real slices and phantoms): a hinge
   on every ordered pair of a series, ``relu(margin - (s_better - s_worse))``, the real and
   the simulated half weighing alike;
+* **image-domain rings on real slices** (:func:`image_ring_series`, series source
+  ``"image"``): the same hinge, as a third group of weight ``image_weight`` against the two
+  halves' 1 each. Strong rings drawn straight into a natural slice are where a head
+  refitted without them let the score *rise* with the level (a real CT slice, level 4 -> 5:
+  3.02 -> 3.69, the network alone); the phantoms' image-domain rings did not teach it;
 * an **anchor** on the head's own starting weights (squared distance, each array relative
   to its size), so that the head moves only as far as the evidence asks;
 * optionally (``level_weight``) the same hinge on the labelled phantoms' levels: within each
@@ -29,7 +34,8 @@ Features are computed once (one backbone pass per patch, in inference mode); the
 trains full-batch in seconds per hundred steps. Validation: held-out phantom references
 (SROCC against the label) and the held-out series of
 :data:`tomoqc.train.series_refine.VAL_SAMPLES` (pair accuracy); the step kept is the one with
-the best mean of the two (ties: the earlier). Nothing from ``benchmarks/real_orderings.py``
+the best mean of the two (ties: the earlier); image-domain ring series of held-out slices
+are reported (``val_series_image``) but do not choose the step. Nothing from ``benchmarks/real_orderings.py``
 or from the phantom table's evaluation set is used.
 """
 
@@ -43,8 +49,8 @@ import numpy as np
 
 from tomoqc.errors import InputError, OptionError
 
-__all__ = ["HEAD_LAYERS", "PatchFeatures", "labelled_features", "series_features", "refit_score_head",
-           "head_scores", "level_pairs", "head_weights", "set_head_weights"]
+__all__ = ["HEAD_LAYERS", "PatchFeatures", "labelled_features", "series_features", "image_ring_series",
+           "refit_score_head", "head_scores", "level_pairs", "head_weights", "set_head_weights"]
 
 #: The layers this stage trains, in order: a ReLU dense layer and the linear score output.
 HEAD_LAYERS = ("score_dense", "score")
@@ -207,6 +213,7 @@ def refit_score_head(
     series_weight: float = 1.0,
     anchor_weight: float = 0.01,
     level_weight: float = 0.0,
+    image_weight: float = 1.0,
     val_references: int = 3,
     val_samples=None,
     eval_every: int = 25,
@@ -230,8 +237,8 @@ def refit_score_head(
     for name, v in (("steps", steps), ("eval_every", eval_every)):
         if v < 1:
             raise OptionError(f"{name} must be at least 1, got {v}")
-    if not (lr > 0 and margin >= 0 and series_weight >= 0 and anchor_weight >= 0):
-        raise OptionError("lr must be > 0; margin, series_weight and anchor_weight >= 0")
+    if not (lr > 0 and margin >= 0 and series_weight >= 0 and anchor_weight >= 0 and image_weight >= 0):
+        raise OptionError("lr must be > 0; margin, series_weight, anchor_weight and image_weight >= 0")
     keras_model = model.model
     init = head_weights(keras_model)
     card = model.card if calibration is None else {"score_calibration": calibration}
@@ -251,7 +258,7 @@ def refit_score_head(
 
     xp, segp, keep = _flat([labelled.patches[i] for i in tr_i])
     yp = np.asarray(labelled.labels, np.float32)[tr_i][keep]
-    images, better, worse, real = [], [], [], []
+    images, better, worse, source = [], [], [], []
     for s, f in train_series:
         base = len(images)
         images += f
@@ -259,7 +266,7 @@ def refit_score_head(
             for b in range(a + 1, len(f)):
                 better.append(base + a)
                 worse.append(base + b)
-                real.append(s.source == "real")
+                source.append(s.source)
     if not better:
         raise InputError(None, "no training series with two or more scored images")
     xs, segs, _ = _flat(images)
@@ -267,9 +274,7 @@ def refit_score_head(
     lv = level_pairs(labelled, list(pos)) if level_weight > 0 and labelled.levels else []
     t_lb = tf.constant(np.asarray([pos[a] for a, _ in lv], np.int32))
     t_lw = tf.constant(np.asarray([pos[b] for _, b in lv], np.int32))
-    real = np.asarray(real)
-    pw = np.where(real, 1.0 / max(real.sum(), 1), 1.0 / max((~real).sum(), 1))
-    pw = (pw / pw.sum()).astype(np.float32)
+    pw = _pair_weights(source, image_weight)
 
     tf.random.set_seed(seed)
     V = [tf.Variable(w) for w in init]
@@ -336,12 +341,43 @@ def refit_score_head(
         "history": history,
         "hyperparameters": {"steps": steps, "lr": lr, "margin": margin, "series_weight": series_weight,
                             "anchor_weight": anchor_weight, "level_weight": level_weight, "level_pairs": len(lv),
+                            "image_weight": image_weight,
                             "eval_every": eval_every, "seed": seed,
                             "optimizer": "Adam, full batch", "features": "grid patches, one view, inference mode"},
         "split": {"val_references": sorted(val_refs), "val_samples": list(val_samples),
                   "train_images": len(yp), "train_series": len(train_series), "train_pairs": len(better),
                   "val_series": len(val_series)},
     }
+
+
+def _pair_weights(source, image_weight: float) -> np.ndarray:
+    """Weight of each training pair by its series' source: the ``"real"`` and the other
+    (simulated) pairs weigh 1 in total each, the ``"image"`` pairs ``image_weight``; the
+    weights sum to 1."""
+    source = np.asarray(source, dtype=object)
+    group = np.where(source == "image", "image", np.where(source == "real", "real", "simulated"))
+    pw = np.zeros(len(source))
+    for g, gw in (("real", 1.0), ("simulated", 1.0), ("image", float(image_weight))):
+        sel = group == g
+        if sel.any():
+            pw[sel] = gw / sel.sum()
+    return (pw / pw.sum()).astype(np.float32)
+
+
+def image_ring_series(realdata, *, seed: int = 20261130, log=print) -> list:
+    """Image-domain ring series (levels 0-5, :func:`tomoqc.distort.image.apply`) of the real
+    reference slices of :data:`tomoqc.train.measured.TRAIN_SAMPLES`, as
+    :class:`~tomoqc.train.series_refine.OrderedSeries` of source ``"image"`` (seeded)."""
+    from tomoqc.train.measured import image_series, reference_slices
+    from tomoqc.train.series_refine import OrderedSeries, _normalised
+
+    rng = np.random.default_rng(seed + 99)
+    out = []
+    for name, img in reference_slices(Path(realdata), 0, seed):
+        for kind, imgs in image_series(img, rng, kinds=("ring",)).items():
+            out.append(OrderedSeries(name, kind, "image", [_normalised(a) for a in imgs]))
+    log(f"{len(out)} image-domain ring series of real slices")
+    return out
 
 
 def _fmt_row(row: dict) -> str:
