@@ -194,10 +194,12 @@ def test_local_cluster_listens_on_loopback_only_and_opens_no_dashboard():
         for page in ("/status", "/info/main/workers.html", "/json/counts.json", "/metrics"):
             assert _http_status(http + page) == 404, page  # ... but shows nothing of the work
         # other users of this machine reach 127.0.0.1 too: they are refused without the run's credentials
+        # (set_as_default=False: a refused client that set dask's default scheduler would, when the
+        # garbage collector closes it after ours, restore "dask.distributed" with no client left)
         with pytest.raises(TypeError, match="ssl_context"):
-            Client(address, timeout="5s")
+            Client(address, timeout="5s", set_as_default=False)
         with pytest.raises(OSError):
-            Client(address.replace("tls://", "tcp://"), timeout="5s")
+            Client(address.replace("tls://", "tcp://"), timeout="5s", set_as_default=False)
         assert client.submit(sum, [1, 2]).result() == 3
 
 
