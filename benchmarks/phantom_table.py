@@ -95,7 +95,7 @@ def main(argv=None) -> int:
 
 def write_evaluation(card_path: Path, with_terms: list, network: list, *, references: int, seed: int) -> None:
     """Record the two tables as the card's ``evaluation`` entry (written atomically; every other key kept)."""
-    import os
+    from tomoqc.train.common import atomic_write_text
 
     card = json.loads(card_path.read_text())
     card["evaluation"] = {
@@ -104,9 +104,7 @@ def write_evaluation(card_path: Path, with_terms: list, network: list, *, refere
         "table": network, "table_with_measured_terms": with_terms,
         "note": "table: the network alone (calibrated); table_with_measured_terms: the score as reported",
     }
-    tmp = card_path.with_name(card_path.name + ".tmp")
-    tmp.write_text(json.dumps(card, indent=2, default=float) + "\n")
-    os.replace(tmp, card_path)
+    atomic_write_text(card_path, json.dumps(card, indent=2, default=float) + "\n")
     print(f"wrote evaluation into {card_path}")
 
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -42,6 +41,7 @@ def main(argv=None) -> int:
     from tomoqc.errors import TomoqcError
     from tomoqc.models.tiqa import default_weights_path, load_model
     from tomoqc.train.measured import fit_card_terms
+    from tomoqc.train.common import atomic_write_text
 
     if not args.realdata.is_dir():
         print(f"error: {args.realdata}: real-data folder not found", file=sys.stderr)
@@ -62,9 +62,7 @@ def main(argv=None) -> int:
         card = json.loads(card_path.read_text()) if card_path.is_file() else {}
         card["measured_terms"] = entry
         card.pop("ring_term", None)  # superseded by the measured ring term
-        tmp = card_path.with_name(card_path.name + ".tmp")
-        tmp.write_text(json.dumps(card, indent=2) + "\n")
-        os.replace(tmp, card_path)
+        atomic_write_text(card_path, json.dumps(card, indent=2) + "\n")
         print(f"wrote measured_terms into {card_path}")
     return 0
 

@@ -325,6 +325,7 @@ def main(argv=None) -> int:
     from tomoqc.models.trust import (CARD_KEY, DomainClassifier, FeatureDistance, fit_domain_classifier,
                                      fit_feature_distance)
     from tomoqc.models.tiqa import load_model
+    from tomoqc.train.common import atomic_write_text
 
     model = load_model(args.model)
     model.trust = None  # the statistics being fitted must not be used while fitting them
@@ -453,9 +454,7 @@ def main(argv=None) -> int:
     if note and args.quantile == 0.9:
         entry["fit"]["note"] = note
     card[CARD_KEY] = entry
-    tmp = args.out.with_name(args.out.name + f".tmp{os.getpid()}")
-    tmp.write_text(json.dumps(card, indent=2) + "\n")
-    os.replace(tmp, args.out)
+    atomic_write_text(args.out, json.dumps(card, indent=2) + "\n")
     assert FeatureDistance.from_card(card[CARD_KEY]["features"]) is not None
     assert dom is None or DomainClassifier.from_card(card[CARD_KEY]["domain"]) is not None
     print(f"\nwrote '{CARD_KEY}' into {args.out}")
