@@ -279,3 +279,59 @@ def test_resume_after_interrupt_gives_the_same_weights(cli_run, tmp_path):
     with open(out / "log.csv") as fh, open(ref / "log.csv") as fr:
         la, lb = list(csv.DictReader(fh)), list(csv.DictReader(fr))
     assert [r["loss"] for r in la] == [r["loss"] for r in lb]
+
+
+def test_clean_share_is_the_share_of_unimpaired_draws():
+    from tomoqc.errors import OptionError
+    from tomoqc.train.segdata import random_impairment
+
+    rng = np.random.default_rng(5)
+    n = 3000
+    assert all(random_impairment(rng, 3, 1.0) == {} for _ in range(200))
+    assert all(random_impairment(rng, 3, 0.0) != {} for _ in range(200))
+    assert all(random_impairment(rng, 0, 0.0) == {} for _ in range(50))  # level 0: nothing to add
+    for share in (0.2, 0.6):
+        clean = sum(random_impairment(rng, 3, share) == {} for _ in range(n))
+        sd = math.sqrt(n * share * (1 - share))  # binomial
+        assert abs(clean - n * share) < 4 * sd, (share, clean)
+    for bad in (-0.1, 1.5):
+        with pytest.raises(OptionError, match="clean share"):
+            random_impairment(rng, 3, bad)
+
+
+def test_fine_tuning_starts_from_the_given_weights(cli_run, tmp_path, capsys):
+    """``--init``: the network, its width and skip come from the weights file; before the
+    first step it is that network (the epoch-0 validation of the same seed's phantoms
+    equals the one its own run recorded), and the card names where it started."""
+    from tomoqc.cli import main
+    from tomoqc.models.tiqa import file_sha256
+
+    code, ref = cli_run
+    assert code == 0
+    start = json.loads((ref / "best.json").read_text())
+    out = tmp_path / "ft"
+    args = list(CLI_ARGS)
+    args[args.index("--width") + 1] = "0.5"  # ignored: the weights file decides
+    args[args.index("--epochs") + 1] = "1"
+    args[args.index("--steps-per-epoch") + 1] = "2"
+    args.remove("--full-res")
+    assert main(["train", "segment", "--out", str(out), "--init", str(ref / "best.keras"), "--clean-share", "0.6",
+                 *args]) == 0
+    card = json.loads((out / "model_card.json").read_text())
+    assert card["width"] == 0.125 and card["full_res"] is True
+    assert card["initialised_from"]["weights_sha256"] == file_sha256(ref / "best.keras")
+    assert card["hyperparameters"]["init_weights_sha256"] == file_sha256(ref / "best.keras")
+    assert card["hyperparameters"]["clean_share"] == 0.6 and "--clean-share 0.6" in card["command"]
+    with open(out / "log.csv") as fh:
+        first = next(csv.DictReader(fh))
+    assert int(first["epoch"]) == 0
+    assert float(first["val_mean_iou"]) == pytest.approx(start["metrics"]["all"]["mean_iou"], rel=1e-5)
+    capsys.readouterr()
+    # a network of other classes, or a share outside [0, 1]: one error line, nothing written
+    bad = tmp_path / "bad"
+    for extra, why in ((["--init", str(ref / "best.keras"), "--classes", "3"], "segments 2 classes"),
+                       (["--clean-share", "1.5"], "clean share")):
+        code = main(["train", "segment", "--out", str(bad), "--phantoms", "4", "--no-progress", *extra])
+        err = capsys.readouterr().err
+        assert code == 1 and len(err.strip().splitlines()) == 1 and why in err, err
+        assert not bad.exists()

@@ -120,6 +120,12 @@ def segment_cmd(
     resume: bool = typer.Option(False, "--resume", help="Continue from OUT/state (same options)."),
     phantom_size: int = typer.Option(256, "--phantom-size", help="Side of the --phantoms slices."),
     max_level: int = typer.Option(3, "--max-level", help="Strongest impairment level trained on (0-5)."),
+    clean_share: float = typer.Option(
+        0.2, "--clean-share", help="Share of the phantom draws left unimpaired (0-1)."
+    ),
+    init: Optional[Path] = typer.Option(
+        None, "--init", help="Start from this D-LinkNet weights file (with its JSON card): fine-tuning."
+    ),
     val_disc: str = typer.Option("td", "--val-disc", help="HTC2022 disc held out for validation."),
     htc_bin: int = typer.Option(1, "--htc-bin", help="Reconstruct HTC2022 discs on 512/N pixels."),
     time_limit: Optional[float] = typer.Option(
@@ -141,15 +147,15 @@ def segment_cmd(
                    width=width, dropout=dropout, full_res=full_res or None, class_weights=class_weights,
                    epochs=epochs, batch_size=batch_size, crop=crop,
                    steps_per_epoch=steps_per_epoch, lr=lr, decay_epochs=decay_epochs, seed=seed, resume=resume,
-                   phantom_size=phantom_size, max_level=max_level, val_disc=val_disc if realdata else None,
-                   htc_bin=htc_bin, time_limit=time_limit)
+                   phantom_size=phantom_size, max_level=max_level, clean_share=clean_share, init=init,
+                   val_disc=val_disc if realdata else None, htc_bin=htc_bin, time_limit=time_limit)
     res = train_segment(out, data=data, phantoms=phantoms, realdata=realdata, classes=classes, width=width,
                         dropout=dropout, full_res=full_res, class_weights=weights, epochs=epochs,
                         batch_size=batch_size, crop=crop,
                         steps_per_epoch=steps_per_epoch, lr=lr, decay_epochs=decay_epochs, seed=seed, resume=resume,
                         phantom_size=phantom_size, max_level=max_level, val_disc=val_disc, htc_bin=htc_bin,
                         time_limit_s=None if time_limit is None else 60.0 * time_limit, progress=progress,
-                        command=cmd)
+                        command=cmd, clean_share=clean_share, init_weights=init)
     if res["interrupted"]:
         print(f"interrupted by a signal; state saved in {out / 'state'}; rerun with --resume to continue")
     m = res["card"]["metrics"].get("all", {})

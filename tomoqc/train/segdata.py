@@ -89,6 +89,10 @@ HTC2022_VARIANTS = (
 HTC2022_SIDE = 512
 
 
+#: Share of the training draws of a phantom that are left unimpaired.
+CLEAN_SHARE = 0.2
+
+
 @dataclass
 class SegItem:
     """One labelled training or validation slice.
@@ -106,12 +110,14 @@ class SegItem:
     path: Path | None = None
     raw: np.ndarray | None = None
 
-    def load(self, rng: np.random.Generator | None = None, *, max_level: int = 3) -> np.ndarray:
-        """The normalised slice (for ``raw`` items: with a new random impairment)."""
+    def load(self, rng: np.random.Generator | None = None, *, max_level: int = 3,
+             clean_share: float = CLEAN_SHARE) -> np.ndarray:
+        """The normalised slice (for ``raw`` items: with a new random impairment, none in a
+        share ``clean_share`` of the draws)."""
         if self.image is not None:
             img = self.image
         elif self.raw is not None:
-            spec = random_impairment(rng, max_level) if rng is not None else {}
+            spec = random_impairment(rng, max_level, clean_share) if rng is not None else {}
             img = self.raw
             if spec:
                 from tomoqc.distort import apply_mixture
@@ -224,10 +230,12 @@ def dataset_items(data_dir, *, classes: int, max_level: int = 3, val_fraction: f
 # --------------------------------------------------------------------------- phantoms
 
 
-def random_impairment(rng: np.random.Generator, max_level: int = 3) -> dict:
-    """A random image-domain impairment: ``{}`` (a fifth of the draws) or one or two of
-    noise, blur and ring at levels 1..``max_level``."""
-    if max_level < 1 or rng.random() < 0.2:
+def random_impairment(rng: np.random.Generator, max_level: int = 3, clean_share: float = CLEAN_SHARE) -> dict:
+    """A random image-domain impairment: ``{}`` (a share ``clean_share`` of the draws, a
+    fifth by default) or one or two of noise, blur and ring at levels 1..``max_level``."""
+    if not 0.0 <= clean_share <= 1.0:
+        raise OptionError(f"the clean share must be in [0, 1], got {clean_share}")
+    if max_level < 1 or rng.random() < clean_share:
         return {}
     kinds = ("noise", "blur", "ring")
     n = 1 if rng.random() < 0.7 else 2
@@ -438,7 +446,7 @@ def _crop_one(img, labels, valid, crop, rng):
 
 
 def draw_batch(sources: dict, rng: np.random.Generator, *, batch_size: int, crop: int, max_level: int = 3,
-               augment: bool = True):
+               augment: bool = True, clean_share: float = CLEAN_SHARE):
     """A training batch: random crops from items drawn source by source.
 
     Each image of the batch comes from a source chosen with equal probability, then an
@@ -464,7 +472,7 @@ def draw_batch(sources: dict, rng: np.random.Generator, *, batch_size: int, crop
     for b in range(batch_size):
         pool = sources[names[int(rng.integers(len(names)))]]
         item = pool[int(rng.integers(len(pool)))]
-        img = item.load(rng, max_level=max_level)
+        img = item.load(rng, max_level=max_level, clean_share=clean_share)
         xi, yi, wi = _crop_one(img, item.labels, item.valid, crop, rng)
         if augment:
             k = int(rng.integers(4))

@@ -50,6 +50,7 @@ from tomoqc.errors import InputError, OptionError
 from tomoqc.train import common
 from tomoqc.train.segdata import (
     CLASS_NAMES,
+    CLEAN_SHARE,
     HTC2022_GT_DISCS,
     dataset_items,
     draw_batch,
@@ -70,7 +71,8 @@ DEFAULT_VAL_DISC = HTC2022_GT_DISCS[-1]
 
 _OPTION_KEYS = ("classes", "width", "dropout", "crop", "batch_size", "steps_per_epoch", "seed", "data", "phantoms",
                 "realdata", "phantom_size", "physics_fraction", "max_level", "htc_bin", "val_disc", "lr",
-                "lr_decay", "decay_epochs", "dice_weight", "full_res", "class_weights")
+                "lr_decay", "decay_epochs", "dice_weight", "full_res", "class_weights", "clean_share",
+                "init_weights_sha256")
 
 
 def _fields(classes: int) -> list[str]:
@@ -311,6 +313,8 @@ def train_segment(
     time_limit_s: float | None = None,
     progress: bool = True,
     command: str | None = None,
+    clean_share: float = CLEAN_SHARE,
+    init_weights=None,
 ) -> dict:
     """Train a D-LinkNet to segment slices; write weights, logs, curves and a model card.
 
@@ -359,6 +363,14 @@ def train_segment(
         Progress bars.
     command : str, optional
         The command line recorded in the card.
+    clean_share : float
+        Share of the phantom draws left unimpaired (the others get one or two image-domain
+        impairments up to ``max_level``).
+    init_weights : path, optional
+        A D-LinkNet weights file (with its card) to start from instead of random weights:
+        fine-tuning. Its width, dropout, full-resolution skip and classes are used (the
+        ``width``, ``dropout`` and ``full_res`` given here are ignored); its SHA-256 is
+        recorded in the card and checked on ``resume``.
 
     Returns
     -------
@@ -393,6 +405,19 @@ def train_segment(
         class_weights = [float(c) for c in class_weights]
         if len(class_weights) != classes or not all(math.isfinite(c) and c > 0 for c in class_weights):
             raise OptionError(f"class weights must be {classes} positive numbers, got {class_weights}")
+    if not 0.0 <= clean_share <= 1.0:
+        raise OptionError(f"the clean share must be in [0, 1], got {clean_share}")
+    init = None
+    if init_weights is not None:
+        from tomoqc.models.segmenter import load_segment_model
+
+        init = load_segment_model(init_weights)
+        init_classes = 2 if init.n_classes == 1 else init.n_classes
+        if init_classes != classes:
+            raise InputError(init_weights, f"the network segments {init_classes} classes, this training {classes}")
+        width = float(init.card.get("width", width))
+        dropout = float(init.card.get("dropout", dropout))
+        full_res = bool(init.card.get("full_res", full_res))
     out_dir = Path(out_dir)
     options = {"classes": classes, "width": float(width), "dropout": float(dropout), "crop": crop,
                "batch_size": batch_size, "steps_per_epoch": steps_per_epoch, "seed": seed,
@@ -401,7 +426,8 @@ def train_segment(
                "physics_fraction": float(physics_fraction), "max_level": max_level, "htc_bin": htc_bin,
                "val_disc": val_disc if realdata is not None else None, "lr": float(lr),
                "lr_decay": float(lr_decay), "decay_epochs": decay_epochs, "dice_weight": float(dice_weight),
-               "full_res": bool(full_res), "class_weights": class_weights}
+               "full_res": bool(full_res), "class_weights": class_weights, "clean_share": float(clean_share),
+               "init_weights_sha256": None if init is None else init.sha256}
 
     meta = None
     if resume:
@@ -409,6 +435,8 @@ def train_segment(
             raise InputError(out_dir, "no saved training state to resume from (run without --resume)")
         model, opt_arrays, meta = common.load_state(out_dir)
         saved = meta.get("options", {})
+        # states saved before an option existed ran with its default
+        saved = {"clean_share": CLEAN_SHARE, "init_weights_sha256": None} | saved
         diff = [k for k in _OPTION_KEYS if saved.get(k) != options.get(k)]
         if diff:
             raise InputError(out_dir, "the saved state comes from a run with other options ("
@@ -436,8 +464,11 @@ def train_segment(
         opt_arrays = None
         start_epoch, start_step, history, best, partial = 0, 0, [], -math.inf, {}
         rng = np.random.default_rng(seed)
-        model = build_dlinknet(1 if classes == 2 else classes, width=width, dropout=dropout, seed=seed,
-                               full_res=full_res)
+        if init is not None:
+            model = init.model
+        else:
+            model = build_dlinknet(1 if classes == 2 else classes, width=width, dropout=dropout, seed=seed,
+                                   full_res=full_res)
 
     train_vars = model.trainable_variables
     schedule = keras.optimizers.schedules.ExponentialDecay(
@@ -496,7 +527,8 @@ def train_segment(
                 prog.advance(task)
             step = first
             while step < steps_per_epoch:
-                x, y, w = draw_batch(train, rng, batch_size=batch_size, crop=crop, max_level=max_level)
+                x, y, w = draw_batch(train, rng, batch_size=batch_size, crop=crop, max_level=max_level,
+                                     clean_share=clean_share)
                 loss, ce, dice = train_step(x, y, w)
                 ls.append(float(loss))
                 cs.append(float(ce))
@@ -558,6 +590,9 @@ def train_segment(
         "metrics": {"selected_on": "validation mean IoU", **(best_eval or {})},
         "hyperparameters": {k: options[k] for k in _OPTION_KEYS if k not in ("data", "realdata")}
         | {"epochs": epochs, "time_limit_s": time_limit_s},
+        **({} if init is None else {"initialised_from": {"model_id": init.card.get("model_id"),
+                                                         "weights_sha256": init.sha256,
+                                                         "command": init.card.get("command")}}),
         "history": history,
         "interrupted": interrupted,
         "stopped_for_time": stopped_for_time,
