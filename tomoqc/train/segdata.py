@@ -244,7 +244,8 @@ def random_impairment(rng: np.random.Generator, max_level: int = 3, clean_share:
 
 
 def phantom_items(n: int, *, size: int = 256, classes: int = 3, seed: int = 0, physics_fraction: float = 0.25,
-                  max_level: int = 3, fixed: bool = False, source: str = "phantoms") -> list[SegItem]:
+                  max_level: int = 3, fixed: bool = False, source: str = "phantoms",
+                  clean_share: float = CLEAN_SHARE) -> list[SegItem]:
     """``n`` domain-randomised phantom slices with their labels, reproducible from ``seed``.
 
     Parameters
@@ -262,7 +263,7 @@ def phantom_items(n: int, *, size: int = 256, classes: int = 3, seed: int = 0, p
     fixed : bool
         False: clean phantoms are impaired anew each time they are drawn (training).
         True: each gets one random image-domain impairment now (validation sets, which
-        must not change between epochs).
+        must not change between epochs), none in a share ``clean_share``.
     """
     from tomoqc import distort
     from tomoqc.phantom import electrode_slice, random_params
@@ -280,7 +281,7 @@ def phantom_items(n: int, *, size: int = 256, classes: int = 3, seed: int = 0, p
         name = f"phantom{i:05d}"
         if fixed:
             rng = np.random.default_rng(s_img.spawn(1)[0])
-            spec = random_impairment(rng, max_level)
+            spec = random_impairment(rng, max_level, clean_share)
             img = distort.apply_mixture(raw, spec, domain="image", rng=rng) if spec else raw
             items.append(SegItem(name=name, source=source, labels=labels, valid=valid, image=normalize_slice(img)))
         else:

@@ -235,7 +235,7 @@ def _restore_dropout_states(model, states: dict) -> None:
 
 
 def _load_sources(*, data, phantoms, realdata, classes, phantom_size, physics_fraction, max_level, htc_bin,
-                  val_disc, seed, note):
+                  val_disc, seed, note, clean_share=CLEAN_SHARE):
     train: dict[str, list] = {}
     val: list = []
     info: dict = {}
@@ -255,8 +255,10 @@ def _load_sources(*, data, phantoms, realdata, classes, phantom_size, physics_fr
         train["phantoms"] = phantom_items(phantoms, size=phantom_size, classes=classes, seed=seed,
                                           physics_fraction=physics_fraction, max_level=max_level)
         n_val = max(4, phantoms // 8)
+        # validation phantoms are impaired once, as often as training draws are
         va = phantom_items(n_val, size=phantom_size, classes=classes, seed=seed + 7919,
-                           physics_fraction=physics_fraction, max_level=max_level, fixed=True)
+                           physics_fraction=physics_fraction, max_level=max_level, fixed=True,
+                           clean_share=clean_share)
         val += va
         info["phantoms"] = {"n": phantoms, "size": phantom_size, "physics_fraction": physics_fraction,
                             "max_level": max_level, "train_images": len(train["phantoms"]), "val_images": len(va),
@@ -365,7 +367,7 @@ def train_segment(
         The command line recorded in the card.
     clean_share : float
         Share of the phantom draws left unimpaired (the others get one or two image-domain
-        impairments up to ``max_level``).
+        impairments up to ``max_level``); the validation phantoms are impaired as often.
     init_weights : path, optional
         A D-LinkNet weights file (with its card) to start from instead of random weights:
         fine-tuning. Its width, dropout, full-resolution skip and classes are used (the
@@ -448,7 +450,7 @@ def train_segment(
         train, val, data_info = _load_sources(
             data=data, phantoms=phantoms, realdata=realdata, classes=classes, phantom_size=phantom_size,
             physics_fraction=physics_fraction, max_level=max_level, htc_bin=htc_bin, val_disc=val_disc,
-            seed=seed, note=prog.note)
+            seed=seed, note=prog.note, clean_share=clean_share)
     out_dir.mkdir(parents=True, exist_ok=True)
 
     common.set_seed(seed)
