@@ -191,10 +191,11 @@ def _run(a) -> int:
         "model_id": f"dlinknet-{sha[:12]}",
         "kind_of_model": a.kind,
         "width_note": (f"encoder and decoder at width {a.width} (channels {a.width:g} x the paper's D-LinkNet34): "
-                       f"trained from scratch on a two-core CPU in {history_s / 60:.0f} minutes"
-                       + (" (this run's stages; the first stage's weights were given)" if a.stage1_weights else "")
-                       + ", "
-                       "where the full network (31 M parameters) would not train in that time"
+                       "trained from scratch on a two-core CPU, where the full network (31 M parameters) would "
+                       f"not train in that time ({history_s / 60:.0f} minutes in this run"
+                       + (f", which fine-tuned the given first-stage weights "
+                          f"{res['card']['initialised_from']['model_id']}" if a.stage1_weights else "")
+                       + ")"
                        + ("; plus a full-resolution skip (not in the paper) that thin phases need"
                           if opts.get("full_res") else "")),
         "training_log": {"epochs_run": len(res["history"]) - 1, "log": "log.csv of the training folder"},

@@ -50,9 +50,9 @@ def test_phase_weights_segment_clean_phantoms():
         prob = dl.predict_any_size(model, normalize_slice(img))
         f1.append(f1_per_class(prob.argmax(-1), lab, 3))
     f1 = np.mean(f1, axis=0)
-    # pore and active material clearly, the thin carbon-binder less so; a map of one class
-    # would score 0 on the other two
-    assert f1[0] > 0.8 and f1[2] > 0.85 and f1[1] > 0.35, f1
+    # every phase at the floor the segmentation issue sets for clean unseen phantoms (F1 0.95),
+    # the thin carbon-binder film included; a map of one class would score 0 on the other two
+    assert min(f1) >= 0.95, f1
 
 
 def test_binary_weights_segment_the_held_out_htc_disc():

@@ -69,8 +69,11 @@ def test_volume_equals_direct_model_in_any_chunking(tiny_model, volume, direct, 
         # the CPU kernels sum in another order for another batch shape: float32 rounding only
         np.testing.assert_allclose(ds["probability"].transpose("z", "class", "y", "x").values,
                                    direct["probability"], atol=1e-5)
+        # the entropies carry that rounding multiplied by |dH/dp| = |log2 p + 1/ln 2|, about
+        # 11 bits at p = 1e-3: 1e-5 in a probability can move them by 1e-4 (seen: 1.6e-5 when
+        # other tests had run first in the same process)
         for name in ("uncertainty", "aleatoric", "epistemic"):
-            np.testing.assert_allclose(ds[name].values, direct[name], atol=1e-5)
+            np.testing.assert_allclose(ds[name].values, direct[name], atol=1e-4)
         # reopened from disk, the same
         again = open_segmentation(out / "vol.zarr.seg.zarr")
         np.testing.assert_array_equal(again["label"].values, direct["label"])
