@@ -122,16 +122,15 @@ def _run(a) -> int:
     if a.stage1_weights is not None and a.kind not in FINETUNE:
         print(f"train_segment_model: error: --stage1-weights: {a.kind} has one stage", file=sys.stderr)
         return 2
-    stages = []  # (folder, options, minutes, initial weights)
+    stages = []  # (folder, options, minutes, seed, initial weights: None = the previous stage's best)
     if a.stage1_weights is None:
-        stages.append((work, opts, a.minutes or DEFAULT_MINUTES[a.kind], None))
+        stages.append((work, opts, a.minutes or DEFAULT_MINUTES[a.kind], a.seed, None))
     if a.kind in FINETUNE:
-        stages.append((work / "finetune", dict(FINETUNE[a.kind]), FINETUNE_MINUTES, a.stage1_weights))
+        stages.append((work / "finetune", FINETUNE[a.kind], FINETUNE_MINUTES, a.seed + 1, a.stage1_weights))
     history_s = 0.0
-    for i, (folder, stage_opts, minutes, init) in enumerate(stages):
+    for i, (folder, stage_opts, minutes, seed, init) in enumerate(stages):
         if i > 0 and init is None:
             init = res["best"]
-        seed = a.seed + (1 if folder != work else 0)
         t0 = time.monotonic()
         res = train_segment(folder, realdata=realdata, width=a.width, dropout=a.dropout, seed=seed,
                             resume=common.has_state(folder), time_limit_s=60.0 * minutes, progress=a.progress,

@@ -230,11 +230,16 @@ def dataset_items(data_dir, *, classes: int, max_level: int = 3, val_fraction: f
 # --------------------------------------------------------------------------- phantoms
 
 
+def check_clean_share(clean_share: float) -> None:
+    """Raise :class:`OptionError` unless ``clean_share`` is a share in [0, 1]."""
+    if not 0.0 <= clean_share <= 1.0:
+        raise OptionError(f"the clean share must be in [0, 1], got {clean_share}")
+
+
 def random_impairment(rng: np.random.Generator, max_level: int = 3, clean_share: float = CLEAN_SHARE) -> dict:
     """A random image-domain impairment: ``{}`` (a share ``clean_share`` of the draws, a
     fifth by default) or one or two of noise, blur and ring at levels 1..``max_level``."""
-    if not 0.0 <= clean_share <= 1.0:
-        raise OptionError(f"the clean share must be in [0, 1], got {clean_share}")
+    check_clean_share(clean_share)
     if max_level < 1 or rng.random() < clean_share:
         return {}
     kinds = ("noise", "blur", "ring")

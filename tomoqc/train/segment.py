@@ -52,6 +52,7 @@ from tomoqc.train.segdata import (
     CLASS_NAMES,
     CLEAN_SHARE,
     HTC2022_GT_DISCS,
+    check_clean_share,
     dataset_items,
     draw_batch,
     htc2022_items,
@@ -407,8 +408,7 @@ def train_segment(
         class_weights = [float(c) for c in class_weights]
         if len(class_weights) != classes or not all(math.isfinite(c) and c > 0 for c in class_weights):
             raise OptionError(f"class weights must be {classes} positive numbers, got {class_weights}")
-    if not 0.0 <= clean_share <= 1.0:
-        raise OptionError(f"the clean share must be in [0, 1], got {clean_share}")
+    check_clean_share(clean_share)  # before the phantoms are drawn
     init = None
     if init_weights is not None:
         from tomoqc.models.segmenter import load_segment_model
