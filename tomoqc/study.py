@@ -155,6 +155,7 @@ class StudyParams:
     mixtures: bool = True
     model: str | None = None
     model_sha256: str = ""
+    model_card_sha256: str = ""
     real: str | None = None
     real_limit: int | None = None
     real_bin: int = 1
@@ -1354,17 +1355,20 @@ def run_study(
         importlib.import_module("tomoqc.annotations").read_annotations(annotations)  # raises on a bad file
         annotations = str(Path(annotations).resolve())
     from tomoqc.models.segmenter import default_segment_weights
-    from tomoqc.models.tiqa import default_weights_path
+    from tomoqc.models.tiqa import card_sha256, default_weights_path
 
     if model_path is None and default_weights_path().is_file():
         model_sha = _sha256(default_weights_path())  # a study is resumed only with the model it began with
+    # and with its card: the card's measured terms and calibration are part of every score
+    card_sha = card_sha256(Path(model_path) if model_path else default_weights_path())
     cards = {"tiqa": _card_of(Path(model_path) if model_path else default_weights_path()),
              "dlinknet_phases": _card_of(default_segment_weights("phases")),
              "dlinknet_binary": _card_of(default_segment_weights("binary"))}
     disjoint = training_disjointness(seed, references, cards)
 
     p = StudyParams(references=references, size=size, seed=seed, test_fraction=float(test_fraction),
-                    mixtures=bool(mixtures), model=model_path, model_sha256=model_sha, real=real_path,
+                    mixtures=bool(mixtures), model=model_path, model_sha256=model_sha,
+                    model_card_sha256=card_sha, real=real_path,
                     real_limit=real_limit, real_bin=real_bin, real_levels=real_levels, methods=methods,
                     rankiqa_size=int(rankiqa_size), rankiqa_width=float(rankiqa_width),
                     rankiqa_rank_epochs=int(rankiqa_rank_epochs), rankiqa_finetune_epochs=int(rankiqa_finetune_epochs),

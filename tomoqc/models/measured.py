@@ -13,7 +13,9 @@ score ``s`` (1-5) with five measured indicators ``x_k`` of the whole slice:
 * ``streak`` - :func:`tomoqc.metrics.nr.streak_index`, the spokes that too few projections
   leave in the power spectrum;
 * ``axis`` - :func:`tomoqc.metrics.axis.axis_error`, the rotation-axis error in pixels that
-  refocusing the slice finds (measured once per volume: the axis is one for the scan).
+  refocusing the slice finds (measured once per volume: the axis is one for the scan);
+* ``wedge`` - :func:`tomoqc.metrics.nr.missing_wedge`, the degrees of the half turn whose
+  directions are missing from the spectrum (limited-angle data).
 
 The combination works on the logit of the score's position in [1, 5]::
 
@@ -27,11 +29,17 @@ and the blur index a Gaussian width, and independent amplitudes add in power, wi
 quadrature, so theirs is 2 (a noise or ring far below the typical level hardly moves the
 score, one far above it counts with twice the slope); the streak index, a spread in excess
 of what chance gives, adds as it is (``p = 1``). Cards without powers use 1 for all. The
-score falls *strictly* as any indicator rises, at every positive value (there is no
+score falls *strictly* as any of these indicators rises, at every positive value (there is no
 threshold below which an indicator does nothing, and no clipping plateau: the logistic
 keeps the score inside (1, 5) smoothly). The weights ``c_k`` are fitted (:func:`fit_measured_terms`) so that within series
 of the same slice at rising impairment the score falls, on phantoms and on real slices that
 were re-projected and scanned again; the fit is recorded in the model card.
+
+An *onset* indicator (``wedge``) reads exactly 0 on complete data, so it has no typical
+clean level: its ``t_k`` is the reading below which it does not count (the estimate's
+resolution) and its term is ``c_k log(1 + max(x_k - t_k, 0) / t_k)``, 0 up to there. Its
+weight is fitted on its own series (:mod:`tomoqc.train.wedge_term`), since the series of
+:func:`fit_measured_terms` hold no limited-angle data.
 
 Each indicator also gives the *severity* of its impairment,
 ``clip(u_k + v_k * log(x_k), 0, 1)`` (``v_k > 0``), a straight line in ``log(x)`` fitted to
@@ -46,10 +54,12 @@ import numpy as np
 
 from tomoqc.errors import OptionError
 
-__all__ = ["INDICATORS", "MeasuredTerms", "absolute_feature", "measure_indicators", "fit_measured_terms", "fit_severity_line"]
+__all__ = ["INDICATORS", "ONSET", "MeasuredTerms", "absolute_feature", "measure_indicators", "fit_measured_terms", "fit_severity_line"]
 
 #: Indicators measured on every slice, in the order of the arrays below.
-INDICATORS = ("noise", "blur", "ring", "streak", "axis")
+INDICATORS = ("noise", "blur", "ring", "streak", "axis", "wedge")
+#: Indicators that read 0 on unimpaired data and count from an onset (module doc).
+ONSET = ("wedge",)
 _EPS = 1e-4
 
 
@@ -63,11 +73,11 @@ def measure_indicators(img, *, ring_center=None, ring_settings=None, axis=None) 
     rotation axis ``(row, col)`` for the ring index (None: the slice centre; see
     :func:`tomoqc.metrics.rings.resolve_ring_center` for finding it). ``axis`` is the
     volume's axis error (px) when measured elsewhere (None: measured on this slice; NaN:
-    not measured). Returns ``{"noise", "blur", "ring", "streak", "axis"}`` (NaN where a
-    measure is undefined, e.g. for a constant slice).
+    not measured). Returns ``{"noise", "blur", "ring", "streak", "axis", "wedge"}`` (NaN where
+    a measure is undefined, e.g. for a constant slice).
     """
     from tomoqc.metrics.axis import axis_error
-    from tomoqc.metrics.nr import blur_index, noise_index, streak_index
+    from tomoqc.metrics.nr import blur_index, missing_wedge, noise_index, streak_index
     from tomoqc.metrics.rings import ring_index
     from tomoqc.preprocess import normalize_slice_flagged
 
@@ -81,6 +91,7 @@ def measure_indicators(img, *, ring_center=None, ring_settings=None, axis=None) 
         "ring": float(ring_index(a, center=ring_center, normalize=False, **settings)),
         "streak": float(streak_index(a)),
         "axis": float(axis_error(a).px) if axis is None else float(axis),
+        "wedge": float(missing_wedge(a)),
     }
 
 
@@ -122,10 +133,12 @@ class MeasuredTerms:
         for every reconstruction of them, so it orders variants of one scan but must not
         lower the absolute score of a sample). Their terms enter only when asked
         (``relative=True``).
+    onset : iterable of str, optional
+        Absolute indicators with the onset form (module doc; :data:`ONSET`).
     """
 
     def __init__(self, weights: dict, typical: dict, *, severity: dict | None = None,
-                 ring_settings: dict | None = None, info: dict | None = None, relative=(), power=None):
+                 ring_settings: dict | None = None, info: dict | None = None, relative=(), power=None, onset=()):
         for k in list(weights) + list(typical):
             if k not in INDICATORS:
                 raise OptionError(f"unknown indicator {k!r}; choose from {', '.join(INDICATORS)}")
@@ -155,6 +168,10 @@ class MeasuredTerms:
         for k in relative or ():
             if k not in INDICATORS:
                 raise OptionError(f"unknown relative indicator {k!r}")
+        for k in onset or ():
+            if k not in INDICATORS or k in self.relative:
+                raise OptionError(f"onset indicator {k!r} must be a known absolute indicator")
+        self.onset = tuple(k for k in INDICATORS if k in set(onset or ()))
 
     def weighs(self, name: str, *, relative: bool = False) -> bool:
         """True when indicator ``name`` has a weight and enters the score (relative ones only with ``relative``)."""
@@ -177,10 +194,11 @@ class MeasuredTerms:
         A relative indicator only ever lowers the score: its ``t`` is the estimate's
         resolution, readings up to it count as none (a rotation-axis error the refocusing
         cannot resolve is not told apart from none) and the term is ``log(1 + max(x - t, 0) / t)``,
-        0 there, so that with no error the score is the absolute one."""
+        0 there, so that with no error the score is the absolute one. An onset indicator
+        has the same form and counts in the absolute score."""
         t = self.typical[name]
         x = np.asarray(x, np.float64)
-        if name in self.relative:
+        if name in self.relative or name in self.onset:
             x = np.where(np.isfinite(x), np.maximum(x - t, 0.0), 0.0)
             return np.log1p(x / t)
         x = np.where(np.isfinite(x), np.maximum(x, 0.0), t)
@@ -208,10 +226,12 @@ class MeasuredTerms:
             "severity": {k: list(v) for k, v in self.severity_lines.items()},
             "ring_settings": self.ring_settings,
             "relative": list(self.relative),
+            "onset": list(self.onset),
             "power": self.power,
             **self.info,
             "form": {"absolute": "c_k log((t_k^p_k + x_k^p_k) / (2 t_k^p_k))",
-                     "relative": "c_k log(1 + max(x_k - t_k, 0) / t_k)"},
+                     "relative": "c_k log(1 + max(x_k - t_k, 0) / t_k)",
+                     "onset": "c_k log(1 + max(x_k - t_k, 0) / t_k)"},
         }
 
     @classmethod
@@ -223,9 +243,9 @@ class MeasuredTerms:
         if not isinstance(d, dict):
             return None
         info = {k: v for k, v in d.items()
-                if k not in ("weights", "typical", "severity", "ring_settings", "relative", "form", "power")}
+                if k not in ("weights", "typical", "severity", "ring_settings", "relative", "form", "power", "onset")}
         return cls(d["weights"], d["typical"], severity=d.get("severity"), ring_settings=d.get("ring_settings"),
-                   info=info, relative=d.get("relative", ()), power=d.get("power"))
+                   info=info, relative=d.get("relative", ()), power=d.get("power"), onset=d.get("onset", ()))
 
 
 def fit_severity_line(x, level, *, anchor: float | None = None, max_level: int = 5) -> tuple[float, float]:

@@ -23,7 +23,8 @@ one standard deviation: the spread of the slice score over test-time views of it
 (identity and transpose by default, up to the 8 flips and rotations of the square), and
 the standard error of the mean over its patches, added in quadrature. A slice unlike the
 model's training data (:mod:`tomoqc.models.trust`: raw score outside the range seen in
-training, or pooled features far from the training features) is flagged
+training, or pooled features far from the training features; or, with measured terms, a
+missing wedge wider than the wedge term was fitted on, :data:`WEDGE_MARGIN`) is flagged
 ``FLAG_OOD`` and its uncertainty is inflated by :data:`OOD_UNCERTAINTY`.
 
 References
@@ -106,6 +107,9 @@ FLAG_NONFINITE = 8  #: the slice held NaN or infinite values (set to 0 before sc
 FLAG_RELAXED = 16
 #: out of distribution (:mod:`tomoqc.models.trust`): the score is not to be trusted
 FLAG_OOD = 32
+#: Degrees of missing wedge beyond the widest the wedge term was fitted on
+#: (``measured_terms.wedge_fit.max_reading``) after which a slice is flagged ``FLAG_OOD``.
+WEDGE_MARGIN = 5.0
 FLAG_NAMES = {
     FLAG_CONSTANT: "constant",
     FLAG_NO_VALID_PATCH: "no_valid_patch",
@@ -1187,6 +1191,14 @@ class TiqaModel:
             got = measure_indicators(measured_on[i], ring_center=centre, ring_settings=settings, axis=axis_val)
             for k, val in got.items():
                 indicators[k][i] = val
+        # a wedge wider than the wedge term was fitted on is outside the model's experience
+        wedge_top = (terms.info.get("wedge_fit") or {}).get("max_reading") if terms is not None else None
+        if ood and measured_terms and measure and not raw and wedge_top is not None:
+            beyond = np.isfinite(indicators["wedge"]) & (indicators["wedge"] > float(wedge_top) + WEDGE_MARGIN)
+            for i in np.flatnonzero(beyond):
+                if not flags[i] & FLAG_OOD:
+                    flags[i] |= FLAG_OOD
+                    uncertainty[i] = np.sqrt(uncertainty[i] ** 2 + OOD_UNCERTAINTY**2)
         ring_idx = indicators["ring"]
         network_score = score.copy()
         if terms is not None and measured_terms and measure and not raw:

@@ -337,7 +337,7 @@ def fit_card_terms(model, realdata, work, *, labelled=(), phantoms: int = 6, see
     ``work`` caches the scored tables (``series.csv``, ``series_real.csv``,
     ``labelled.csv``) so that a rerun only refits.
     """
-    from tomoqc.models.measured import INDICATORS, MeasuredTerms, fit_measured_terms, fit_severity_line
+    from tomoqc.models.measured import INDICATORS, ONSET, MeasuredTerms, fit_measured_terms, fit_severity_line
     from tomoqc.models.measured import measure_indicators
 
     realdata, work = Path(realdata), Path(work)
@@ -386,7 +386,8 @@ def fit_card_terms(model, realdata, work, *, labelled=(), phantoms: int = 6, see
     # fitted without them and without the relative indicators
     center_rows = [r for r in rows if r["kind"] == RELATIVE_KIND]
     rows = [r for r in rows if r["kind"] != RELATIVE_KIND]
-    absolute = [k for k in INDICATORS if k not in RELATIVE]
+    # the onset indicators (limited angle) have their own series and fit (tomoqc.train.wedge_term)
+    absolute = [k for k in INDICATORS if k not in RELATIVE and k not in ONSET]
     score = np.array([r["network"] for r in rows])
     labels = np.array([r["label"] for r in rows], np.float64)
     ind = {k: np.array([r[k] for r in rows], np.float64) for k in absolute}
@@ -429,11 +430,17 @@ def fit_card_terms(model, realdata, work, *, labelled=(), phantoms: int = 6, see
         sel = np.array([r["kind"] in kinds or r["kind"] == "lab_none" for r in rows])
         sev[k] = fit_severity_line(ind[k][sel], levels[sel], anchor=anchors[k])
     log(f"severity lines {sev}")
-    weights = {k: (0.0 if k in RELATIVE else v) for k, v in fit["weights"].items()}
+    weights = {k: (0.0 if k in RELATIVE or k in ONSET else v) for k, v in fit["weights"].items()}
     rel = fit_relative_weight(MeasuredTerms(weights, typical, power=POWER), center_rows, "axis", l2=L2, tau=TAU)
     log(f"relative axis term: {rel}")
     weights["axis"] = rel["weight"]
-    terms = MeasuredTerms(weights, typical, severity=sev, relative=RELATIVE, power=POWER)
+    # the model's own onset terms, fitted on their own series, are kept as they are
+    kept = getattr(model, "measured_terms", None)
+    onset = [k for k in (kept.onset if kept is not None else ()) if kept.weights.get(k, 0.0) > 0]
+    for k in onset:
+        weights[k], typical[k] = kept.weights[k], kept.typical[k]
+    terms = MeasuredTerms(weights, typical, severity=sev, relative=RELATIVE, power=POWER, onset=onset,
+                          info={f"{k}_fit": kept.info[f"{k}_fit"] for k in onset if f"{k}_fit" in kept.info})
     comb = terms.combine(score, ind)
     table = {}
     for (_, kind), idx in groups.items():
