@@ -198,6 +198,28 @@ def test_other_parameters_refused(study, capsys):
     assert _mtimes(out) == before
 
 
+def test_a_changed_model_card_is_refused(study, tmp_path, capsys):
+    """The card's measured terms and calibration are part of every score: a folder begun with
+    another card (here: its recorded card digest differs) is not resumed with this one."""
+    import shutil
+
+    out, argv = study
+    from tomoqc.models.tiqa import card_sha256
+
+    params = json.loads((out / "study_params.json").read_text())
+    assert params["model_card_sha256"] == card_sha256(argv[argv.index("--model") + 1])  # "" without a card
+    copy = tmp_path / "run"
+    shutil.copytree(out, copy)
+    params["model_card_sha256"] = "0" * 64
+    (copy / "study_params.json").write_text(json.dumps(params))
+    before = _mtimes(copy)
+    argv = list(argv)
+    argv[argv.index("--out") + 1] = str(copy)
+    assert main(argv) == 1
+    assert "other parameters" in _one_error_line(capsys)
+    assert _mtimes(copy) == before
+
+
 def test_training_seeds_refused():
     from tomoqc.models.tiqa import default_weights_path
 
