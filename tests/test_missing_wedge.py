@@ -76,6 +76,26 @@ def test_gain_offset_and_noise(texture_scans):
     assert missing_wedge(sc.reconstruct(noisy) / k) == 0.0  # the complete noisy scan
 
 
+@pytest.mark.parametrize("elongation", [2.0, 4.0, 8.0, 30.0])
+def test_anisotropic_samples_read_no_wedge(elongation):
+    """A texture elongated along x has dark directions at low frequencies, but they fade in
+    smoothly and its noise fills them at high frequencies: not a wedge (a noise level of
+    1/100 of the texture's spread, far quieter than most scans)."""
+    rng = np.random.default_rng(7)
+    t = ndimage.gaussian_filter(rng.normal(size=(512, 512)), (1.0, elongation))
+    t = (t - t.mean()) / t.std()
+    assert missing_wedge(t + rng.normal(size=t.shape) / 100.0) == 0.0
+
+
+def test_eight_bit_export_keeps_the_wedge(texture_scans):
+    """Rounding to 8 bits adds white noise, which partly fills the wedge at high frequencies."""
+    _, scans = texture_scans
+    rec = scans[2]
+    lo, hi = np.percentile(rec, [0.1, 99.9])
+    u8 = np.clip(np.round((rec - lo) / (hi - lo) * 255), 0, 255).astype(np.uint8)
+    assert _close_to(missing_wedge(u8), 90.0)
+
+
 def test_sparse_views_read_no_wedge():
     """12 views over the half turn leave regular 15-degree gaps: not a wedge."""
     from tomoqc.distort import physics

@@ -46,7 +46,8 @@ __all__ = ["ARCS", "ONSET_DEGREES", "WEDGE_SEED", "limited_angle_scans", "projec
 ARCS = (165.0, 150.0, 120.0, 90.0, 60.0)
 #: ``t`` of the onset term: readings up to it do not count. Complete scans read 0 (real
 #: reconstructions of every source of the benchmark series, phantoms with every impairment,
-#: sparse views included); noise-free phantoms under the strongest blur read up to 9 degrees.
+#: sparse views included); a wedge of 15 degrees reads 0-13 (its walls are only a few
+#: bins apart after the closing), so the term starts where readings are sure.
 ONSET_DEGREES = 10.0
 #: Seed of the phantoms the term is fitted on (disjoint from the study's and the training sets').
 WEDGE_SEED = 20261202
