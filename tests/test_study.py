@@ -235,6 +235,19 @@ def test_training_seeds_refused():
     assert {(d["seed"], d["references"]) for d in ok["datasets"]} >= {(2026, 160), (9001, 24)}
 
 
+def test_f1_loss_is_against_the_samples_own_clean_image(study):
+    from tomoqc.study import _f1_loss
+
+    sub = [{"s": "a", "lv": 0}, {"s": "a", "lv": 1}, {"s": "b", "lv": 1}, {"s": "b", "lv": 0}, {"s": "c", "lv": 2}]
+    loss = _f1_loss(sub, [0.9, 0.8, 0.5, 0.6, 0.7], lambda r: r["s"], lambda r: r["lv"] == 0)
+    assert loss[:4] == pytest.approx([0.0, -0.1, -0.1, 0.0]) and np.isnan(loss[4])
+    # the study's table carries the pooled SROCC against it, a correlation in [-1, 1]
+    out, _ = study
+    rows = _rows(out / "table3_quality_vs_segmentation.csv")
+    vals = [float(r["srocc_loss"]) for r in rows if r["srocc_loss"] not in ("", "nan")]
+    assert vals and all(-1.0 <= v <= 1.0 for v in vals)
+
+
 def test_pair_accuracy():
     # two series: one ordered right, one reversed; pairs across series never count
     scores = [3.0, 2.0, 1.0, 1.0, 2.0]
