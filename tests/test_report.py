@@ -18,7 +18,7 @@ from tomoqc.report import report, summarize, worst_ranges
 
 
 def write_quality(path: Path, scores, *, z=None, severity=None, flags=None, input_path="", complete=True,
-                  ring_index=None, uncertainty=None, distortions=("noise", "blur", "ring")):
+                  ring_index=None, uncertainty=None, distortions=("noise", "blur", "ring"), missing_wedge=None):
     """A quality output with known numbers, in the layout `tomoqc score` writes."""
     scores = np.asarray(scores, np.float32)
     n = len(scores)
@@ -41,6 +41,8 @@ def write_quality(path: Path, scores, *, z=None, severity=None, flags=None, inpu
         ds["ring_index"] = (("z",), np.asarray(ring_index, np.float32))
     if uncertainty is not None:
         ds["score_uncertainty"] = (("z",), np.asarray(uncertainty, np.float32))
+    if missing_wedge is not None:
+        ds["missing_wedge"] = (("z",), np.asarray(missing_wedge, np.float32))
     ds.to_zarr(str(path), mode="w", consolidated=False)
     return path
 
@@ -192,6 +194,24 @@ def test_dominant_distortion_follows_the_bad_slices(tmp_path):
     out = summarize(p)
     assert out["severity"]["blur"] == pytest.approx(0.1)  # the volume-wide median is low
     assert out["dominant_distortion"] == "blur"
+
+
+def test_limited_angle_is_named_where_the_low_slices_miss_views(tmp_path):
+    """The severity head knows no limited angle: where the low slices lack a wedge of views
+    past the term's onset, the summary names it and gives its median width."""
+    n = 20
+    s = np.full(n, 4.0, np.float32)
+    s[:12] = 1.9
+    wedge = np.zeros(n, np.float32)
+    wedge[:12] = 60.0
+    sev = np.full((n, 3), 0.1, np.float32)
+    sev[:12, 0] = 0.5  # the head blames noise
+    out = summarize(write_quality(tmp_path / "w.quality.zarr", s, severity=sev, missing_wedge=wedge))
+    assert out["dominant_distortion"] == "limited angle" and out["missing_wedge_deg"] == 60.0
+    wedge[:12] = 5.0  # below the onset: the head's answer stands
+    out = summarize(write_quality(tmp_path / "v.quality.zarr", s, severity=sev, missing_wedge=wedge))
+    assert out["dominant_distortion"] == "noise" and out["missing_wedge_deg"] == 5.0
+    assert summarize(write_quality(tmp_path / "u.quality.zarr", s, severity=sev))["missing_wedge_deg"] is None
 
 
 def test_screenshot_of_index_html_is_not_blank(tmp_path):

@@ -81,6 +81,7 @@ CSV_FIELDS = [
     "severity_blur",
     "severity_ring",
     "median_ring_index",
+    "missing_wedge_deg",
     "axis_error_px",
     "verdict",
     "threshold",
@@ -163,7 +164,11 @@ def summarize(ds_or_path, *, fail_below: float | None = None) -> dict:
         ``median_score``, ``p5_score``, ``min_score``, ``worst_slices`` (list of
         [first, last] slice ranges), ``dominant_distortion`` (``noise``, ``blur``,
         ``ring`` or ``none``: the highest median severity over the slices below the
-        threshold, or over all scored slices when none is), ``severity`` (median per distortion),
+        threshold, or over all scored slices when none is; ``limited angle`` when those
+        slices' median missing wedge is past the wedge term's onset,
+        :data:`tomoqc.train.wedge_term.ONSET_DEGREES`: the severity head knows no such
+        impairment), ``missing_wedge_deg`` (median :func:`tomoqc.metrics.nr.missing_wedge` of
+        the scored slices; None for outputs without one), ``severity`` (median per distortion),
         ``median_ring_index`` (median :func:`tomoqc.metrics.rings.ring_index` of the scored
         slices; None for outputs without one), ``axis_error_px`` (the volume's rotation-axis
         error measured by refocusing, :mod:`tomoqc.metrics.axis`; None when the model does
@@ -203,6 +208,15 @@ def summarize(ds_or_path, *, fail_below: float | None = None) -> dict:
         k = max(valid, key=valid.get)
         if valid[k] >= SEVERITY_FLOOR:
             dominant = k
+    wedge = None
+    if "missing_wedge" in ds:  # outputs of earlier versions have none
+        from tomoqc.train.wedge_term import ONSET_DEGREES
+
+        mw = np.asarray(ds["missing_wedge"].values, dtype=np.float64)
+        w_all, w_focus = mw[ok & np.isfinite(mw)], mw[focus & np.isfinite(mw)]
+        wedge = round(float(np.median(w_all)), 1) if w_all.size else None
+        if w_focus.size and float(np.median(w_focus)) > ONSET_DEGREES:
+            dominant = "limited angle"
     unc = None
     if "score_uncertainty" in ds:  # outputs of earlier versions have none
         u = np.asarray(ds["score_uncertainty"].values, dtype=np.float64)[ok]
@@ -239,6 +253,7 @@ def summarize(ds_or_path, *, fail_below: float | None = None) -> dict:
         "dominant_distortion": dominant,
         "severity": sev,
         "median_ring_index": ring,
+        "missing_wedge_deg": wedge,
         "axis_error_px": _axis_error(ds),
         "verdict": verdict,
         "threshold": threshold,
@@ -347,6 +362,8 @@ def plot_volume(ds_or_path, png, *, summary: dict | None = None) -> Path:
     ood_txt = f", {100 * summary['ood_fraction']:.0f}% out of distribution" if summary.get("ood_fraction") else ""
     if (summary.get("axis_error_px") or 0.0) >= AXIS_WARN_PX:
         ood_txt += f", rotation axis about {summary['axis_error_px']:.1f} px off"
+    if summary.get("dominant_distortion") == "limited angle" and summary.get("missing_wedge_deg") is not None:
+        ood_txt += f", about {summary['missing_wedge_deg']:.0f} degrees of views missing"
     ax.set_title(
         f"{name}: median {summary['median_score']}{unc_txt}, 5th pct {summary['p5_score']}, "
         f"verdict {summary['verdict'].upper()}, dominant distortion {summary['dominant_distortion']}{ood_txt}",
