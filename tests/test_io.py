@@ -175,6 +175,19 @@ def test_multipage_tiff_appended_page_by_page(tmp_path):
     assert_volume(open_volume(path, axis="x", chunk_slices=4), oriented(vol, "x"), fmt="tiff")
 
 
+@pytest.mark.parametrize("n", [3, 4])
+def test_stack_of_three_or_four_slices_stored_as_one_page(tmp_path, n):
+    """tifffile stores a (3 or 4, H, W) array as one page of that many planar samples: its
+    slices are samples, not pages, and each must still read as itself."""
+    vol = reference("float32", shape=(n, 40, 48))
+    path = tmp_path / "few.tif"
+    tifffile.imwrite(path, vol)
+    with tifffile.TiffFile(path) as tif:
+        assert len(tif.pages) == 1  # the layout this test is about
+    assert_volume(open_volume(path), vol, fmt="tiff")
+    assert_volume(open_volume(path, axis="y"), oriented(vol, "y"), fmt="tiff")
+
+
 def test_imagej_tiff_voxel_size(tmp_path):
     vol = reference("uint8")
     path = tmp_path / "ij.tif"

@@ -408,6 +408,9 @@ class _TiffSource(_Source):
             if self.page_stack:
                 plane = tuple(n for n in shape if n != 1)
                 shape, axes = (len(all_series), *plane), "QYX"
+            # a stack of 3 or 4 slices can be stored as one page of as many samples per
+            # pixel (planar, as tifffile writes such an array): its slices are not pages
+            self.one_page = len(tif.pages) == 1
             ij = tif.imagej_metadata or {}
             page = tif.pages[0]
             res = None
@@ -441,6 +444,8 @@ class _TiffSource(_Source):
             if self.colour:
                 img = _reduce_channels(img)
             return img[None][key]
+        if self.one_page:  # the whole stack is one page: it can only be read whole
+            return np.asarray(tifffile.imread(self.path, series=0)).reshape(self.shape)[key]
         # page by page, keeping only the requested rows and columns of each page, so
         # that a box across all pages (slicing along y or x) never holds every page
         z0, z1 = key[0].start, key[0].stop
