@@ -91,7 +91,10 @@ def measure_indicators(img, *, ring_center=None, ring_settings=None, axis=None) 
         "ring": float(ring_index(a, center=ring_center, normalize=False, **settings)),
         "streak": float(streak_index(a)),
         "axis": float(axis_error(a).px) if axis is None else float(axis),
-        "wedge": float(missing_wedge(a)),
+        # on the slice as given, in float64: the wedge reading is affine-invariant, and the
+        # float32 rounding of the normalised copy would fill the band of a noise-free,
+        # strongly blurred slice with anisotropic rounding
+        "wedge": float(missing_wedge(img)),
     }
 
 

@@ -136,6 +136,12 @@ def fit_wedge_term(model, *, references: int = 12, size: int = 256, seed: int = 
 
     if int(references) < 2:
         raise OptionError(f"references must be >= 2, got {references}")
+    from tomoqc.models.measured import MeasuredTerms
+
+    # scores without any wedge term the card may already hold (a refit starts from the same place)
+    held = getattr(model, "measured_terms", None)
+    no_wedge = None if held is None else MeasuredTerms(
+        dict(held.weights, wedge=0.0), held.typical, relative=held.relative, power=held.power, onset=held.onset)
     rng = np.random.default_rng(seed)
     rows = []
     t0 = time.monotonic()
@@ -147,8 +153,9 @@ def fit_wedge_term(model, *, references: int = 12, size: int = 256, seed: int = 
         labels = projected_labels(ref, np.stack(scans), model.card)
         for level, (arc, rec, lab) in enumerate(zip((180.0, *ARCS), [ref, *scans], [5.0, *labels])):
             res = model.score_slices(rec[None], tta=1, ood=False, measure=True)
+            score = res["score"] if no_wedge is None else no_wedge.combine(res["network_score"], res["indicators"])
             rows.append({"reference": i, "level": level, "arc": arc, "label": float(lab),
-                         "score": float(res["score"][0]), "wedge": float(res["indicators"]["wedge"][0])})
+                         "score": float(score[0]), "wedge": float(res["indicators"]["wedge"][0])})
         log(f"wedge series {i + 1}/{references}: wedge readings "
             f"{[round(r['wedge']) for r in rows[-len(ARCS) - 1:]]}, labels "
             f"{[round(r['label'], 2) for r in rows[-len(ARCS) - 1:]]} ({time.monotonic() - t0:.0f} s)")
@@ -159,7 +166,6 @@ def fit_wedge_term(model, *, references: int = 12, size: int = 256, seed: int = 
     arc_rows = np.array([r["level"] > 0 for r in rows])
     target = 1.0 + (s0 - 1.0) * (lab - 1.0) / 4.0
     fit = fit_onset_weight(s0[arc_rows], x[arc_rows], target[arc_rows])
-    from tomoqc.models.measured import MeasuredTerms
 
     after = MeasuredTerms({"wedge": fit["weight"]}, {"wedge": ONSET_DEGREES}, onset=("wedge",)).combine(score, {"wedge": x})
     levels = np.array([r["level"] for r in rows])
