@@ -175,6 +175,16 @@ def test_multipage_tiff_appended_page_by_page(tmp_path):
     assert_volume(open_volume(path, axis="x", chunk_slices=4), oriented(vol, "x"), fmt="tiff")
 
 
+@pytest.mark.parametrize("compression", ["lzw", "zlib", "zstd"])
+def test_compressed_tiff_codecs(tmp_path, compression):
+    """LZW (ImageJ/Fiji's usual export), Deflate and Zstandard pages read exactly (through
+    imagecodecs, a dependency: without it LZW pages failed to read)."""
+    vol = reference("uint16", shape=(6, 21, 17))
+    path = tmp_path / f"{compression}.tif"
+    tifffile.imwrite(path, vol, compression=compression)
+    assert_volume(open_volume(path), vol, fmt="tiff")
+
+
 @pytest.mark.parametrize("n", [3, 4])
 def test_stack_of_three_or_four_slices_stored_as_one_page(tmp_path, n):
     """tifffile stores a (3 or 4, H, W) array as one page of that many planar samples: its
