@@ -62,6 +62,11 @@ def test_gain_offset_and_noise(texture_scans):
     _, scans = texture_scans
     rec = scans[1]
     assert missing_wedge(7.0 * rec - 3.0) == pytest.approx(missing_wedge(rec), abs=1.0)
+    # a raw export in counts (a large offset beside the contrast), and an offset a million
+    # times the contrast: the offset must not count as power
+    counts = np.round(30000.0 + 2000.0 * rec).astype(np.uint16)
+    assert _close_to(missing_wedge(counts), 60.0)
+    assert _close_to(missing_wedge(1e-3 * rec.astype(np.float64) + 1e3), 60.0)
     from tomoqc.distort import physics
 
     img = _texture(seed=2)

@@ -320,7 +320,7 @@ def _ring_relative_profile(p: np.ndarray, n: int, bins: int, band, lowest: float
     """Angular profile (``bins`` over ``[0, pi)``) of each frequency ring's log10 power relative to
     the ring's median over directions, in ``band`` (cycles per pixel), rings whose median is
     below ``lowest`` (log10) left out, gaps narrower than ``close`` bins closed by a circular
-    maximum filter. None when no ring is kept or a gap of empty bins is wider than ``close``."""
+    maximum filter. None when most rings are left out or a gap of empty bins is wider than ``close``."""
     sel, b = _polar_bins(n, bins, float(band[0]), float(band[1]))
     f = np.fft.fftfreq(n)
     ring = np.rint(np.hypot(*np.meshgrid(f, f, indexing="ij"))[sel] * n).astype(np.intp)
@@ -336,7 +336,7 @@ def _ring_relative_profile(p: np.ndarray, n: int, bins: int, band, lowest: float
         m = float(np.median(logp[order[s0:s1]]))
         ring_med[order[s0:s1]] = m
         keep[order[s0:s1]] = m >= lowest
-    if not np.any(keep):
+    if keep.sum() < 0.5 * len(keep):  # most of the band is below the floor: too little to read
         return None
     rel = (logp - ring_med)[keep]
     bk = b[keep]
@@ -378,8 +378,10 @@ def missing_wedge(img, *, size: int = 512, bins: int = 180, band=(0.02, 0.12), d
         that is left is widened back by ``close - 1`` bins.
     floor : float
         Frequency rings whose median power is below ``floor`` times the windowed slice's mean
-        spectral power are left out: there a noise-free, strongly blurred slice holds only
-        rounding (float32 rounding reads about 1e-14; the noise of a measured scan 1e-6 or more).
+        spectral power (its offset taken off) are left out: there a noise-free, strongly
+        blurred slice holds only rounding and its blur kernel's anisotropy (float32 rounding
+        reads about 1e-14; the noise of a measured scan 1e-6 or more). When that leaves out
+        most of a band's rings, the band is not read.
 
     Returns
     -------
@@ -422,6 +424,7 @@ def missing_wedge(img, *, size: int = 512, bins: int = 180, band=(0.02, 0.12), d
     y0, x0 = (h - n) // 2, (w - n) // 2
     x = a[y0 : y0 + n, x0 : x0 + n]
     x = np.where(np.isfinite(x), x, 0.0)
+    x = x - x.mean()  # an offset must not raise the floor below
     # high-pass first: the window's leakage of the strong low frequencies is anisotropic (a
     # cross along the axes) and would read as missing diagonals where a noise-free slice is
     # strongly blurred
