@@ -236,6 +236,18 @@ def noise_estimator_score(img) -> float:
     return -sigma
 
 
+def _central_square(a: np.ndarray, size: int) -> np.ndarray:
+    """The largest central square of even side up to ``size``, non-finite values set to 0 and
+    its mean taken off (the spectral measures below window it and read its power)."""
+    h, w = a.shape
+    n = min(h, w, int(size))
+    n -= n % 2
+    y0, x0 = (h - n) // 2, (w - n) // 2
+    x = a[y0 : y0 + n, x0 : x0 + n]
+    x = np.where(np.isfinite(x), x, 0.0)
+    return x - x.mean() if x.size else x
+
+
 @functools.lru_cache(maxsize=16)
 def _polar_bins(n: int, bins: int, r_lo: float, r_hi: float):
     """Angular bin (0..bins-1, over [0, pi)) of the FFT samples of an n x n image in the band."""
@@ -278,18 +290,13 @@ def streak_index(img, *, size: int = 512, bins: int | None = None, band=(0.25, 0
     a = _check(img)
     if not 0.0 <= band[0] < band[1] <= 0.5:
         raise OptionError(f"band must satisfy 0 <= low < high <= 0.5, got {band}")
-    h, w = a.shape
-    n = min(h, w, int(size))
-    n -= n % 2
+    x = _central_square(a, size)
+    n = x.shape[0]
     if n < 32:
         return float("nan")
     bins = int(round(np.pi * band[1] * n)) if bins is None else int(bins)
     if bins < 16:
         raise OptionError(f"bins must be >= 16, got {bins}")
-    y0, x0 = (h - n) // 2, (w - n) // 2
-    x = a[y0 : y0 + n, x0 : x0 + n]
-    x = np.where(np.isfinite(x), x, 0.0)
-    x = x - x.mean()
     if not np.any(x):
         return float("nan")
     win = np.hanning(n)
@@ -316,30 +323,40 @@ def streak_index(img, *, size: int = 512, bins: int | None = None, band=(0.25, 0
     return max(0.0, cv - cv0)
 
 
+@functools.lru_cache(maxsize=8)
+def _ring_groups(n: int, bins: int, r_lo: float, r_hi: float):
+    """The band's FFT samples of an n x n image (:func:`_polar_bins`) grouped by frequency ring
+    (radius rounded to whole cycles per image): ``(sel, order, bins_sorted, bounds)``, where
+    ``order`` sorts the selected samples by ring, ``bins_sorted`` is their angular bin in that
+    order and ``bounds`` the ``(start, stop)`` of each ring in it."""
+    sel, b = _polar_bins(n, bins, r_lo, r_hi)
+    f = np.fft.fftfreq(n)
+    ring = np.rint(np.hypot(*np.meshgrid(f, f, indexing="ij"))[sel] * n).astype(np.intp)
+    order = np.argsort(ring, kind="stable")
+    starts = np.flatnonzero(np.r_[True, np.diff(ring[order]) > 0])
+    bounds = tuple(zip(starts.tolist(), np.r_[starts[1:], len(order)].tolist()))
+    b_sorted = b[order]
+    for arr in (order, b_sorted):
+        arr.setflags(write=False)
+    return sel, order, b_sorted, bounds
+
+
 def _ring_relative_profile(p: np.ndarray, n: int, bins: int, band, lowest: float, close: int):
     """Angular profile (``bins`` over ``[0, pi)``) of each frequency ring's log10 power relative to
     the ring's median over directions, in ``band`` (cycles per pixel), rings whose median is
     below ``lowest`` (log10) left out, gaps narrower than ``close`` bins closed by a circular
     maximum filter. None when most rings are left out or a gap of empty bins is wider than ``close``."""
-    sel, b = _polar_bins(n, bins, float(band[0]), float(band[1]))
-    f = np.fft.fftfreq(n)
-    ring = np.rint(np.hypot(*np.meshgrid(f, f, indexing="ij"))[sel] * n).astype(np.intp)
-    logp = np.log10(p[sel] + np.finfo(np.float64).tiny)
-    # each ring's median over directions, by sorting within rings
-    order = np.lexsort((logp, ring))
-    r_sorted = ring[order]
-    starts = np.flatnonzero(np.r_[True, np.diff(r_sorted) > 0])
-    ends = np.r_[starts[1:], len(order)]
-    ring_med = np.empty_like(logp)
+    sel, order, b_sorted, bounds = _ring_groups(n, bins, float(band[0]), float(band[1]))
+    logp = np.log10(p[sel][order] + np.finfo(np.float64).tiny)
+    rel = np.empty_like(logp)
     keep = np.empty(len(logp), bool)
-    for s0, s1 in zip(starts, ends):
-        m = float(np.median(logp[order[s0:s1]]))
-        ring_med[order[s0:s1]] = m
-        keep[order[s0:s1]] = m >= lowest
+    for s0, s1 in bounds:
+        m = float(np.median(logp[s0:s1]))
+        rel[s0:s1] = logp[s0:s1] - m
+        keep[s0:s1] = m >= lowest
     if keep.sum() < 0.5 * len(keep):  # most of the band is below the floor: too little to read
         return None
-    rel = (logp - ring_med)[keep]
-    bk = b[keep]
+    rel, bk = rel[keep], b_sorted[keep]
     count = np.bincount(bk, minlength=bins).astype(np.float64)
     # a small square's grid leaves some narrow bins without a sample: the closing fills them
     prof = np.where(count > 0, np.bincount(bk, weights=rel, minlength=bins) / np.maximum(count, 1), -np.inf)
@@ -416,15 +433,10 @@ def missing_wedge(img, *, size: int = 512, bins: int = 180, band=(0.02, 0.12), d
     if int(bins) < 36 or int(close) < 1 or int(close) % 2 == 0 or not depth > 0 or not high_depth > 0 \
             or not 0 < floor < 1:
         raise OptionError("need bins >= 36, an odd close >= 1, depths > 0 and 0 < floor < 1")
-    h, w = a.shape
-    n = min(h, w, int(size))
-    n -= n % 2
+    x = _central_square(a, size)  # its offset taken off: an offset must not raise the floor below
+    n = x.shape[0]
     if n < 64:
         return float("nan")
-    y0, x0 = (h - n) // 2, (w - n) // 2
-    x = a[y0 : y0 + n, x0 : x0 + n]
-    x = np.where(np.isfinite(x), x, 0.0)
-    x = x - x.mean()  # an offset must not raise the floor below
     # high-pass first: the window's leakage of the strong low frequencies is anisotropic (a
     # cross along the axes) and would read as missing diagonals where a noise-free slice is
     # strongly blurred
