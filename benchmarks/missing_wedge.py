@@ -40,14 +40,13 @@ def main(argv=None) -> int:
         return 1
 
     from tomoqc.metrics.nr import missing_wedge
-    from tomoqc.models.measured import MeasuredTerms
     from tomoqc.models.tiqa import load_model
     from tomoqc.realdata import ORDERING_GROUPS, RealSources, degraded_series
     from tomoqc.train.segdata import htc2022_files, htc2022_recon
 
     model = load_model(None)
     t = model.measured_terms
-    without = MeasuredTerms(dict(t.weights, wedge=0.0), t.typical, relative=t.relative, power=t.power, onset=t.onset)
+    without = t.with_term("wedge", 0.0)
     print(f"model {model.model_id}; wedge term weight {t.weights.get('wedge', 0.0):.3f}, "
           f"onset {t.typical.get('wedge', float('nan')):g} degrees")
     print()

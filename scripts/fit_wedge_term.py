@@ -57,12 +57,7 @@ def main(argv=None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(args.out / "wedge_term.json", json.dumps(entry, indent=2) + "\n")
     if args.write_card:
-        weights_k = dict(terms.weights, wedge=entry["weight"])
-        typical_k = dict(terms.typical, wedge=entry["typical"])
-        info = dict(terms.info, wedge_fit=entry["fit"])
-        new = MeasuredTerms(weights_k, typical_k, severity=terms.severity_lines, ring_settings=terms.ring_settings,
-                            info=info, relative=terms.relative, power=terms.power,
-                            onset=tuple(sorted({*terms.onset, "wedge"})))
+        new = terms.with_term("wedge", entry["weight"], entry["typical"], onset=True, info={"wedge_fit": entry["fit"]})
         card["measured_terms"] = new.to_card()
         atomic_write_text(card_path, json.dumps(card, indent=2) + "\n")
         print(f"wrote the wedge term into {card_path}")

@@ -150,6 +150,11 @@ def test_onset_term_form():
     # a card without the onset list reads the wedge as an absolute term of weight 0: no change
     plain = MeasuredTerms({"noise": 1.0}, {"noise": 0.03})
     assert np.allclose(plain.combine(s, {"noise": np.full(6, 0.03), "wedge": x}), 3.7)
+    # adding the term to those terms, or taking it off again, changes only the wedge's part
+    added = plain.with_term("wedge", c, t, onset=True, info={"wedge_fit": {"seed": 1}})
+    assert added.onset == ("wedge",) and added.info["wedge_fit"] == {"seed": 1}
+    assert np.allclose(added.combine(s, {"noise": np.full(6, 0.03), "wedge": x}), out)
+    assert np.allclose(added.with_term("wedge", 0.0).combine(s, {"wedge": x}), 3.7)
 
 
 def test_fit_recovers_a_known_weight():

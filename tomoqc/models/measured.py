@@ -176,6 +176,16 @@ class MeasuredTerms:
                 raise OptionError(f"onset indicator {k!r} must be a known absolute indicator")
         self.onset = tuple(k for k in INDICATORS if k in set(onset or ()))
 
+    def with_term(self, name: str, weight: float, typical: float | None = None, *, onset: bool = False,
+                  info: dict | None = None) -> "MeasuredTerms":
+        """A copy with indicator ``name``'s weight (and typical value) replaced, ``name`` made an
+        onset indicator when ``onset``, and ``info`` added to the recorded fit; the rest as is."""
+        return MeasuredTerms(
+            dict(self.weights, **{name: float(weight)}),
+            self.typical if typical is None else dict(self.typical, **{name: float(typical)}),
+            severity=self.severity_lines, ring_settings=self.ring_settings, info={**self.info, **(info or {})},
+            relative=self.relative, power=self.power, onset=(*self.onset, name) if onset else self.onset)
+
     def weighs(self, name: str, *, relative: bool = False) -> bool:
         """True when indicator ``name`` has a weight and enters the score (relative ones only with ``relative``)."""
         return self.weights.get(name, 0.0) > 0 and (relative or name not in self.relative)

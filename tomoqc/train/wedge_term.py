@@ -140,8 +140,7 @@ def fit_wedge_term(model, *, references: int = 12, size: int = 256, seed: int = 
 
     # scores without any wedge term the card may already hold (a refit starts from the same place)
     held = getattr(model, "measured_terms", None)
-    no_wedge = None if held is None else MeasuredTerms(
-        dict(held.weights, wedge=0.0), held.typical, relative=held.relative, power=held.power, onset=held.onset)
+    no_wedge = None if held is None else held.with_term("wedge", 0.0)
     rng = np.random.default_rng(seed)
     rows = []
     t0 = time.monotonic()
