@@ -25,7 +25,7 @@ indices):
 
 ``score``, ``score_uncertainty``, ``flag``, ``valid_fraction`` (variant, z), ``severity``
 (variant, z, distortion) and the indicators ``noise_index``, ``blur_index``, ``ring_index``,
-``streak_index``, ``missing_wedge`` (variant, z)
+``streak_index``, ``missing_wedge``, ``view_spacing`` (variant, z)
     The quality outputs of the variants (see :mod:`tomoqc.pipeline`).
 ``paired`` (z)
     True where every variant has a score: the slices the statistics use.
@@ -99,7 +99,7 @@ TIE_RULE = ("tied with the best when |median paired difference| <= its combined 
 
 #: Per-slice variables copied from each variant's quality output.
 _SLICE_VARS = ("score", "score_uncertainty", "flag", "valid_fraction", "noise_index", "blur_index", "ring_index",
-               "streak_index", "missing_wedge")
+               "streak_index", "missing_wedge", "view_spacing")
 #: Per-variant statistics, in the order of compare.csv.
 _RANK_FIELDS = ("rank", "label", "path", "parameter", "median_score", "uncertainty", "slice_uncertainty",
                 "median_difference", "ci_low", "ci_high", "difference_uncertainty", "p_value", "test", "wins",

@@ -50,7 +50,7 @@ The quality output is an :class:`xarray.Dataset`:
     the concentric structure about the rotation axis, in units of the slice's robust
     range; about 0 without rings), NaN when it cannot be measured. The axis is found
     once per volume unless given (attrs ``ring_center`` and ``ring_center_source``).
-``noise_index(z)``, ``blur_index(z)``, ``streak_index(z)``, ``missing_wedge(z)`` float32
+``noise_index(z)``, ``blur_index(z)``, ``streak_index(z)``, ``missing_wedge(z)``, ``view_spacing(z)`` float32
     The other measured indicators (:mod:`tomoqc.metrics.nr`): noise over contrast, the
     Gaussian width of the strongest edges in pixels (about 0.4 when sharp), the spokes
     of too few projections, and the degrees of the half turn a limited-angle scan left
@@ -104,7 +104,8 @@ FLAG_MEANINGS = "ok constant nonfinite no_valid_patch out_of_distribution relaxe
 #: The per-slice variables of a quality output.
 #: Per-slice measured indicators written beside the score (name in the output, indicator).
 INDICATOR_VARIABLES = (("noise_index", "noise"), ("blur_index", "blur"), ("ring_index", "ring"),
-                       ("streak_index", "streak"), ("missing_wedge", "wedge"))
+                       ("streak_index", "streak"), ("missing_wedge", "wedge"),
+                       ("view_spacing", "spacing"))
 OUTPUT_VARIABLES = ("score", "score_uncertainty", "flag", "valid_fraction", "patch_score", "severity",
                     *(name for name, _ in INDICATOR_VARIABLES))
 _INDICATOR_ATTRS = {
@@ -117,6 +118,8 @@ _INDICATOR_ATTRS = {
     "streak_index": {"long_name": "streak index (angular contrast of the power spectrum's spokes)", "units": "1"},
     "missing_wedge": {"long_name": "missing wedge (directions of the half turn absent from the power spectrum: "
                                    "limited-angle data; 0 for a complete scan)", "units": "degree"},
+    "view_spacing": {"long_name": "view spacing (angle between the directions of a sparse scan whose spokes "
+                                  "the power spectrum shows apart; 0 when it shows none)", "units": "degree"},
 }
 
 DEFAULT_CHUNK_SLICES = 8
@@ -267,7 +270,7 @@ def score_block(model, block: np.ndarray, *, measured_terms: bool = True, ring_c
         ``score`` (n,), ``score_uncertainty`` (n,), ``flag`` (n,) int8,
         ``valid_fraction`` (n,), ``patch_score`` (n, py, px), ``severity``
         (n, len(DISTORTIONS)), and the indicators ``noise_index``, ``blur_index``,
-        ``ring_index``, ``streak_index``, ``missing_wedge`` (n,); float32 unless said.
+        ``ring_index``, ``streak_index``, ``missing_wedge``, ``view_spacing`` (n,); float32 unless said.
     """
     res = model.score_slices(block, mode="grid", measured_terms=measured_terms, ring_center=ring_center, tta=tta,
                              axis_error=axis_error, relative_terms=relative_terms)

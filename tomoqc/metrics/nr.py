@@ -91,7 +91,7 @@ from scipy import ndimage
 from tomoqc.errors import InputError, OptionError
 
 __all__ = ["MAX_SIDE", "sample_mask", "contrast", "noise_levels", "noise_sigma", "noise_index", "noise_estimator_score",
-           "streak_index", "missing_wedge", "blur_index", "MAD_TO_SIGMA"]
+           "streak_index", "missing_wedge", "view_spacing", "blur_index", "MAD_TO_SIGMA"]
 
 #: Median absolute deviation of a standard normal variable.
 MAD_TO_SIGMA = 0.6745
@@ -341,11 +341,13 @@ def _ring_groups(n: int, bins: int, r_lo: float, r_hi: float):
     return sel, order, b_sorted, bounds
 
 
-def _ring_relative_profile(p: np.ndarray, n: int, bins: int, band, lowest: float, close: int):
+def _ring_relative_profile(p: np.ndarray, n: int, bins: int, band, lowest: float, close: int,
+                           level: float = 0.5):
     """Angular profile (``bins`` over ``[0, pi)``) of each frequency ring's log10 power relative to
-    the ring's median over directions, in ``band`` (cycles per pixel), rings whose median is
-    below ``lowest`` (log10) left out, gaps narrower than ``close`` bins closed by a circular
-    maximum filter. None when most rings are left out or a gap of empty bins is wider than ``close``."""
+    the ring's median over directions, in ``band`` (cycles per pixel), rings whose ``level``
+    quantile over directions (the median by default) is below ``lowest`` (log10) left out, gaps
+    narrower than ``close`` bins closed by a circular maximum filter. None when most rings are
+    left out or a gap of empty bins is wider than ``close``."""
     sel, order, b_sorted, bounds = _ring_groups(n, bins, float(band[0]), float(band[1]))
     logp = np.log10(p[sel][order] + np.finfo(np.float64).tiny)
     rel = np.empty_like(logp)
@@ -353,7 +355,7 @@ def _ring_relative_profile(p: np.ndarray, n: int, bins: int, band, lowest: float
     for s0, s1 in bounds:
         m = float(np.median(logp[s0:s1]))
         rel[s0:s1] = logp[s0:s1] - m
-        keep[s0:s1] = m >= lowest
+        keep[s0:s1] = (m if level == 0.5 else float(np.quantile(logp[s0:s1], level))) >= lowest
     if keep.sum() < 0.5 * len(keep):  # most of the band is below the floor: too little to read
         return None
     rel, bk = rel[keep], b_sorted[keep]
@@ -488,6 +490,103 @@ def missing_wedge(img, *, size: int = 512, bins: int = 180, band=(0.02, 0.12), d
     widths.sort(reverse=True)
     widths.append(0)
     return float(min(180.0, (widths[0] - widths[1]) * 180.0 / nb))
+
+
+def view_spacing(img, *, size: int = 512, band=(0.25, 0.45), strength: float = 20.0, fewest: int = 3,
+                 floor: float = 1e-8) -> float:
+    """Sparse views: the angle (degrees) between the directions a sparse scan measured.
+
+    Parameters
+    ----------
+    img : array_like, 2-D
+        A reconstructed slice (any units).
+    size : int
+        Side of the central square analysed (the largest square up to ``size`` that fits;
+        a Hann window removes its edges).
+    band : (float, float)
+        Radial frequency band, in cycles per pixel, where the spokes of a sparse scan are
+        apart (0.5 is Nyquist).
+    strength : float
+        A periodicity counts when the angular profile's harmonic at the spoke count stands
+        this many times above the profile's median harmonic, and the one at twice it (where
+        resolved) half as many (complete scans of
+        real and simulated samples reach 3-10; scans of 4-90 directions 30-270).
+    fewest : int
+        The fewest directions read (2 would be any sample with a square grid's symmetry).
+    floor : float
+        Frequency rings whose median power is below ``floor`` times the windowed slice's
+        mean spectral power are left out (as in :func:`missing_wedge`); when that leaves out
+        most of the band, the slice is not read.
+
+    Returns
+    -------
+    float
+        ``180 / k`` for a scan that measured ``k`` evenly spaced directions of the half turn
+        (``k`` views over the half turn; views over the full turn count once per direction),
+        0 when the spectrum shows no such fan of spokes (a complete scan, or spokes too dense
+        for the analysed square to separate: more than about ``0.35 n`` directions for an
+        ``n`` px square). NaN for a slice smaller than 64 px, without contrast, or without
+        power in the band.
+
+    Notes
+    -----
+    Filtered back-projection from ``k`` directions puts the slice's Fourier transform on
+    ``k`` lines through the origin (the Fourier slice theorem); where the lines are apart,
+    each frequency ring's power over direction is a comb of period ``180 / k`` degrees. Each
+    ring's log power is taken relative to its median over directions (as in
+    :func:`missing_wedge`), averaged in angular bins about one Fourier sample wide at the
+    band's inner radius, and the Fourier series of that profile over the half turn is read:
+    a comb of ``k`` teeth has strong harmonics at ``k``, ``2 k``, ... and the smallest
+    ``k >= fewest`` whose harmonics at ``k`` and ``2 k`` (where resolved) both stand out is the
+    count (the second more leniently: a full-turn fan-beam scan of an odd number of views,
+    rebinned, interleaves two half-turn sets of unequal strength). The sample's own anisotropy is smooth in angle and leaves the harmonics above the
+    first few at the level of the rest. This reads where :func:`streak_index` stops rising:
+    past a spacing of about 10 degrees the gaps between spokes are wider than that index's
+    angular trend, and the index falls as the views get fewer.
+    """
+    a = _check(img)
+    if not 0.0 < band[0] < band[1] <= 0.5:
+        raise OptionError(f"band must satisfy 0 < low < high <= 0.5, got {band}")
+    if not strength > 1 or int(fewest) < 2 or not 0 < floor < 1:
+        raise OptionError("need strength > 1, fewest >= 2 and 0 < floor < 1")
+    x = _central_square(a, size)
+    n = x.shape[0]
+    if n < 64:
+        return float("nan")
+    win = np.outer(np.hanning(n), np.hanning(n))
+    mean_power = float(np.sum((x * win) ** 2))
+    if not mean_power > 0:
+        return float("nan")
+    p = np.abs(np.fft.fft2(x * win)) ** 2
+    # bins no narrower than the Fourier grid at the inner radius (every bin holds samples of
+    # every ring), a multiple of 36 so that the harmonics of 1-degree spacings fall on bins
+    bins = max(36, 36 * int(math.pi * band[0] * n * 0.9 // 36))
+    # a ring counts by its strong directions (the spokes): between the spokes of very few
+    # views most directions hold almost nothing, and the ring's median with them
+    prof = _ring_relative_profile(p, n, bins, band, math.log10(float(floor) * mean_power), 1, level=0.9)
+    if prof is None:
+        return float("nan")
+    h = np.abs(np.fft.rfft(prof - prof.mean()))
+    top = len(h) - 1  # harmonics 1..bins/2
+    for k in range(int(fewest), top + 1):
+        others = np.ones(top + 1, bool)
+        others[0] = False
+        others[k::k] = False
+        base = float(np.median(h[others])) if others.any() else 0.0
+        if not base > 0:
+            continue
+        # the second harmonic is asked for only where the bins resolve it well (the bins'
+        # width and the Fourier grid damp the harmonics near the profile's Nyquist)
+        if not (h[k] > strength * base and (2 * k > 0.75 * top or h[2 * k] > 0.5 * strength * base)):
+            continue
+        # 4 and 8 directions are also the symmetry of the square pixel grid, which a complete
+        # scan's interpolation imprints (harmonics 4 and 8 up to 27 and 16 times the median,
+        # fading by the 3rd and 4th multiple): the spokes of so few views are sharp, and
+        # their comb goes on at the same depth
+        if k in (4, 8) and not all(h[m * k] > 0.5 * strength * base for m in (3, 4) if m * k <= top):
+            continue
+        return 180.0 / k
+    return 0.0
 
 
 @functools.lru_cache(maxsize=8)

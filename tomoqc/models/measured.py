@@ -15,7 +15,9 @@ score ``s`` (1-5) with six measured indicators ``x_k`` of the whole slice:
 * ``axis`` - :func:`tomoqc.metrics.axis.axis_error`, the rotation-axis error in pixels that
   refocusing the slice finds (measured once per volume: the axis is one for the scan);
 * ``wedge`` - :func:`tomoqc.metrics.nr.missing_wedge`, the degrees of the half turn whose
-  directions are missing from the spectrum (limited-angle data).
+  directions are missing from the spectrum (limited-angle data);
+* ``spacing`` - :func:`tomoqc.metrics.nr.view_spacing`, the degrees between the directions of
+  a sparse scan whose spokes the spectrum shows apart (0 when it shows none).
 
 The combination works on the logit of the score's position in [1, 5]::
 
@@ -35,11 +37,11 @@ keeps the score inside (1, 5) smoothly). The weights ``c_k`` are fitted (:func:`
 of the same slice at rising impairment the score falls, on phantoms and on real slices that
 were re-projected and scanned again; the fit is recorded in the model card.
 
-An *onset* indicator (``wedge``) reads exactly 0 on complete data, so it has no typical
-clean level: its ``t_k`` is the reading below which it does not count (the estimate's
-resolution) and its term is ``c_k log(1 + max(x_k - t_k, 0) / t_k)``, 0 up to there. Its
-weight is fitted on its own series (:mod:`tomoqc.train.wedge_term`), since the series of
-:func:`fit_measured_terms` hold no limited-angle data.
+An *onset* indicator (``wedge``, ``spacing``) reads exactly 0 on complete data, so it has no
+typical clean level: its ``t_k`` is the reading below which it does not count and its term is
+``c_k log(1 + max(x_k - t_k, 0) / t_k)``, 0 up to there. Their weights are fitted on series of
+their own (:mod:`tomoqc.train.onset_terms`): the series of :func:`fit_measured_terms` hold no
+limited-angle data, and none sparser than the angle levels the streak index still follows.
 
 Each indicator also gives the *severity* of its impairment,
 ``clip(u_k + v_k * log(x_k), 0, 1)`` (``v_k > 0``), a straight line in ``log(x)`` fitted to
@@ -57,14 +59,14 @@ from tomoqc.errors import OptionError
 __all__ = ["INDICATORS", "ONSET", "MeasuredTerms", "absolute_feature", "measure_indicators", "fit_measured_terms", "fit_severity_line"]
 
 #: Indicators measured on every slice, in the order of the arrays below.
-INDICATORS = ("noise", "blur", "ring", "streak", "axis", "wedge")
+INDICATORS = ("noise", "blur", "ring", "streak", "axis", "wedge", "spacing")
 #: Indicators that read 0 on unimpaired data and count from an onset (module doc).
-ONSET = ("wedge",)
+ONSET = ("wedge", "spacing")
 _EPS = 1e-4
 
 
 def measure_indicators(img, *, ring_center=None, ring_settings=None, axis=None) -> dict:
-    """The six indicators of one slice (any dtype and scale).
+    """The seven indicators of one slice (any dtype and scale).
 
     The slice is mapped by the robust affine map of
     :func:`tomoqc.preprocess.normalize_slice` but *not clipped* (clipping the tails of a noisy
@@ -73,11 +75,11 @@ def measure_indicators(img, *, ring_center=None, ring_settings=None, axis=None) 
     rotation axis ``(row, col)`` for the ring index (None: the slice centre; see
     :func:`tomoqc.metrics.rings.resolve_ring_center` for finding it). ``axis`` is the
     volume's axis error (px) when measured elsewhere (None: measured on this slice; NaN:
-    not measured). Returns ``{"noise", "blur", "ring", "streak", "axis", "wedge"}`` (NaN where
+    not measured). Returns ``{"noise", "blur", "ring", "streak", "axis", "wedge", "spacing"}`` (NaN where
     a measure is undefined, e.g. for a constant slice).
     """
     from tomoqc.metrics.axis import axis_error
-    from tomoqc.metrics.nr import blur_index, missing_wedge, noise_index, streak_index
+    from tomoqc.metrics.nr import blur_index, missing_wedge, noise_index, streak_index, view_spacing
     from tomoqc.metrics.rings import ring_index
     from tomoqc.preprocess import normalize_slice_flagged
 
@@ -95,6 +97,7 @@ def measure_indicators(img, *, ring_center=None, ring_settings=None, axis=None) 
         # float32 rounding of the normalised copy would fill the band of a noise-free,
         # strongly blurred slice with anisotropic rounding
         "wedge": float(missing_wedge(img)),
+        "spacing": float(view_spacing(img)),
     }
 
 

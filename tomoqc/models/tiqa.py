@@ -24,7 +24,7 @@ one standard deviation: the spread of the slice score over test-time views of it
 the standard error of the mean over its patches, added in quadrature. A slice unlike the
 model's training data (:mod:`tomoqc.models.trust`: raw score outside the range seen in
 training, or pooled features far from the training features; or, with measured terms, a
-missing wedge wider than the wedge term was fitted on, :data:`WEDGE_MARGIN`) is flagged
+missing wedge or a view spacing wider than its term was fitted on, :data:`ONSET_MARGIN`) is flagged
 ``FLAG_OOD`` and its uncertainty is inflated by :data:`OOD_UNCERTAINTY`.
 
 References
@@ -107,9 +107,9 @@ FLAG_NONFINITE = 8  #: the slice held NaN or infinite values (set to 0 before sc
 FLAG_RELAXED = 16
 #: out of distribution (:mod:`tomoqc.models.trust`): the score is not to be trusted
 FLAG_OOD = 32
-#: Degrees of missing wedge beyond the widest the wedge term was fitted on
-#: (``measured_terms.wedge_fit.max_reading``) after which a slice is flagged ``FLAG_OOD``.
-WEDGE_MARGIN = 5.0
+#: Degrees of an onset indicator (missing wedge, view spacing) beyond the widest its term was
+#: fitted on (``measured_terms.<name>_fit.max_reading``) after which a slice is flagged ``FLAG_OOD``.
+ONSET_MARGIN = 5.0
 FLAG_NAMES = {
     FLAG_CONSTANT: "constant",
     FLAG_NO_VALID_PATCH: "no_valid_patch",
@@ -1191,10 +1191,12 @@ class TiqaModel:
             got = measure_indicators(measured_on[i], ring_center=centre, ring_settings=settings, axis=axis_val)
             for k, val in got.items():
                 indicators[k][i] = val
-        # a wedge wider than the wedge term was fitted on is outside the model's experience
-        wedge_top = (terms.info.get("wedge_fit") or {}).get("max_reading") if terms is not None else None
-        if ood and measured_terms and measure and not raw and wedge_top is not None:
-            beyond = np.isfinite(indicators["wedge"]) & (indicators["wedge"] > float(wedge_top) + WEDGE_MARGIN)
+        # a wedge, or a view spacing, wider than its term was fitted on is outside the model's experience
+        for k in terms.onset if terms is not None and ood and measured_terms and measure and not raw else ():
+            top = (terms.info.get(f"{k}_fit") or {}).get("max_reading")
+            if top is None or not terms.weighs(k):
+                continue
+            beyond = np.isfinite(indicators[k]) & (indicators[k] > float(top) + ONSET_MARGIN)
             for i in np.flatnonzero(beyond):
                 if not flags[i] & FLAG_OOD:
                     flags[i] |= FLAG_OOD
