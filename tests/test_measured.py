@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 from tomoqc.errors import OptionError
 from tomoqc.models.measured import INDICATORS, MeasuredTerms, absolute_feature, fit_measured_terms, fit_severity_line
 
-TYPICAL = {"noise": 0.03, "blur": 1.0, "ring": 0.004, "streak": 0.1, "axis": 0.5, "wedge": 10.0}
+TYPICAL = {"noise": 0.03, "blur": 1.0, "ring": 0.004, "streak": 0.1, "axis": 0.5, "wedge": 10.0, "spacing": 8.0}
 
 
 POWER = {"noise": 2.0, "blur": 2.0, "ring": 2.0, "streak": 1.0}

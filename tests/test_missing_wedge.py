@@ -20,7 +20,7 @@ from scipy import ndimage
 from tomoqc.errors import OptionError
 from tomoqc.metrics.nr import missing_wedge
 from tomoqc.models.measured import INDICATORS, ONSET, MeasuredTerms
-from tomoqc.train.wedge_term import ARCS, fit_onset_weight, limited_angle_scans, projected_labels
+from tomoqc.train.onset_terms import ARCS, fit_onset_weight, limited_angle_scans, projected_labels
 
 DATA = Path(__file__).parent / "data" / "real"
 

@@ -18,7 +18,8 @@ from tomoqc.report import report, summarize, worst_ranges
 
 
 def write_quality(path: Path, scores, *, z=None, severity=None, flags=None, input_path="", complete=True,
-                  ring_index=None, uncertainty=None, distortions=("noise", "blur", "ring"), missing_wedge=None):
+                  ring_index=None, uncertainty=None, distortions=("noise", "blur", "ring"), missing_wedge=None,
+                  view_spacing=None):
     """A quality output with known numbers, in the layout `tomoqc score` writes."""
     scores = np.asarray(scores, np.float32)
     n = len(scores)
@@ -43,6 +44,8 @@ def write_quality(path: Path, scores, *, z=None, severity=None, flags=None, inpu
         ds["score_uncertainty"] = (("z",), np.asarray(uncertainty, np.float32))
     if missing_wedge is not None:
         ds["missing_wedge"] = (("z",), np.asarray(missing_wedge, np.float32))
+    if view_spacing is not None:
+        ds["view_spacing"] = (("z",), np.asarray(view_spacing, np.float32))
     ds.to_zarr(str(path), mode="w", consolidated=False)
     return path
 
@@ -212,6 +215,29 @@ def test_limited_angle_is_named_where_the_low_slices_miss_views(tmp_path):
     out = summarize(write_quality(tmp_path / "v.quality.zarr", s, severity=sev, missing_wedge=wedge))
     assert out["dominant_distortion"] == "noise" and out["missing_wedge_deg"] == 5.0
     assert summarize(write_quality(tmp_path / "u.quality.zarr", s, severity=sev))["missing_wedge_deg"] is None
+
+
+def test_sparse_views_are_named_where_the_low_slices_have_few(tmp_path):
+    """The severity head knows no sparse views either: where the low slices' views lie past the
+    spacing term's onset apart (8 degrees), the summary says so; a limited angle goes first."""
+    n = 20
+    s = np.full(n, 4.0, np.float32)
+    s[:12] = 1.2
+    spacing = np.zeros(n, np.float32)
+    spacing[:12] = 15.0
+    sev = np.full((n, 3), 0.1, np.float32)
+    sev[:12, 0] = 0.6  # the head blames noise: the noise index reads the streaks
+    out = summarize(write_quality(tmp_path / "s.quality.zarr", s, severity=sev, view_spacing=spacing))
+    assert out["dominant_distortion"] == "sparse views" and out["view_spacing_deg"] == 15.0  # 12 of the 20
+    spacing[:12] = 4.0  # 45 views: below the onset, the streak index's range
+    out = summarize(write_quality(tmp_path / "t.quality.zarr", s, severity=sev, view_spacing=spacing))
+    assert out["dominant_distortion"] == "noise"
+    spacing[:12] = 15.0
+    wedge = np.where(np.arange(n) < 12, 60.0, 0.0)
+    out = summarize(write_quality(tmp_path / "r.quality.zarr", s, severity=sev, view_spacing=spacing,
+                                  missing_wedge=wedge))
+    assert out["dominant_distortion"] == "limited angle"
+    assert summarize(write_quality(tmp_path / "q.quality.zarr", s, severity=sev))["view_spacing_deg"] is None
 
 
 def test_screenshot_of_index_html_is_not_blank(tmp_path):

@@ -82,6 +82,7 @@ CSV_FIELDS = [
     "severity_ring",
     "median_ring_index",
     "missing_wedge_deg",
+    "view_spacing_deg",
     "axis_error_px",
     "verdict",
     "threshold",
@@ -165,10 +166,12 @@ def summarize(ds_or_path, *, fail_below: float | None = None) -> dict:
         [first, last] slice ranges), ``dominant_distortion`` (``noise``, ``blur``,
         ``ring`` or ``none``: the highest median severity over the slices below the
         threshold, or over all scored slices when none is; ``limited angle`` when those
-        slices' median missing wedge is past the wedge term's onset,
-        :data:`tomoqc.train.wedge_term.ONSET_DEGREES`: the severity head knows no such
+        slices' median missing wedge is past the wedge term's onset, else ``sparse views``
+        when their median view spacing is past the spacing term's,
+        :data:`tomoqc.train.onset_terms.ONSET_DEGREES`: the severity head knows neither
         impairment), ``missing_wedge_deg`` (median :func:`tomoqc.metrics.nr.missing_wedge` of
-        the scored slices; None for outputs without one), ``severity`` (median per distortion),
+        the scored slices; None for outputs without one), ``view_spacing_deg`` (median
+        :func:`tomoqc.metrics.nr.view_spacing`, likewise), ``severity`` (median per distortion),
         ``median_ring_index`` (median :func:`tomoqc.metrics.rings.ring_index` of the scored
         slices; None for outputs without one), ``axis_error_px`` (the volume's rotation-axis
         error measured by refocusing, :mod:`tomoqc.metrics.axis`; None when the model does
@@ -208,15 +211,20 @@ def summarize(ds_or_path, *, fail_below: float | None = None) -> dict:
         k = max(valid, key=valid.get)
         if valid[k] >= SEVERITY_FLOOR:
             dominant = k
-    wedge = None
-    if "missing_wedge" in ds:  # outputs of earlier versions have none
-        from tomoqc.train.wedge_term import ONSET_DEGREES
+    from tomoqc.train.onset_terms import ONSET_DEGREES
 
-        mw = np.asarray(ds["missing_wedge"].values, dtype=np.float64)
+    angular = {}
+    # the impairments of the angular sampling past their onsets are named (a limited angle
+    # over a sparse one: its term is checked last)
+    for var, term, named in (("view_spacing", "spacing", "sparse views"), ("missing_wedge", "wedge", "limited angle")):
+        angular[var] = None
+        if var not in ds:  # outputs of earlier versions have none
+            continue
+        mw = np.asarray(ds[var].values, dtype=np.float64)
         w_all, w_focus = mw[ok & np.isfinite(mw)], mw[focus & np.isfinite(mw)]
-        wedge = round(float(np.median(w_all)), 1) if w_all.size else None
-        if w_focus.size and float(np.median(w_focus)) > ONSET_DEGREES:
-            dominant = "limited angle"
+        angular[var] = round(float(np.median(w_all)), 1) if w_all.size else None
+        if w_focus.size and float(np.median(w_focus)) > ONSET_DEGREES[term]:
+            dominant = named
     unc = None
     if "score_uncertainty" in ds:  # outputs of earlier versions have none
         u = np.asarray(ds["score_uncertainty"].values, dtype=np.float64)[ok]
@@ -253,7 +261,8 @@ def summarize(ds_or_path, *, fail_below: float | None = None) -> dict:
         "dominant_distortion": dominant,
         "severity": sev,
         "median_ring_index": ring,
-        "missing_wedge_deg": wedge,
+        "missing_wedge_deg": angular["missing_wedge"],
+        "view_spacing_deg": angular["view_spacing"],
         "axis_error_px": _axis_error(ds),
         "verdict": verdict,
         "threshold": threshold,
@@ -364,6 +373,8 @@ def plot_volume(ds_or_path, png, *, summary: dict | None = None) -> Path:
         ood_txt += f", rotation axis about {summary['axis_error_px']:.1f} px off"
     if summary.get("dominant_distortion") == "limited angle" and summary.get("missing_wedge_deg") is not None:
         ood_txt += f", about {summary['missing_wedge_deg']:.0f} degrees of views missing"
+    if summary.get("dominant_distortion") == "sparse views" and summary.get("view_spacing_deg"):
+        ood_txt += f", views about {summary['view_spacing_deg']:.0f} degrees apart"
     ax.set_title(
         f"{name}: median {summary['median_score']}{unc_txt}, 5th pct {summary['p5_score']}, "
         f"verdict {summary['verdict'].upper()}, dominant distortion {summary['dominant_distortion']}{ood_txt}",

@@ -1,5 +1,5 @@
-"""No-reference physical measures of a reconstructed slice: noise, blur, undersampling streaks
-and limited-angle data.
+"""No-reference physical measures of a reconstructed slice: noise, blur, undersampling streaks,
+limited-angle data and sparse views.
 
 These are measured quantities, not learnt ones. The scoring model uses them beside its
 network (:mod:`tomoqc.models.measured`) because they carry over from phantoms to real
@@ -47,6 +47,18 @@ dark at high frequencies too, where a measured scan's noise fills every directio
 measured from, and it must have walls (the deficit changes by more than 1.5 decades across
 each end within a few degrees; a sample's weak directions fade in over tens of degrees).
 
+**Sparse views** (:func:`view_spacing`). The same spokes, read for their spacing rather than
+their contrast: past a spacing of about 10 degrees the gaps between them are wider than the
+streak index's angular trend, and that index falls as the views get fewer (HTC2022 discs: 1.88
+from 45 directions, 1.07 from 6). Each frequency ring's log power relative to its median over
+directions (as for the wedge) is averaged in bins about one Fourier sample wide, and the
+Fourier series of that angular profile is read: ``k`` evenly spaced spokes make a comb of
+period ``180 / k`` degrees, whose harmonics at ``k`` and ``2 k`` stand alone, far above the
+rest; the smallest such ``k`` gives the spacing ``180 / k``, 0 where there is none. A sample's
+own anisotropy gives a smooth profile (its harmonics fall off with order, each level with its
+neighbours); the pixel grid's 4-fold symmetry, which a complete scan's interpolation imprints,
+fades by the comb's third and fourth multiples.
+
 **Blur** (:func:`blur_index`). The energy of the gradient of a slice smoothed by a Gaussian
 of scale ``s``, read on the crest of a straight step edge blurred by a Gaussian of width
 ``b``, is proportional to ``1 / (s**2 + b**2)``; the ratio ``R`` of the energies at
@@ -93,6 +105,8 @@ from tomoqc.errors import InputError, OptionError
 __all__ = ["MAX_SIDE", "sample_mask", "contrast", "noise_levels", "noise_sigma", "noise_index", "noise_estimator_score",
            "streak_index", "missing_wedge", "view_spacing", "blur_index", "MAD_TO_SIGMA"]
 
+#: How far a comb's harmonic must stand above both its neighbours for :func:`view_spacing`.
+ISOLATION = 2.0
 #: Median absolute deviation of a standard normal variable.
 MAD_TO_SIGMA = 0.6745
 
@@ -509,8 +523,8 @@ def view_spacing(img, *, size: int = 512, band=(0.25, 0.45), strength: float = 2
     strength : float
         A periodicity counts when the angular profile's harmonic at the spoke count stands
         this many times above the profile's median harmonic, and the one at twice it (where
-        resolved) half as many (complete scans of
-        real and simulated samples reach 3-10; scans of 4-90 directions 30-270).
+        resolved) half as many (complete scans of real and simulated samples reach 3-10 away
+        from the pixel grid's 4-fold symmetry; scans of 4-90 directions 17-390).
     fewest : int
         The fewest directions read (2 would be any sample with a square grid's symmetry).
     floor : float
@@ -539,7 +553,11 @@ def view_spacing(img, *, size: int = 512, band=(0.25, 0.45), strength: float = 2
     a comb of ``k`` teeth has strong harmonics at ``k``, ``2 k``, ... and the smallest
     ``k >= fewest`` whose harmonics at ``k`` and ``2 k`` (where resolved) both stand out is the
     count (the second more leniently: a full-turn fan-beam scan of an odd number of views,
-    rebinned, interleaves two half-turn sets of unequal strength). The sample's own anisotropy is smooth in angle and leaves the harmonics above the
+    rebinned, interleaves two half-turn sets of unequal strength), provided the harmonic at
+    ``k`` also stands :data:`ISOLATION` times above both its neighbours (a strongly elongated
+    sample puts its power in a narrow bump of directions, whose first harmonics are far above
+    the median but level with each other) and, for 4 and 8 directions (the pixel grid's own
+    symmetry), the comb goes on at its third and fourth multiples. The sample's own anisotropy is smooth in angle and leaves the harmonics above the
     first few at the level of the rest. This reads where :func:`streak_index` stops rising:
     past a spacing of about 10 degrees the gaps between spokes are wider than that index's
     angular trend, and the index falls as the views get fewer.
@@ -578,6 +596,11 @@ def view_spacing(img, *, size: int = 512, band=(0.25, 0.45), strength: float = 2
         # the second harmonic is asked for only where the bins resolve it well (the bins'
         # width and the Fourier grid damp the harmonics near the profile's Nyquist)
         if not (h[k] > strength * base and (2 * k > 0.75 * top or h[2 * k] > 0.5 * strength * base)):
+            continue
+        # a comb's harmonic stands alone; a narrow bump of power (a strongly elongated sample
+        # puts its power in a few degrees) has a smooth series of harmonics, its first ones
+        # far above the median but level with their neighbours
+        if h[k] < ISOLATION * max(h[k - 1] if k > 1 else 0.0, h[k + 1] if k < top else 0.0):
             continue
         # 4 and 8 directions are also the symmetry of the square pixel grid, which a complete
         # scan's interpolation imprints (harmonics 4 and 8 up to 27 and 16 times the median,

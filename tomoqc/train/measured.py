@@ -386,7 +386,7 @@ def fit_card_terms(model, realdata, work, *, labelled=(), phantoms: int = 6, see
     # fitted without them and without the relative indicators
     center_rows = [r for r in rows if r["kind"] == RELATIVE_KIND]
     rows = [r for r in rows if r["kind"] != RELATIVE_KIND]
-    # the onset indicators (limited angle) have their own series and fit (tomoqc.train.wedge_term)
+    # the onset indicators (limited angle, sparse views) have their own series and fits (tomoqc.train.onset_terms)
     absolute = [k for k in INDICATORS if k not in RELATIVE and k not in ONSET]
     score = np.array([r["network"] for r in rows])
     labels = np.array([r["label"] for r in rows], np.float64)

@@ -15,7 +15,7 @@ data (:data:`tomoqc.models.measured.ONSET`), and a weight fitted here, on series
   discs scored 1.10 from 15 directions and 1.49, 1.66, 1.86 from 10, 6 and 4.
 
 The series of :func:`tomoqc.train.measured.fit_card_terms` hold neither, so each weight is
-fitted the same way every label of the project is made:
+fitted on series of its own, labelled the way every label of the project is made:
 
 * phantom slices (:func:`tomoqc.phantom.electrode_slice`, domain-randomised, seeded) are
   scanned without noise (:mod:`tomoqc.distort.physics`: parallel beam, ramp FBP) over the
@@ -24,14 +24,21 @@ fitted the same way every label of the project is made:
 * each is labelled by full-reference label projection against its reference on the model
   card's own anchors (:func:`tomoqc.labels.observe`, :func:`tomoqc.labels.project`: the
   mean of the projected observers, as the training labels were);
-* the term must carry the impairment by itself: the network's own response to these data
-  does not carry over to real scans (on the phantoms it lowers the score, though not in order
-  of the level; on the real HTC2022 discs it does not). So the target of each level is its
-  label on the scale of the model's score of the *complete* scan ``s0``,
-  ``1 + (s0 - 1) (label - 1) / 4`` (the reference's label is 5), and the one weight ``c`` of
-  the onset term ``c log(1 + max(x - t, 0) / t)`` (:class:`tomoqc.models.measured.MeasuredTerms`,
-  ``t`` = :data:`ONSET_DEGREES`), applied to ``s0`` with the level's reading ``x``, is the one
-  that brings it closest to those targets (least squares, bounded scalar search).
+* **limited angle** is fitted to the labels: the term must carry the impairment by itself,
+  since the network's own response to these data does not carry over to real scans (on the
+  phantoms it lowers the score, though not in order of the arc; on the real HTC2022 discs it
+  does not). So the target of each arc is its label on the scale of the model's score of the
+  *complete* scan ``s0``, ``1 + (s0 - 1) (label - 1) / 4`` (the reference's label is 5), and
+  the one weight ``c`` of the onset term ``c log(1 + max(x - t, 0) / t)``
+  (:class:`tomoqc.models.measured.MeasuredTerms`, ``t`` = :data:`ONSET_DEGREES`), applied to
+  ``s0`` with the arc's reading ``x``, is the one that brings it closest to those targets
+  (least squares, bounded scalar search);
+* **sparse views** are fitted to the order of each series: their scores already lie far
+  below their labels (the noise index reads the streaks as noise: phantoms labelled 2.0-2.8
+  score 1.3-1.5), but past the onset no longer in order of the spacing (1.50, 1.39, 1.35,
+  1.39, 1.46 from 18, 12, 9, 6 and 4 views). The weight is the least that orders each series'
+  levels by a margin of :data:`ORDER_MARGIN` in logit units (mean hinge over the pairs,
+  :func:`fit_onset_order_weight`), applied to the score the model gives with its other terms.
 
 Nothing of the HTC2022 discs or of any real series is used: they are where the terms are
 checked (``tomoqc study`` Table 3's limited-angle rows, ``benchmarks/angular_sampling.py``).
@@ -47,7 +54,7 @@ import numpy as np
 from tomoqc.errors import OptionError
 
 __all__ = ["ARCS", "VIEWS", "ONSET_DEGREES", "ONSET_SEED", "limited_angle_scans", "sparse_view_scans",
-           "projected_labels", "fit_onset_weight", "fit_onset_term"]
+           "projected_labels", "fit_onset_weight", "fit_onset_order_weight", "fit_onset_term", "ORDER_MARGIN"]
 
 #: Degrees of the half turn the views cover, levels 1-5.
 ARCS = (165.0, 150.0, 120.0, 90.0, 60.0)
