@@ -53,8 +53,9 @@ The quality output is an :class:`xarray.Dataset`:
 ``noise_index(z)``, ``blur_index(z)``, ``streak_index(z)``, ``missing_wedge(z)``, ``view_spacing(z)`` float32
     The other measured indicators (:mod:`tomoqc.metrics.nr`): noise over contrast, the
     Gaussian width of the strongest edges in pixels (about 0.4 when sharp), the spokes
-    of too few projections, and the degrees of the half turn a limited-angle scan left
-    without data (0 for a complete scan).
+    of too few projections, the degrees of the half turn a limited-angle scan left
+    without data (0 for a complete scan), and the degrees between the directions of a
+    sparse scan (0 when the spectrum shows no separate spokes).
 
 ``z`` holds the indices of the scored slices along the slicing axis.
 

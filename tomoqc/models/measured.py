@@ -3,7 +3,7 @@
 A network learns what its training images show; on real scans its features can miss what a
 physicist measures directly (NOTES.md: on real reconstructions the bare network orders dose
 and angle series below chance). The slice score therefore combines the network's calibrated
-score ``s`` (1-5) with six measured indicators ``x_k`` of the whole slice:
+score ``s`` (1-5) with seven measured indicators ``x_k`` of the whole slice:
 
 * ``noise`` - :func:`tomoqc.metrics.nr.noise_index`, noise in units of the slice's contrast;
 * ``blur`` - :func:`tomoqc.metrics.nr.blur_index`, the Gaussian width (px) of the slice's
