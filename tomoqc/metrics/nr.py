@@ -528,9 +528,10 @@ def view_spacing(img, *, size: int = 512, band=(0.25, 0.45), strength: float = 2
     fewest : int
         The fewest directions read (2 would be any sample with a square grid's symmetry).
     floor : float
-        Frequency rings whose median power is below ``floor`` times the windowed slice's
-        mean spectral power are left out (as in :func:`missing_wedge`); when that leaves out
-        most of the band, the slice is not read.
+        Frequency rings whose 90th percentile of power over directions (the spokes) is below
+        ``floor`` times the windowed slice's mean spectral power are left out; when that
+        leaves out most of the band, the slice is not read (a noise-free, strongly blurred
+        slice holds only rounding there).
 
     Returns
     -------
@@ -557,8 +558,8 @@ def view_spacing(img, *, size: int = 512, band=(0.25, 0.45), strength: float = 2
     ``k`` also stands :data:`ISOLATION` times above both its neighbours (a strongly elongated
     sample puts its power in a narrow bump of directions, whose first harmonics are far above
     the median but level with each other) and, for 4 and 8 directions (the pixel grid's own
-    symmetry), the comb goes on at its third and fourth multiples. The sample's own anisotropy is smooth in angle and leaves the harmonics above the
-    first few at the level of the rest. This reads where :func:`streak_index` stops rising:
+    symmetry), the comb goes on at its third and fourth multiples. This reads where
+    :func:`streak_index` stops rising:
     past a spacing of about 10 degrees the gaps between spokes are wider than that index's
     angular trend, and the index falls as the views get fewer.
     """

@@ -78,14 +78,10 @@ ORDER_MARGIN = 0.25
 ONSET_SEED = 20261202
 
 
-def limited_angle_scans(img, arcs, *, start: float = 0.0) -> tuple[np.ndarray, list[np.ndarray]]:
-    """Noise-free parallel-beam scans of ``img`` (a ``[0, 1]`` slice read as attenuation).
-
-    Returns the complete-data reconstruction and one filtered back-projection per arc (degrees),
-    each from the views whose angle lies within ``arc`` degrees after ``start`` (degrees,
-    modulo 180). The views keep the complete scan's spacing, so each reconstruction is the
-    complete one's sum restricted to its views (the Fourier slice theorem's missing wedge).
-    """
+def _complete_scan(img):
+    """The noise-free parallel-beam scan of ``img`` over the half turn: ``(scanner, sinogram,
+    attenuation scale, reconstruction)``; a view subset of the sinogram, reconstructed and
+    divided by the scale, is a scan from those views alone."""
     from tomoqc.distort import physics
 
     a = np.asarray(img, np.float64)
@@ -94,7 +90,18 @@ def limited_angle_scans(img, arcs, *, start: float = 0.0) -> tuple[np.ndarray, l
     sc = physics.scanner(a.shape)
     k = physics.ATTENUATION / max(a.shape)
     p = sc.project(a) * k
-    reference = (sc.reconstruct(p) / k).astype(np.float32)
+    return sc, p, k, (sc.reconstruct(p) / k).astype(np.float32)
+
+
+def limited_angle_scans(img, arcs, *, start: float = 0.0) -> tuple[np.ndarray, list[np.ndarray]]:
+    """Noise-free parallel-beam scans of ``img`` (a ``[0, 1]`` slice read as attenuation).
+
+    Returns the complete-data reconstruction and one filtered back-projection per arc (degrees),
+    each from the views whose angle lies within ``arc`` degrees after ``start`` (degrees,
+    modulo 180). The views keep the complete scan's spacing, so each reconstruction is the
+    complete one's sum restricted to its views (the Fourier slice theorem's missing wedge).
+    """
+    sc, p, k, reference = _complete_scan(img)
     rel = np.mod(np.degrees(sc.angles) - float(start), 180.0)
     out = []
     for arc in arcs:
@@ -116,15 +123,7 @@ def sparse_view_scans(img, views, *, start: float = 0.0) -> tuple[np.ndarray, li
     (degrees): the complete scan's views nearest to them (its spacing is under half a degree
     for a slice of 200 px or more), each weighted as one of ``v`` views.
     """
-    from tomoqc.distort import physics
-
-    a = np.asarray(img, np.float64)
-    if a.ndim != 2:
-        raise OptionError(f"expected a 2-D slice, got shape {a.shape}")
-    sc = physics.scanner(a.shape)
-    k = physics.ATTENUATION / max(a.shape)
-    p = sc.project(a) * k
-    reference = (sc.reconstruct(p) / k).astype(np.float32)
+    sc, p, k, reference = _complete_scan(img)
     full = np.degrees(sc.angles)
     out = []
     for v in views:
