@@ -83,3 +83,21 @@ def small_tiqa(tmp_path_factory):
     keras.utils.set_random_seed(0)
     build_tiqa(input_size=None, seed=0, backbone="small-cnn").save(path)
     return path
+
+
+def _disc_texture(n: int = 256, seed: int = 0, sigma: float = 2.0) -> np.ndarray:
+    """An isotropic random texture (white noise smoothed by a Gaussian of ``sigma`` px) in a
+    disc of radius 0.45 n, in [0, 1]: no preferred direction, for the angular-sampling tests."""
+    from scipy import ndimage
+
+    rng = np.random.default_rng(seed)
+    t = ndimage.gaussian_filter(rng.normal(size=(n, n)), sigma)
+    t = (t - t.min()) / (t.max() - t.min())
+    yy, xx = np.mgrid[:n, :n] - (n - 1) / 2
+    return np.where(np.hypot(yy, xx) < 0.45 * n, t, 0.0)
+
+
+@pytest.fixture(scope="session")
+def disc_texture():
+    """:func:`_disc_texture`, called as ``disc_texture(n=..., seed=..., sigma=...)``."""
+    return _disc_texture

@@ -25,18 +25,9 @@ from tomoqc.train.onset_terms import ARCS, fit_onset_weight, limited_angle_scans
 DATA = Path(__file__).parent / "data" / "real"
 
 
-def _texture(n=256, seed=0):
-    """An isotropic random texture in a disc, in [0, 1] (no preferred direction)."""
-    rng = np.random.default_rng(seed)
-    t = ndimage.gaussian_filter(rng.normal(size=(n, n)), 2.0)
-    t = (t - t.min()) / (t.max() - t.min())
-    yy, xx = np.mgrid[:n, :n] - (n - 1) / 2
-    return np.where(np.hypot(yy, xx) < 0.45 * n, t, 0.0)
-
-
 @pytest.fixture(scope="module")
-def texture_scans():
-    return limited_angle_scans(_texture(), (150.0, 120.0, 90.0, 60.0), start=0.0)
+def texture_scans(disc_texture):
+    return limited_angle_scans(disc_texture(), (150.0, 120.0, 90.0, 60.0), start=0.0)
 
 
 def _close_to(reading, missing):
@@ -51,12 +42,12 @@ def test_reads_the_missing_arc(texture_scans):
 
 
 @pytest.mark.parametrize("start", [17.0, 73.0, 140.0])
-def test_wedge_direction_does_not_matter(start):
-    ref, (rec,) = limited_angle_scans(_texture(seed=1), (120.0,), start=start)
+def test_wedge_direction_does_not_matter(start, disc_texture):
+    ref, (rec,) = limited_angle_scans(disc_texture(seed=1), (120.0,), start=start)
     assert _close_to(missing_wedge(rec), 60.0)
 
 
-def test_gain_offset_and_noise(texture_scans):
+def test_gain_offset_and_noise(texture_scans, disc_texture):
     """Affine maps change nothing; counting noise enters only through the measured views, so the
     wedge stays empty and reads the same."""
     _, scans = texture_scans
@@ -69,7 +60,7 @@ def test_gain_offset_and_noise(texture_scans):
     assert _close_to(missing_wedge(1e-3 * rec.astype(np.float64) + 1e3), 60.0)
     from tomoqc.distort import physics
 
-    img = _texture(seed=2)
+    img = disc_texture(seed=2)
     sc = physics.scanner(img.shape)
     k = physics.ATTENUATION / max(img.shape)
     rng = np.random.default_rng(3)
@@ -101,11 +92,11 @@ def test_eight_bit_export_keeps_the_wedge(texture_scans):
     assert _close_to(missing_wedge(u8), 90.0)
 
 
-def test_sparse_views_read_no_wedge():
+def test_sparse_views_read_no_wedge(disc_texture):
     """12 views over the half turn leave regular 15-degree gaps: not a wedge."""
     from tomoqc.distort import physics
 
-    img = _texture(seed=4)
+    img = disc_texture(seed=4)
     rec = physics.simulate_scan(img, n_angles=12)
     assert missing_wedge(rec) <= 2.0
 
@@ -167,8 +158,8 @@ def test_fit_recovers_a_known_weight():
     assert fit["rmse_after"] < 1e-3 < fit["rmse_before"]
 
 
-def test_scans_and_labels():
-    img = _texture(n=192, seed=6)
+def test_scans_and_labels(disc_texture):
+    img = disc_texture(n=192, seed=6)
     ref, scans = limited_angle_scans(img, (180.0, 90.0))
     assert np.allclose(scans[0], ref)  # the whole half turn is the complete scan
     card = json.loads((Path(__file__).parents[1] / "tomoqc/models/weights/tiqa_default.json").read_text())

@@ -23,18 +23,9 @@ from tomoqc.train.onset_terms import ONSET_DEGREES, VIEWS, fit_onset_order_weigh
 DATA = Path(__file__).parent / "data" / "real"
 
 
-def _texture(n=256, seed=0):
-    """An isotropic random texture in a disc, in [0, 1]."""
-    rng = np.random.default_rng(seed)
-    t = ndimage.gaussian_filter(rng.normal(size=(n, n)), 1.5)
-    t = (t - t.min()) / (t.max() - t.min())
-    yy, xx = np.mgrid[:n, :n] - (n - 1) / 2
-    return np.where(np.hypot(yy, xx) < 0.45 * n, t, 0.0)
-
-
 @pytest.fixture(scope="module")
-def texture_scans():
-    return sparse_view_scans(_texture(), (36, 18, 12, 9, 6, 4), start=17.0)
+def texture_scans(disc_texture):
+    return sparse_view_scans(disc_texture(sigma=1.5), (36, 18, 12, 9, 6, 4), start=17.0)
 
 
 def test_reads_the_spacing_of_the_views(texture_scans):
@@ -45,13 +36,13 @@ def test_reads_the_spacing_of_the_views(texture_scans):
 
 
 @pytest.mark.parametrize("start", [0.0, 33.0, 71.5])
-def test_direction_does_not_matter(start):
-    _, scans = sparse_view_scans(_texture(seed=3), (12, 5), start=start)
+def test_direction_does_not_matter(start, disc_texture):
+    _, scans = sparse_view_scans(disc_texture(seed=3, sigma=1.5), (12, 5), start=start)
     assert view_spacing(scans[0]) == pytest.approx(15.0)
     assert view_spacing(scans[1]) == pytest.approx(36.0)
 
 
-def test_gain_offset_and_noise(texture_scans):
+def test_gain_offset_and_noise(texture_scans, disc_texture):
     """Affine maps do not change the spectrum's shape; noise enters only through the views
     (here: added to the sinogram), so the comb stays."""
     from tomoqc.distort import physics
@@ -59,7 +50,7 @@ def test_gain_offset_and_noise(texture_scans):
     _, scans = texture_scans
     rec = scans[2]  # 12 views
     assert view_spacing(5.0 * rec + 1e3) == pytest.approx(15.0)
-    img = _texture(seed=4)
+    img = disc_texture(seed=4, sigma=1.5)
     sc = physics.scanner(img.shape)
     p = sc.project(img)
     p = p + np.random.default_rng(1).normal(scale=0.02 * p.std(), size=p.shape)
@@ -89,24 +80,24 @@ def test_anisotropic_and_grid_aligned_samples_read_zero():
     assert view_spacing(lattice + rng.normal(size=lattice.shape) * 0.3) == 0.0
 
 
-def test_the_wedge_and_the_spacing_tell_each_other_apart(texture_scans):
+def test_the_wedge_and_the_spacing_tell_each_other_apart(texture_scans, disc_texture):
     """Sparse views leave regular gaps, not one wedge; a limited arc leaves one wedge, not a comb."""
     from tomoqc.train.onset_terms import limited_angle_scans
 
     _, scans = texture_scans
     assert missing_wedge(scans[1]) <= 2.0  # 18 views
-    _, (arc,) = limited_angle_scans(_texture(seed=5), (90.0,))
+    _, (arc,) = limited_angle_scans(disc_texture(seed=5, sigma=1.5), (90.0,))
     assert view_spacing(arc) == 0.0
 
 
-def test_unreadable_slices_and_bad_options():
+def test_unreadable_slices_and_bad_options(disc_texture):
     assert np.isnan(view_spacing(np.ones((128, 128))))
     assert np.isnan(view_spacing(np.zeros((40, 40))))
     for bad in ({"band": (0.3, 0.2)}, {"band": (0.0, 0.4)}, {"strength": 1.0}, {"fewest": 1}, {"floor": 2.0}):
         with pytest.raises(OptionError):
             view_spacing(np.zeros((128, 128)), **bad)
     with pytest.raises(OptionError):
-        sparse_view_scans(_texture(n=64), (1,))
+        sparse_view_scans(disc_texture(n=64, sigma=1.5), (1,))
 
 
 def test_order_fit_finds_the_least_weight_that_orders():
