@@ -235,3 +235,42 @@ def test_pair_weights_real_weight_and_bad_balance():
     assert pair_weights(["dose", "blur"], balance="kinds").tolist() == [1.0, 1.0]  # no real half: still mean 1
     with pytest.raises(OptionError, match="balance"):
         pair_weights(kinds, balance="levels")
+
+
+def test_an_onset_reading_holds_what_it_confounds():
+    """Where the view spacing reads above its onset, the blur index counts at most its
+    typical value, unless it reads beyond HOLD_LIMIT times that; below the onset it counts
+    as read. The severity follows the same rule in the model; the card keeps the rule."""
+    from tomoqc.models.measured import HOLD_LIMIT
+
+    weights = {"blur": 1.5, "spacing": 1.0}
+    t = MeasuredTerms(weights, TYPICAL, onset=("spacing",), holds={"spacing": ["blur"]})
+    plain = MeasuredTerms(weights, TYPICAL, onset=("spacing",))
+    tb, ts = TYPICAL["blur"], TYPICAL["spacing"]
+    blur = np.array([2.2, 2.2, 0.5, HOLD_LIMIT * tb * 1.5, 2.2, np.nan])
+    spacing = np.array([12.0, ts, 30.0, 30.0, np.nan, 30.0])
+    held = t.held({"blur": blur, "spacing": spacing})
+    np.testing.assert_array_equal(held["blur"][:5], [tb, 2.2, 0.5, HOLD_LIMIT * tb * 1.5, 2.2])
+    assert np.isnan(held["blur"][5]) and held["spacing"] is spacing  # the others pass through
+    assert blur[0] == 2.2  # the caller's array is not changed
+    s = np.full(6, 3.0)
+    ind = {"blur": blur, "spacing": spacing}
+    got, without = t.combine(s, ind), plain.combine(s, ind)
+    # held at its typical value the blur feature is 0: only the spacing term counts
+    q = (3.0 - 1) / 4
+    z = np.log(q / (1 - q)) - 1.0 * np.log1p((12.0 - ts) / ts)
+    assert got[0] == pytest.approx(1 + 4 / (1 + np.exp(-z)))
+    assert got[0] > without[0]
+    np.testing.assert_allclose(got[1:5], without[1:5])
+    back = MeasuredTerms.from_card({"measured_terms": t.to_card()})
+    assert back.holds == {"spacing": ("blur",)}
+    assert "holds" not in back.info and "holds" not in plain.to_card()
+    # with_term keeps the rule, or replaces it when told
+    assert t.with_term("spacing", 0.0).holds == {"spacing": ("blur",)}
+    assert t.with_term("spacing", 0.0, holds=()).holds == {}
+    with pytest.raises(OptionError):
+        MeasuredTerms(weights, TYPICAL, onset=("spacing",), holds={"noise": ["blur"]})  # not an onset indicator
+    with pytest.raises(OptionError):
+        MeasuredTerms(weights, TYPICAL, onset=("spacing", "wedge"), holds={"spacing": ["wedge"]})
+    with pytest.raises(OptionError):
+        MeasuredTerms(weights, TYPICAL, onset=("spacing",), holds={"spacing": ["sharpness"]})

@@ -248,6 +248,26 @@ def test_f1_loss_is_against_the_samples_own_clean_image(study):
     assert vals and all(-1.0 <= v <= 1.0 for v in vals)
 
 
+def test_level_ceiling_of_table3(study):
+    from tomoqc.study import _level_srocc
+
+    # F1 that falls with the level in every sample, whatever the sample's own F1: the level
+    # orders it exactly when the fall outweighs the spread between samples, and not when it
+    # does not
+    sub = [{"level": lv} for _ in range(3) for lv in range(4)]
+    steep = [0.99 - 0.1 * lv + 0.001 * k for k in range(3) for lv in range(4)]
+    assert _level_srocc(sub, steep, "dose") == pytest.approx(1.0)
+    flat = [0.99 - 0.001 * lv + 0.05 * k for k in range(3) for lv in range(4)]
+    assert abs(_level_srocc(sub, flat, "dose")) < 0.4
+    assert np.isnan(_level_srocc(sub, steep, "ALL"))
+    out, _ = study
+    rows = _rows(out / "table3_quality_vs_segmentation.csv")
+    vals = [float(r["srocc_level"]) for r in rows if r["impairment"] != "ALL" and r["srocc_level"] not in ("", "nan")]
+    assert vals and all(-1.0 <= v <= 1.0 for v in vals)
+    assert all(r["srocc_level"] in ("", "nan") for r in rows if r["impairment"] == "ALL")
+    assert "level SROCC" in (out / "table3_quality_vs_segmentation.md").read_text()
+
+
 def test_pair_accuracy():
     # two series: one ordered right, one reversed; pairs across series never count
     scores = [3.0, 2.0, 1.0, 1.0, 2.0]

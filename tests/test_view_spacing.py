@@ -18,7 +18,7 @@ from scipy import ndimage
 from tomoqc.errors import OptionError
 from tomoqc.metrics.nr import missing_wedge, view_spacing
 from tomoqc.models.measured import ONSET, MeasuredTerms
-from tomoqc.train.onset_terms import ONSET_DEGREES, VIEWS, fit_onset_order_weight, sparse_view_scans
+from tomoqc.train.onset_terms import HOLDS, ONSET_DEGREES, VIEWS, fit_onset_order_weight, htc_sparse_series, sparse_view_scans
 
 DATA = Path(__file__).parent / "data" / "real"
 
@@ -139,6 +139,7 @@ def test_bundled_model_orders_sparse_views():
     t = model.measured_terms
     assert t.weighs("spacing") and "spacing" in t.onset and "spacing" in ONSET
     assert t.typical["spacing"] == ONSET_DEGREES["spacing"]
+    assert t.holds == {k: tuple(v) for k, v in HOLDS.items()} == {"spacing": ("blur",)}
     img, _ = electrode_slice((256, 256), seed=[99, 2], randomize=True)
     ref, scans = sparse_view_scans(np.clip(img, 0, None), (12, 6, 4), start=25.0)
     res = model.score_slices(np.stack([ref, *scans]), tta=1, ood=True, measure=True)
@@ -146,6 +147,40 @@ def test_bundled_model_orders_sparse_views():
     s = res["score"]
     assert s[0] > s[1] > s[2] > s[3]
     assert t.weights["spacing"] * t.feature("spacing", res["indicators"]["spacing"][:1])[0] == 0.0
+    # past the onset the blur reading (widened by the streak fans) counts at most as typical,
+    # in the score and in the measured blur severity
+    from tomoqc.models.measured import HOLD_LIMIT
+    from tomoqc.models.tiqa import DISTORTIONS
+
+    tb = t.typical["blur"]
+    blur = res["indicators"]["blur"]
+    sev = res["severity"][:, DISTORTIONS.index("blur")]
+    held = [i for i in (1, 2, 3) if blur[i] <= HOLD_LIMIT * tb]
+    assert held
+    for i in held:
+        assert sev[i] == pytest.approx(float(t.severity("blur", np.array([min(float(blur[i]), tb)]))[0]), abs=1e-6)
     # 4 views are as few as the term was fitted on: not beyond its experience
     assert t.info["spacing_fit"]["max_reading"] >= 45.0 and not res["flags"][3] & FLAG_OOD
     assert len(VIEWS) == 5 and list(VIEWS) == sorted(VIEWS, reverse=True)
+
+
+REALDATA = Path(__file__).resolve().parents[2] / "shared" / "realdata"
+
+
+def test_real_sparse_series_of_the_fit(tmp_path):
+    """The fit's measured series: a disc missing from the folder is one clear error naming
+    its file; where the real data is there, the fit discs are none of those with ground truth
+    (where the term is checked), and a fit disc from every 90th of the 720 views of its full
+    turn (8 views; opposite views coincide, so 4 directions over the half turn) reads 45
+    degrees, complete 0."""
+    from tomoqc.errors import InputError
+    from tomoqc.train.onset_terms import HTC_FIT_DISCS
+    from tomoqc.train.segdata import htc2022_files
+
+    with pytest.raises(InputError, match="htc2022_01a_full.mat"):
+        next(htc_sparse_series(tmp_path, discs=("01a",)))
+    if not (REALDATA / "htc2022").is_dir():
+        pytest.skip("no ../shared/realdata")
+    assert not set(HTC_FIT_DISCS) & set(htc2022_files(REALDATA))
+    got = [(lv, k, view_spacing(rec)) for _, lv, k, rec in htc_sparse_series(REALDATA, discs=("05b",), strides=(1, 90))]
+    assert got == [(0, 1, 0.0), (1, 90, pytest.approx(45.0, abs=0.5))]

@@ -1015,6 +1015,17 @@ def _f1_loss(sub: list[dict], f1s: list[float], key, clean) -> list[float]:
     return [v - base.get(key(r), math.nan) for r, v in zip(sub, f1s)]
 
 
+def _level_srocc(sub: list[dict], f1s: list[float], kind: str) -> float:
+    """Pooled SROCC of minus the impairment level against F1: how far the exact level itself,
+    known without error, predicts the segmentation across samples. No score that ranks images by
+    how impaired they are can do much better pooled (it can only add what it sees of each
+    sample's own difficulty), so this is the ceiling the pooled column is read against. NaN for
+    ALL, whose levels belong to different impairments."""
+    if kind == "ALL":
+        return math.nan
+    return _correlate([-float(r["level"]) for r in sub], f1s)["srocc"]
+
+
 def _table3(rows, tiqa, f1, real_rows, htc_f1) -> tuple[list[dict], str, dict]:
     out = []
     kinds = [k for k in _DISTORTION_ORDER[:4] if any(r["distortion"] == k for r in rows)]
@@ -1030,7 +1041,7 @@ def _table3(rows, tiqa, f1, real_rows, htc_f1) -> tuple[list[dict], str, dict]:
         rep = REPORT["table3"].get(kind)
         loss = _f1_loss(sub, t, lambda r: (r["reference"], r["domain"]), lambda r: r["distortion"] == "none")
         out.append({"set": "phantom", "impairment": kind, **c, "srocc_within": _within_srocc(groups),
-                    "srocc_loss": _correlate(s, loss)["srocc"],
+                    "srocc_loss": _correlate(s, loss)["srocc"], "srocc_level": _level_srocc(sub, t, kind),
                     "report_srocc": rep[0] if rep else None, "report_plcc": rep[1] if rep else None})
     if real_rows:
         imps = [k for k in HTC_IMPAIRMENTS if any(r["impairment"] == k for r in real_rows)]
@@ -1051,9 +1062,9 @@ def _table3(rows, tiqa, f1, real_rows, htc_f1) -> tuple[list[dict], str, dict]:
                 groups = {k: v for k, v in groups.items() if k[1] != "none"}
             loss = _f1_loss(sub, t, lambda r: r["disc"], lambda r: r["impairment"] == "none")
             out.append({"set": "real", "impairment": kind, **_correlate(s, t), "srocc_within": _within_srocc(groups),
-                        "srocc_loss": _correlate(s, loss)["srocc"]})
+                        "srocc_loss": _correlate(s, loss)["srocc"], "srocc_level": _level_srocc(sub, t, kind)})
     body = [[r["set"], r["impairment"], str(r["n"]), _fmt(r["srocc"]), _fmt(r["plcc"]), _fmt(r["srocc_within"]),
-             _fmt(r["srocc_loss"]),
+             _fmt(r["srocc_loss"]), _fmt(r["srocc_level"]),
              (f"{r['report_srocc']:.3f} / {r['report_plcc']:.3f}" if r.get("report_srocc") else "–")] for r in out]
     md = ("## Table 3 analog: predicted quality against segmentation accuracy\n\n"
           "TIQA score against segmentation F1 (SROCC; PLCC without fitting) per impairment, pooled over references "
@@ -1062,9 +1073,11 @@ def _table3(rows, tiqa, f1, real_rows, htc_f1) -> tuple[list[dict], str, dict]:
           "both domains, levels 0-5. Real: HTC2022 discs reconstructed from degraded measured sinograms, the bundled "
           "binary segmenter's material F1 against the organisers' ground truth. SROCC vs F1 loss: pooled "
           "against the F1 the impairment cost (F1 minus the same reference's or disc's unimpaired F1), free of "
-          "what each sample's own geometry does to F1.\n\n"
+          "what each sample's own geometry does to F1. Level SROCC: minus the exact impairment level "
+          "against F1, pooled the same way: what a score that knew each image's level without error would "
+          "reach, the ceiling for a score that ranks images by how impaired they are.\n\n"
           + _md(["set", "impairment", "n", "SROCC", "PLCC", "within-series SROCC", "SROCC vs F1 loss",
-                 "report SROCC / PLCC"], body))
+                 "level SROCC", "report SROCC / PLCC"], body))
     checks = {}
     ph = [r for r in out if r["set"] == "phantom" and r["impairment"] != "ALL"]
     if ph:
@@ -1073,6 +1086,10 @@ def _table3(rows, tiqa, f1, real_rows, htc_f1) -> tuple[list[dict], str, dict]:
     rr = [r for r in out if r["set"] == "real" and r["impairment"] != "ALL"]
     if rr:
         checks["real_table3_min_srocc"] = min((r["srocc"] for r in rr if math.isfinite(r["srocc"])), default=math.nan)
+    for name, part in (("phantom", ph), ("real", rr)):
+        if part:  # the ceiling the pooled figures are read against (_level_srocc)
+            checks[f"{name}_table3_min_level_srocc"] = min(
+                (r["srocc_level"] for r in part if math.isfinite(r["srocc_level"])), default=math.nan)
     return out, md, checks
 
 
@@ -1190,7 +1207,7 @@ def _stage_report(root: Path, p: StudyParams, annotations: str | None, train: li
           "srocc_within", "report_srocc", "report_plcc"]
     _write_csv(root / "table2_methods.csv", t2, c2)
     _write_text(root / "table2_methods.md", md2)
-    c3 = ["set", "impairment", "n", "srocc", "plcc", "srocc_within", "srocc_loss", "report_srocc", "report_plcc"]
+    c3 = ["set", "impairment", "n", "srocc", "plcc", "srocc_within", "srocc_loss", "srocc_level", "report_srocc", "report_plcc"]
     _write_csv(root / "table3_quality_vs_segmentation.csv", t3, c3)
     _write_text(root / "table3_quality_vs_segmentation.md", md3)
     _write_csv(root / "fig7_two_point_correlation.csv", s2rows, ["distortion", "level", "source", "axis", "r", "s2"])

@@ -1209,9 +1209,10 @@ class TiqaModel:
             # that disagreement joins the uncertainty
             gap = np.nan_to_num(np.abs(score - network_score))
             uncertainty = np.sqrt(uncertainty**2 + (DISAGREEMENT_SHARE * gap) ** 2).astype(np.float32)
+            counted = terms.held(indicators)  # a confounded reading gives no severity either
             for k in INDICATORS:
                 if k in terms.severity_lines and k in DISTORTIONS:
-                    measured = terms.severity(k, indicators[k])
+                    measured = terms.severity(k, counted[k])
                     col = DISTORTIONS.index(k)
                     ok = np.isfinite(measured) & np.isfinite(score)
                     severity[ok, col] = measured[ok]

@@ -440,7 +440,8 @@ def fit_card_terms(model, realdata, work, *, labelled=(), phantoms: int = 6, see
     for k in onset:
         weights[k], typical[k] = kept.weights[k], kept.typical[k]
     terms = MeasuredTerms(weights, typical, severity=sev, relative=RELATIVE, power=POWER, onset=onset,
-                          info={f"{k}_fit": kept.info[f"{k}_fit"] for k in onset if f"{k}_fit" in kept.info})
+                          info={f"{k}_fit": kept.info[f"{k}_fit"] for k in onset if f"{k}_fit" in kept.info},
+                          holds={k: kept.holds[k] for k in onset if k in kept.holds})
     comb = terms.combine(score, ind)
     table = {}
     for (_, kind), idx in groups.items():

@@ -40,8 +40,14 @@ fitted on series of its own, labelled the way every label of the project is made
   levels by a margin of :data:`ORDER_MARGIN` in logit units (mean hinge over the pairs,
   :func:`fit_onset_order_weight`), applied to the score the model gives with its other terms.
 
-Nothing of the HTC2022 discs or of any real series is used: they are where the terms are
-checked (``tomoqc study`` Table 3's limited-angle rows, ``benchmarks/angular_sampling.py``).
+Where the view spacing reads above its onset, the blur term is held at its clean level
+(:data:`HOLDS`): the streak fans of sparse views widen every edge's measured profile. The
+sparse-view weight is fitted with the hold in place.
+
+With real data, the sparse-view fit also orders measured series: HTC2022 discs without
+ground truth (:data:`HTC_FIT_DISCS`) from ever fewer of their views. The discs with ground
+truth, and every limited-angle series, are where the terms are checked (``tomoqc study``
+Table 3, ``benchmarks/angular_sampling.py``); the wedge term uses no real data.
 """
 
 from __future__ import annotations
@@ -53,7 +59,7 @@ import numpy as np
 
 from tomoqc.errors import OptionError
 
-__all__ = ["ARCS", "VIEWS", "ONSET_DEGREES", "ONSET_SEED", "limited_angle_scans", "sparse_view_scans",
+__all__ = ["ARCS", "VIEWS", "ONSET_DEGREES", "ONSET_SEED", "HOLDS", "HTC_FIT_DISCS", "HTC_STRIDES", "htc_sparse_series", "limited_angle_scans", "sparse_view_scans",
            "projected_labels", "fit_onset_weight", "fit_onset_order_weight", "fit_onset_term", "ORDER_MARGIN"]
 
 #: Degrees of the half turn the views cover, levels 1-5.
@@ -241,10 +247,43 @@ _SERIES = {
     "spacing": (VIEWS, sparse_view_scans, "views", "from {levels} directions evenly spaced over the half turn",
                 "order"),
 }
+#: Indicators each onset reading confounds, held at their typical value where it reads above
+#: its onset (:meth:`tomoqc.models.measured.MeasuredTerms.held`). The streak fans of sparse
+#: views widen every strong edge's profile, so the blur index reads them as blur: HTC2022 discs
+#: read 2.0-2.3 px at 12 degrees between views (0.76 complete), the study's phantom streak
+#: levels past the onset 1.0-1.9 px; the blur term then scored 30 views below 20 on every
+#: disc. The term's weight is fitted with the hold in place.
+HOLDS = {"spacing": ("blur",)}
+#: Real series of the sparse-view fit: HTC2022 discs *without* ground truth, one of each
+#: numbered sample (the discs with ground truth are where ``benchmarks/angular_sampling.py``
+#: and ``tomoqc study`` check the term), reconstructed from every k-th of the 721 views of the
+#: full turn (:func:`tomoqc.train.segdata.htc2022_recon`): 360 views (complete), then 45, 30,
+#: 20, 12 and 8 views, 4, 12, 18, 30 and 45 degrees between directions.
+HTC_FIT_DISCS = ("01a", "02b", "03c", "04a", "05b", "06c", "07a")
+HTC_STRIDES = (1, 16, 24, 36, 60, 90)
+
+
+def htc_sparse_series(realdata, discs=HTC_FIT_DISCS, strides=HTC_STRIDES):
+    """Yield ``(disc, level, stride, reconstruction)`` of the HTC2022 discs ``discs`` under
+    ``realdata`` (or its ``htc2022/``) from every ``stride``-th view of the full turn (level
+    0 the first stride; :data:`HTC_STRIDES`). One clear error when a disc's file is missing."""
+    from pathlib import Path
+
+    from tomoqc.errors import InputError
+    from tomoqc.train.segdata import htc2022_recon
+
+    root = Path(realdata)
+    folder = root / "htc2022" if (root / "htc2022").is_dir() else root
+    for disc in discs:
+        path = folder / f"htc2022_{disc}_full.mat"
+        if not path.is_file():
+            raise InputError(path, "HTC2022 disc not found (the sparse-view fit's real series)")
+        for level, k in enumerate(strides):
+            yield disc, level, int(k), htc2022_recon(path, angles=int(k))
 
 
 def fit_onset_term(model, name: str, *, references: int = 12, size: int = 256, seed: int = ONSET_SEED,
-                   log=print) -> dict:
+                   realdata=None, log=print) -> dict:
     """Fit the onset term ``name`` (``"wedge"`` or ``"spacing"``) of ``model``
     (:class:`tomoqc.models.tiqa.TiqaModel`) on its phantom series (module doc). Returns
     ``{"weight", "typical", "fit": {...}, "rows": [...]}``; the fit records the series, the
@@ -260,8 +299,11 @@ def fit_onset_term(model, name: str, *, references: int = 12, size: int = 256, s
     levels, scans_of, unit, described, fit_to = _SERIES[name]
     t = ONSET_DEGREES[name]
     # scores without this term, if the card already holds it (a refit starts from the same place)
-    held = getattr(model, "measured_terms", None)
-    without = None if held is None else held.with_term(name, 0.0)
+    # and with the indicators this one holds held (HOLDS), as the card will count them
+    kept = getattr(model, "measured_terms", None)
+    holds = HOLDS.get(name, ())
+    without = None if kept is None else kept.with_term(name, 0.0, typical=t, onset=name not in kept.onset,
+                                                       holds=holds)
     rng = np.random.default_rng(seed)
     rows = []
     t0 = time.monotonic()
@@ -279,6 +321,17 @@ def fit_onset_term(model, name: str, *, references: int = 12, size: int = 256, s
         log(f"{name} series {i + 1}/{references}: readings "
             f"{[round(r[name], 1) for r in rows[-len(levels) - 1:]]}, labels "
             f"{[round(r['label'], 2) for r in rows[-len(levels) - 1:]]} ({time.monotonic() - t0:.0f} s)")
+    real_rows = []
+    if realdata is not None and fit_to == "order":
+        # measured sparse-view series join the order fit (they have no labels)
+        for disc, level, stride, rec in htc_sparse_series(realdata):
+            res = model.score_slices(rec[None], tta=1, ood=False, measure=True)
+            score = res["score"] if without is None else without.combine(res["network_score"], res["indicators"])
+            real_rows.append({"reference": f"htc:{disc}", "level": level, "stride": stride, "label": math.nan,
+                              "score": float(score[0]), name: float(res["indicators"][name][0])})
+            if level == len(HTC_STRIDES) - 1:
+                log(f"{name} series htc:{disc}: readings {[round(r[name], 1) for r in real_rows[-len(HTC_STRIDES):]]} "
+                    f"({time.monotonic() - t0:.0f} s)")
     score = np.array([r["score"] for r in rows])
     x = np.array([r[name] for r in rows])
     lab = np.array([r["label"] for r in rows])
@@ -288,8 +341,10 @@ def fit_onset_term(model, name: str, *, references: int = 12, size: int = 256, s
     if fit_to == "labels":
         fit = fit_onset_weight(s0[impaired], x[impaired], target[impaired], t=t)
     else:
-        fit = fit_onset_order_weight(score, x, np.array([r["reference"] for r in rows]),
-                                     np.array([r["level"] for r in rows]), t=t)
+        both = rows + real_rows
+        fit = fit_onset_order_weight(np.array([r["score"] for r in both]), np.array([r[name] for r in both]),
+                                     np.array([str(r["reference"]) for r in both]),
+                                     np.array([r["level"] for r in both]), t=t)
 
     after = MeasuredTerms({name: fit["weight"]}, {name: t}, onset=(name,)).combine(score, {name: x})
     lv = np.array([r["level"] for r in rows])
@@ -311,12 +366,35 @@ def fit_onset_term(model, name: str, *, references: int = 12, size: int = 256, s
                   "pairs": fit["pairs"], "pair_accuracy_before": round(fit["pair_accuracy_before"], 4),
                   "pair_accuracy_after": round(fit["pair_accuracy_after"], 4),
                   "hinge_before": round(fit["hinge_before"], 4), "hinge_after": round(fit["hinge_after"], 4)}
-    return {"weight": fit["weight"], "typical": t,
+    return {"weight": fit["weight"], "typical": t, "holds": list(holds),
             "fit": {"fitted_on": (f"{references} domain-randomised phantom slices ({size} px, seed {seed}) scanned "
                                   "without noise over the half turn and "
                                   + described.format(levels=", ".join(f"{v:g}" for v in levels))
                                   + " from a random start, labelled by projection on the card's anchors"),
                     "seed": int(seed), "references": int(references), "size": int(size), unit: list(levels),
-                    **record, "max_reading": round(float(np.nanmax(x)), 1),
-                    "per_level": per_level},
-            "rows": rows}
+                    **record, "holds": list(holds),
+                    "max_reading": round(float(np.nanmax([r[name] for r in rows + real_rows])), 1),
+                    "per_level": per_level, **_real_record(real_rows, name, t, fit["weight"])},
+            "rows": rows + real_rows}
+
+
+def _real_record(real_rows: list[dict], name: str, t: float, weight: float) -> dict:
+    """What the fit record says of the real series: the discs, the strides and the mean
+    score per level without and with the term."""
+    from tomoqc.models.measured import MeasuredTerms
+
+    if not real_rows:
+        return {}
+    score = np.array([r["score"] for r in real_rows])
+    x = np.array([r[name] for r in real_rows])
+    after = MeasuredTerms({name: weight}, {name: t}, onset=(name,)).combine(score, {name: x})
+    lv = np.array([r["level"] for r in real_rows])
+    discs = sorted({r["reference"] for r in real_rows})
+    return {"real_series": (f"{len(discs)} measured HTC2022 discs without ground truth ({', '.join(discs)}), "
+                            f"every k-th of the 721 views of the full turn, k = "
+                            f"{', '.join(str(k) for k in HTC_STRIDES)}"),
+            "real_per_level": {str(k): {"stride": HTC_STRIDES[k],
+                                        "score_before": round(float(score[lv == k].mean()), 3),
+                                        "score_after": round(float(after[lv == k].mean()), 3),
+                                        f"{name}_degrees": round(float(np.nanmean(x[lv == k])), 1)}
+                               for k in range(len(HTC_STRIDES))}}
