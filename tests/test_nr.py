@@ -1,10 +1,13 @@
 """No-reference physical measures (tomoqc.metrics.nr): noise and undersampling streaks."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
+from scipy import ndimage
 
 from tomoqc.errors import InputError, OptionError
-from tomoqc.metrics.nr import contrast, noise_index, noise_sigma, sample_mask, streak_index
+from tomoqc.metrics.nr import blur_index, contrast, noise_index, noise_sigma, sample_mask, streak_index
 
 
 def _steps(n=256):
@@ -153,3 +156,17 @@ def test_blur_index_is_the_gaussian_width_of_a_blurred_step(b):
     assert blur_index(step * 5 + 7) == pytest.approx(blur_index(step), rel=1e-6)
     # a sharp sampled step reads well under a pixel: only the pixel grid's own spread
     assert blur_index(_steps(256) + rng.normal(0, 0.01, (256, 256))) < 0.6
+
+
+def test_blur_index_of_an_8_bit_export_with_plateaus_inside_the_sample():
+    """Quantising a smooth slice leaves constant 5 x 5 patches inside the sample, which
+    sample_mask leaves out; the blur index looks for edges in the sample with those holes
+    filled, so a coarse export reads the float slice's blur (it read nothing at all before)."""
+    a = np.load(Path(__file__).parent / "data" / "real" / "htc2022_ta_fbp256.npy").astype(np.float64)
+    b = ndimage.gaussian_filter(a, 2.0)
+    lo, hi = np.percentile(b, [0.5, 99.5])
+    q = np.round(np.clip((b - lo) / (hi - lo), 0, 1) * 31)
+    m = sample_mask(q)
+    assert ndimage.binary_fill_holes(m).sum() > m.sum() + 0.05 * m.size  # holes inside the sample
+    assert blur_index(b) == pytest.approx(2.0, abs=0.2)  # the blur applied (the slice itself is sharp)
+    assert blur_index(q) == pytest.approx(blur_index(b), rel=0.1)
