@@ -14,7 +14,8 @@ parallel beam, :func:`tomoqc.train.segdata.htc2022_recon`) it reconstructs
   model's score, with its measured terms and with the wedge term's weight set to 0;
 * every 1st, 4th, 8th, ..., 90th of the 721 views of the full turn, and prints the
   :func:`tomoqc.metrics.nr.view_spacing` reading (the truth: 180 over the directions those
-  views measure) and the score with and without the spacing term.
+  views measure) and the score with and without the spacing term (without it, its hold on the
+  blur term stays: :meth:`tomoqc.models.measured.MeasuredTerms.held`).
 
 Then it reads every complete real reconstruction of the benchmark series
 (``benchmarks/real_orderings.py``'s sources: dose, angles, stripes, blur, gain) and up to 7
@@ -111,7 +112,7 @@ def main(argv=None) -> int:
             prev = score
         print(f"| {disc} | " + " | ".join(cells) + " |")
     print()
-    print("(each cell: reading: score without the spacing term -> score)")
+    print("(each cell: reading: score without the spacing term, its blur hold kept -> score)")
     print(f"steps to fewer views where the score rises: {rises} of {len(files) * (len(STRIDES) - 1)}")
 
     print()
