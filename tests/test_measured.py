@@ -274,3 +274,75 @@ def test_an_onset_reading_holds_what_it_confounds():
         MeasuredTerms(weights, TYPICAL, onset=("spacing", "wedge"), holds={"spacing": ["wedge"]})
     with pytest.raises(OptionError):
         MeasuredTerms(weights, TYPICAL, onset=("spacing",), holds={"spacing": ["sharpness"]})
+
+
+def test_scaling_multiplies_only_the_absolute_terms():
+    """scaled(f) multiplies the logit penalty of the absolute terms by f and leaves the
+    relative and onset terms, typical values and holds as they are: f = 0 gives back the
+    network's score where no onset indicator reads; f = 1 changes nothing."""
+    t = MeasuredTerms({"noise": 1.2, "blur": 0.7, "axis": 2.0, "spacing": 1.5}, TYPICAL, power=POWER,
+                      relative=("axis",), onset=("spacing",), holds={"spacing": ["blur"]}, info={"fitted_on": "x"})
+    rng = np.random.default_rng(3)
+    s = rng.uniform(1.5, 4.8, 20)
+    ind = {"noise": rng.uniform(0.0, 0.3, 20), "blur": rng.uniform(0.3, 6.0, 20), "axis": rng.uniform(0, 4, 20),
+           "spacing": np.zeros(20)}
+    np.testing.assert_allclose(t.scaled(0.0).combine(s, ind), s, atol=1e-9)
+    np.testing.assert_allclose(t.scaled(1.0).combine(s, ind, relative=True), t.combine(s, ind, relative=True))
+    half = t.scaled(0.5, info={"note": 1})
+    np.testing.assert_allclose(half.penalty(ind), 0.5 * t.penalty(ind))
+    assert half.weights["axis"] == 2.0 and half.weights["spacing"] == 1.5
+    assert half.weights["noise"] == pytest.approx(0.6) and half.weights["blur"] == pytest.approx(0.35)
+    assert half.holds == t.holds and half.typical == t.typical and half.power == t.power
+    assert half.info == {"fitted_on": "x", "note": 1}
+    # an onset reading still counts in full at f = 0
+    ind["spacing"] = np.full(20, 16.0)
+    z = np.log((s - 1) / (5 - s)) - 1.5 * np.log1p((16.0 - 8.0) / 8.0)
+    np.testing.assert_allclose(t.scaled(0.0).combine(s, ind), 1 + 4 / (1 + np.exp(-z)))
+    for bad in (-0.1, float("nan"), float("inf")):
+        with pytest.raises(OptionError):
+            t.scaled(bad)
+
+
+def test_term_strength_table_trades_pairs_against_labels():
+    """Series whose network score rises with the impairment (wrong) while the noise index
+    rises faster: their pairs are all wrong without the terms and all right with strong ones.
+    Labelled images whose network score is the label itself and whose noise index is
+    unrelated to it: SROCC 1 without the terms, lower with them."""
+    from tomoqc.train.measured import PAIR_SETS, pair_set, term_strength_table
+
+    terms = MeasuredTerms({"noise": 1.0}, TYPICAL, power=POWER)
+    rows = []
+    for ref, kind in (("phantom#0", "dose"), ("wood#0", "img_noise"), ("htc:01c", "real_dose"), ("savu:80", "real_center")):
+        for lv in range(4):
+            rows.append({"reference": ref, "kind": kind, "level": lv, "network": 3.0 + 0.1 * lv,
+                         "noise": 0.03 * 4.0**lv, "label": np.nan})
+    rng = np.random.default_rng(0)
+    for i, lab in enumerate(np.linspace(1.5, 4.8, 12)):
+        rows.append({"reference": f"lab/r{i}", "kind": "lab_mixed", "level": 1, "network": lab,
+                     "noise": float(rng.uniform(0.01, 0.3)), "label": lab})
+    assert [pair_set(r) for r in rows[:16:4]] == [PAIR_SETS[2], PAIR_SETS[1], PAIR_SETS[0], PAIR_SETS[0]]
+    assert pair_set(rows[-1]) is None
+    table = term_strength_table(terms, rows, [0.0, 3.0])
+    none, strong = table
+    for name in PAIR_SETS:
+        assert none[name] == 0.0 and strong[name] == 1.0
+    assert none["pairs_by_kind"] == {"dose": 0.0, "img_noise": 0.0, "real_dose": 0.0}  # no rotation-axis series
+    assert none["label_srocc"] == pytest.approx(1.0) and strong["label_srocc"] < 0.9
+    with pytest.raises(OptionError):
+        term_strength_table(terms, rows, [-1.0])
+
+
+def test_series_pairs_start_each_labelled_series_at_its_clean_image():
+    from tomoqc.train.measured import series_groups, series_pairs
+
+    rows = [{"reference": "lab/r0", "kind": "lab_none", "level": 0},
+            *({"reference": "lab/r0", "kind": k, "level": lv} for k in ("lab_noise", "lab_ring") for lv in (1, 2, 3)),
+            {"reference": "lab/r0", "kind": "lab_mixed", "level": 2},
+            *({"reference": "wood#0", "kind": "blur", "level": lv} for lv in range(5))]
+    groups = series_groups(rows)
+    assert groups == {("lab/r0", "lab_noise"): [0, 1, 2, 3], ("lab/r0", "lab_ring"): [0, 4, 5, 6],
+                      ("wood#0", "blur"): [8, 9, 10, 11, 12]}
+    pairs = series_pairs(rows)
+    assert len(pairs) == 6 + 6 + 10  # n (n - 1) / 2 per series
+    assert all(rows[a]["level"] < rows[b]["level"] for a, b in pairs)
+    assert (0, 3) in pairs and (0, 7) not in pairs and (1, 4) not in pairs

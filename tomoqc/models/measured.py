@@ -222,6 +222,18 @@ class MeasuredTerms:
             relative=self.relative, power=self.power, onset=(*self.onset, name) if onset else self.onset,
             holds=new_holds)
 
+    def scaled(self, factor: float, *, info: dict | None = None) -> "MeasuredTerms":
+        """A copy whose absolute terms (neither relative nor onset) weigh ``factor`` times as much,
+        ``info`` added to the recorded fit; the relative and onset terms, typical values,
+        powers, holds and severity lines as they are."""
+        factor = float(factor)
+        if not (math.isfinite(factor) and factor >= 0):
+            raise OptionError(f"scale factor must be a finite number >= 0, got {factor}")
+        weights = {k: (w if k in self.relative or k in self.onset else w * factor) for k, w in self.weights.items()}
+        return MeasuredTerms(weights, self.typical, severity=self.severity_lines, ring_settings=self.ring_settings,
+                             info={**self.info, **(info or {})}, relative=self.relative, power=self.power,
+                             onset=self.onset, holds=self.holds)
+
     def held(self, indicators: dict) -> dict:
         """The indicators as the terms count them: where an onset indicator that holds others
         reads above its onset, each held indicator is at most its typical value (unless it

@@ -19,19 +19,28 @@ only raw synchrotron scan of the folder).
 :func:`fit_card_terms` scores every image with the network alone, measures the indicators,
 takes each indicator's typical clean value, fits the weights so that the combined score
 orders the series' pairs (the real series weigh as much as the simulated ones together) and
-the severity lines, and returns the card entry. Scored tables are cached in its work folder.
+the severity lines, and returns the card entry. Scored tables are cached in its work folder
+(:func:`fit_tables`).
+
+:func:`term_strength_table` measures what the terms' overall strength does: the pairs fix
+their ratios but reward any strength above what orders them, while labelled phantoms ask
+for weaker terms (``benchmarks/term_strength.py``).
 """
 
 from __future__ import annotations
 
 import csv
+import math
 import os
 import time
 from pathlib import Path
 
 import numpy as np
 
-__all__ = ["TRAIN_SAMPLES", "TRAIN_SERIES", "fit_card_terms", "reference_slices", "series_for", "image_series",
+from tomoqc.errors import OptionError
+
+__all__ = ["TRAIN_SAMPLES", "TRAIN_SERIES", "fit_card_terms", "fit_tables", "term_strength_table", "pair_set", "series_groups",
+           "series_pairs", "reference_slices", "series_for", "image_series",
            "real_series_rows", "export_roundtrip"]
 
 #: Real samples used for fitting (kept apart from the real-orderings benchmark's samples).
@@ -245,7 +254,8 @@ def real_series_rows(realdata: Path, model, seed: int):
     return rows
 
 
-def _read_rows(path: Path) -> list:
+def read_rows(path: Path) -> list:
+    """Rows of a scored table written by :func:`write_rows` (numbers as floats)."""
     with open(path, newline="") as fh:
         return [{k: (v if k in ("reference", "kind") else float(v)) for k, v in r.items()} for r in csv.DictReader(fh)]
 
@@ -261,7 +271,8 @@ def _has_indicators(path: Path) -> bool:
     return all(k in header for k in INDICATORS)
 
 
-def _write_rows(path: Path, rows: list) -> None:
+def write_rows(path: Path, rows: list) -> None:
+    """Write a scored table (one dict per image) as CSV, atomically (temporary name, then renamed)."""
     tmp = path.with_suffix(".tmp")
     with open(tmp, "w", newline="") as fh:
         w = csv.DictWriter(fh, fieldnames=list(rows[0]))
@@ -327,28 +338,25 @@ def pair_weights(kinds, *, balance: str = BALANCE, real_weight: float = REAL_WEI
     return w / w.mean()
 
 
-def fit_card_terms(model, realdata, work, *, labelled=(), phantoms: int = 6, seed: int = 20261130,
-                   balance: str = BALANCE, log=_log) -> dict:
-    """Fit the measured terms of ``model`` (a :class:`tomoqc.models.tiqa.TiqaModel`); return the card entry.
-
-    ``realdata`` is the real-data folder; ``labelled`` optional dataset folders with labels
-    (``tomoqc label``): their images join the pairs (levels of one reference) and the label
-    term of :func:`tomoqc.models.measured.fit_measured_terms`, and give the severity lines.
-    ``work`` caches the scored tables (``series.csv``, ``series_real.csv``,
-    ``labelled.csv``) so that a rerun only refits.
+def fit_tables(model, realdata, work, *, labelled=(), phantoms: int = 6, seed: int = 20261130,
+               log=_log) -> tuple[list, list, list]:
+    """The scored tables the fits use: the simulated series (``series.csv``), the real measured
+    series (``series_real.csv``) and the labelled sets' images (``labelled.csv``, empty without
+    ``labelled``), each row holding the network's score, the indicators, ``reference``,
+    ``kind``, ``level`` and ``label`` (NaN where there is none). Cached in ``work``: a rerun
+    reads them instead of scoring again.
     """
-    from tomoqc.models.measured import INDICATORS, ONSET, MeasuredTerms, fit_measured_terms, fit_severity_line
     from tomoqc.models.measured import measure_indicators
 
     realdata, work = Path(realdata), Path(work)
     work.mkdir(parents=True, exist_ok=True)
     table_path = work / "series.csv"
-    refs = reference_slices(realdata, phantoms, seed)
-    log(f"{len(refs)} references")
     if _has_indicators(table_path):
-        rows = _read_rows(table_path)
+        rows = read_rows(table_path)
         log(f"read {len(rows)} scored images from {table_path}")
     else:
+        refs = reference_slices(realdata, phantoms, seed)
+        log(f"{len(refs)} references")
         rows = []
         rng = np.random.default_rng(seed)
         t0 = time.time()
@@ -364,23 +372,130 @@ def fit_card_terms(model, realdata, work, *, labelled=(), phantoms: int = 6, see
                     rows.append({"reference": name, "kind": kind, "level": lv,
                                  "network": float(res["score"][lv]), **ind})
             log(f"{name}: done ({time.time() - t0:.0f} s)")
-        _write_rows(table_path, rows)
+        write_rows(table_path, rows)
     real_path = work / "series_real.csv"
     if _has_indicators(real_path):
-        real_rows = _read_rows(real_path)
+        real_rows = read_rows(real_path)
     else:
         real_rows = real_series_rows(realdata, model, seed)
-        _write_rows(real_path, real_rows)
+        write_rows(real_path, real_rows)
     lab_rows = []
     if labelled:
         lab_path = work / "labelled.csv"
         if _has_indicators(lab_path):
-            lab_rows = _read_rows(lab_path)
+            lab_rows = read_rows(lab_path)
         else:
             lab_rows = labelled_rows(model, labelled, log=log)
-            _write_rows(lab_path, lab_rows)
+            write_rows(lab_path, lab_rows)
     for r in rows + real_rows:
         r.setdefault("label", float("nan"))
+    return rows, real_rows, lab_rows
+
+
+def series_groups(rows: list) -> dict:
+    """``{(reference, kind): [row indices]}`` of the series whose levels are in known order.
+
+    A labelled reference's single impairments (``lab_noise``, ...) each form a series that
+    starts at that reference's clean image; its mixtures and clean image form none of their own.
+    """
+    groups: dict = {}
+    for i, r in enumerate(rows):
+        if r["kind"] in ("lab_none", "lab_mixed"):
+            continue
+        groups.setdefault((r["reference"], r["kind"]), []).append(i)
+    clean_of = {r["reference"]: i for i, r in enumerate(rows) if r["kind"] == "lab_none"}
+    for key, idx in groups.items():
+        if key[0] in clean_of and key[1].startswith("lab_"):
+            idx.insert(0, clean_of[key[0]])
+    return groups
+
+
+def series_pairs(rows: list, groups: dict | None = None) -> list:
+    """Every ``(better, worse)`` pair of row indices inside one series (lower level better)."""
+    groups = series_groups(rows) if groups is None else groups
+    return [(a, b) for idx in groups.values() for a in idx for b in idx if rows[a]["level"] < rows[b]["level"]]
+
+
+#: The sets of pairs :func:`term_strength_table` reports, from a row's ``kind`` and ``reference``.
+PAIR_SETS = ("measured real", "real slices, simulated", "phantoms, simulated")
+
+
+def pair_set(row: dict) -> str | None:
+    """Which of :data:`PAIR_SETS` a series row belongs to (None for labelled sets' rows):
+    real measured data degraded directly (``real_*``), real slices scanned again or impaired in
+    the image domain, or phantoms."""
+    kind, ref = row["kind"], str(row["reference"])
+    if kind.startswith("lab_"):
+        return None
+    if kind.startswith("real_"):
+        return PAIR_SETS[0]
+    return PAIR_SETS[2] if ref.startswith("phantom") else PAIR_SETS[1]
+
+
+def _pair_accuracy(score: np.ndarray, pairs: list) -> float:
+    if not pairs:
+        return float("nan")
+    p = np.asarray(pairs, np.intp)
+    a, b = score[p[:, 0]], score[p[:, 1]]
+    return float(np.mean((a > b) + 0.5 * (a == b)))
+
+
+def term_strength_table(terms, rows: list, factors) -> list[dict]:
+    """How the measured terms' overall strength trades real orderings against labels.
+
+    The pair fit (:func:`fit_card_terms`) fixes how the absolute terms weigh against each
+    other; ordering pairs asks only that they be strong enough, not how strong. For each
+    factor ``f`` the score is the network's combined with ``terms.scaled(f)`` (the absolute
+    terms ``f`` times as strong; relative and onset terms as they are), and each entry holds
+    ``factor``, the pair accuracy (ties count half) within each of :data:`PAIR_SETS` and per
+    ``kind`` of series (``pairs_by_kind``), and the SROCC and PLCC against the labels of the
+    labelled rows (NaN without any). ``rows``: the rows of :func:`fit_tables`, with any
+    other series of known order; the rotation-axis series are left out (their term is relative).
+    """
+    from tomoqc.metrics.stats import plcc, srocc
+    from tomoqc.models.measured import INDICATORS
+
+    rows = [r for r in rows if r["kind"] != RELATIVE_KIND]
+    if not rows:
+        raise OptionError("no rows to measure the measured terms' strength on")
+    factors = [float(f) for f in factors]
+    if not factors or any(not (math.isfinite(f) and f >= 0) for f in factors):
+        raise OptionError("the factors must be finite numbers >= 0")
+    network = np.array([r["network"] for r in rows], np.float64)
+    ind = {k: np.array([r.get(k, np.nan) for r in rows], np.float64) for k in INDICATORS}
+    label = np.array([r.get("label", np.nan) for r in rows], np.float64)
+    has_label = np.isfinite(label) & np.isfinite(network)
+    pairs = series_pairs(rows)
+    by_set = {name: [p for p in pairs if pair_set(rows[p[0]]) == name] for name in PAIR_SETS}
+    kinds: dict = {}
+    for p in pairs:
+        if pair_set(rows[p[0]]) is not None:
+            kinds.setdefault(rows[p[0]]["kind"], []).append(p)
+    table = []
+    for f in factors:
+        score = terms.scaled(f).combine(network, ind)
+        entry = {"factor": f, **{name: _pair_accuracy(score, pp) for name, pp in by_set.items()},
+                 "label_srocc": srocc(score[has_label], label[has_label]) if has_label.sum() >= 3 else float("nan"),
+                 "label_plcc": plcc(score[has_label], label[has_label]) if has_label.sum() >= 3 else float("nan"),
+                 "pairs_by_kind": {k: _pair_accuracy(score, pp) for k, pp in sorted(kinds.items())}}
+        table.append(entry)
+    return table
+
+
+def fit_card_terms(model, realdata, work, *, labelled=(), phantoms: int = 6, seed: int = 20261130,
+                   balance: str = BALANCE, log=_log) -> dict:
+    """Fit the measured terms of ``model`` (a :class:`tomoqc.models.tiqa.TiqaModel`); return the card entry.
+
+    ``realdata`` is the real-data folder; ``labelled`` optional dataset folders with labels
+    (``tomoqc label``): their images join the pairs (levels of one reference) and the label
+    term of :func:`tomoqc.models.measured.fit_measured_terms`, and give the severity lines.
+    ``work`` caches the scored tables (:func:`fit_tables`) so that a rerun only refits.
+    """
+    from tomoqc.models.measured import INDICATORS, ONSET, MeasuredTerms, fit_measured_terms, fit_severity_line
+
+    refs = reference_slices(Path(realdata), phantoms, seed)
+    rows, real_rows, lab_rows = fit_tables(model, realdata, work, labelled=labelled, phantoms=phantoms, seed=seed,
+                                           log=log)
     rows = rows + real_rows + lab_rows
     # the rotation-axis series only fit the relative term (below); the absolute terms are
     # fitted without them and without the relative indicators
@@ -394,25 +509,8 @@ def fit_card_terms(model, realdata, work, *, labelled=(), phantoms: int = 6, see
     clean = np.array([r["level"] == 0 and not r["kind"].startswith(("img_", "real_stripes")) for r in rows])
     typical = {k: float(np.nanmedian(ind[k][clean])) for k in absolute}
     typical.update({k: AXIS_RESOLUTION for k in RELATIVE})
-    pairs = []
-    groups: dict = {}
-    for i, r in enumerate(rows):
-        if r["kind"].startswith("lab_"):
-            # one labelled reference: its clean image and every single impairment's levels
-            if r["kind"] in ("lab_none", "lab_mixed"):
-                continue
-            groups.setdefault((r["reference"], r["kind"]), []).append(i)
-        else:
-            groups.setdefault((r["reference"], r["kind"]), []).append(i)
-    clean_of = {r["reference"]: i for i, r in enumerate(rows) if r["kind"] == "lab_none"}
-    for key, idx in groups.items():
-        if key[0] in clean_of and key[1].startswith("lab_"):
-            idx.insert(0, clean_of[key[0]])
-    for idx in groups.values():
-        for a in idx:
-            for b in idx:
-                if rows[a]["level"] < rows[b]["level"]:
-                    pairs.append((a, b))
+    groups = series_groups(rows)
+    pairs = series_pairs(rows, groups)
     pw = pair_weights([rows[a]["kind"] for a, _ in pairs], balance=balance)
     fit = fit_measured_terms(score, ind, np.array(pairs), typical=typical, weights=pw, labels=labels,
                              label_weight=LABEL_WEIGHT, l2=L2, tau=TAU, power=POWER)
