@@ -24,6 +24,12 @@ and prints, per factor (:func:`tomoqc.train.measured.term_strength_table`):
 Every set is training data of the card: no sample or reference of the study or of the
 real-orderings benchmark is used. Writes ``DIR/term_strength.csv`` and ``DIR/term_strength.png``.
 About 20 minutes on 2 cores the first time (scoring the series); a rerun reads the cached tables.
+
+With ``--study S`` (a finished ``tomoqc study --out S`` run on the same card), it also
+recombines that run's stored network scores and indicators (``S/predictions/tiqa.csv``) with
+the scaled terms and prints, per factor, Table 2's TIQA row: SROCC and PLCC (after the
+VQEG's 4-parameter logistic) against the labels of the test references, and the pair
+accuracy on the real series of known order. At factor 1 it gives back the run's own row.
 """
 
 from __future__ import annotations
@@ -67,12 +73,54 @@ def real_image_rows(model, realdata: Path, path: Path, *, seed: int = 20261130) 
     return rows
 
 
+def study_rows(study: Path, terms, factors) -> list[dict]:
+    """Table 2's TIQA figures of a finished study run with the absolute terms scaled by each factor."""
+    import json
+
+    from tomoqc.dataset import read_manifest
+    from tomoqc.metrics import stats
+    from tomoqc.models.measured import INDICATORS
+    from tomoqc.study import LOGISTIC_KIND, pair_accuracy
+
+    pred_path = study / "predictions" / "tiqa.csv"
+    with open(pred_path, newline="") as fh:
+        pred = list(csv.DictReader(fh))
+    if not pred or "network" not in pred[0]:
+        raise SystemExit(f"error: {pred_path}: no network scores stored (rerun the study with this version)")
+    split = json.loads((study / "study.json").read_text())["split"]
+    test = set(split["test"])
+    manifest = {r["file"]: r for r in read_manifest(study / "data")}
+    orderings = {r["file"]: r for r in read_rows_text(study / "real" / "orderings.csv")}
+    num = lambda v: float(v) if v not in ("", None) else float("nan")  # noqa: E731
+    network = np.array([num(r["network"]) for r in pred])
+    ind = {k: np.array([num(r.get(k)) for r in pred]) for k in INDICATORS if k in pred[0]}
+    ph = np.array([r["set"] == "phantom" and manifest.get(r["file"], {}).get("reference") in test for r in pred])
+    label = np.array([num(manifest[r["file"]]["label"]) if ph[i] else np.nan for i, r in enumerate(pred)])
+    od = [i for i, r in enumerate(pred) if r["set"] == "ordering" and r["file"] in orderings]
+    out = []
+    for f in factors:
+        s = terms.scaled(f).combine(network, ind)
+        a, b = s[ph], label[ph]
+        fit = stats.logistic_fit(a, b, kind=LOGISTIC_KIND)
+        acc, n = pair_accuracy(s[od], [int(float(orderings[pred[i]["file"]]["rank"])) for i in od],
+                               [orderings[pred[i]["file"]]["group"] for i in od])
+        out.append({"factor": f, "ALL SROCC": stats.srocc(a, b), "ALL PLCC": stats.plcc(fit(a), b),
+                    "real pairs": acc, "pairs": n, "images": int(ph.sum())})
+    return out
+
+
+def read_rows_text(path: Path) -> list[dict]:
+    with open(path, newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--realdata", type=Path, required=True, help="the real-data folder (../shared/realdata)")
     ap.add_argument("--work", type=Path, default=Path("bench-out/term_strength"), help="folder for sets and tables")
     ap.add_argument("--model", type=Path, default=None, help="TIQA model (.keras); default the bundled one")
     ap.add_argument("--factors", type=float, nargs="+", default=list(FACTORS), help="factors on the absolute terms")
+    ap.add_argument("--study", type=Path, default=None, help="a finished tomoqc study run to recombine (Table 2)")
     args = ap.parse_args(argv)
 
     from tomoqc.labels import labelled_phantom_set
@@ -111,6 +159,14 @@ def main(argv=None) -> int:
         w.writerows(out)
     _plot(out, head, args.work / "term_strength.png")
     print(f"\nwrote {args.work / 'term_strength.csv'} and {args.work / 'term_strength.png'}")
+    if args.study is not None:
+        rows_s = study_rows(args.study, model.measured_terms, args.factors)
+        print(f"\nTable 2's TIQA row of {args.study} with the terms scaled "
+              f"({rows_s[0]['images']} test images, {rows_s[0]['pairs']} real pairs):\n")
+        print("| factor | ALL SROCC | ALL PLCC | real pairs |")
+        print("|---|---|---|---|")
+        for r in rows_s:
+            print(f"| {r['factor']:.2f} | {r['ALL SROCC']:.3f} | {r['ALL PLCC']:.3f} | {r['real pairs']:.3f} |")
     return 0
 
 

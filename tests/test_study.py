@@ -89,6 +89,17 @@ def test_protocol_counts_and_splits(study):
         assert -1 <= lo <= hi <= 1 and np.isfinite(v)
 
 
+def test_tiqa_predictions_keep_the_network_score_beside_the_final_one(study):
+    # the test model has no measured terms: its final score is the network's own
+    out, _ = study
+    rows = _rows(out / "predictions" / "tiqa.csv")
+    assert rows and "network" in rows[0]
+    net = np.array([float(r["network"]) for r in rows])
+    score = np.array([float(r["score"]) for r in rows])
+    assert np.isfinite(net).all()
+    np.testing.assert_allclose(net, score, rtol=1e-6)
+
+
 def test_two_point_correlation_of_the_truth_starts_at_the_phase_fraction(study):
     out, _ = study
     s2 = _rows(out / "fig7_two_point_correlation.csv")

@@ -56,6 +56,7 @@ stage before it ran again.
 ``data/``                       the phantom dataset (``manifest.csv`` with ``label``)
 ``real/``                       real images (``orderings.csv``, ``htc.csv`` and ``.npy``)
 ``predictions/<method>.csv``    scores: ``set`` (phantom, ordering, htc), ``file``, ``score``
+                                (TIQA also ``network`` and the measured indicators)
 ``segmentation/``               F1 per image, two-point correlations
 ``models/rankiqa.keras``        the RankIQA network trained here
 ``table*.csv``, ``table*.md``   Tables 1-3
@@ -700,6 +701,7 @@ def _stage_scores(root: Path, p: StudyParams, method: str, prog: _Progress, test
     estimator by its percentiles)."""
     items = _images_to_score(root, p, method, test_refs)
     scores = np.full(len(items), np.nan)
+    parts: list[dict] = [{} for _ in items]  # TIQA: the network's score and the indicators it combines
     info: dict = {}
     if method == "tiqa":
         from tomoqc.models.tiqa import load_model
@@ -716,6 +718,8 @@ def _stage_scores(root: Path, p: StudyParams, method: str, prog: _Progress, test
         for i, (s_, f) in enumerate(items):
             res = model.score_slices(_load(root, s_, f)[None], tta=1, ood=False, measure=measure)
             scores[i] = res["score"][0]
+            parts[i] = {"network": float(res["network_score"][0]),
+                        **{k: float(np.asarray(v)[0]) for k, v in (res.get("indicators") or {}).items()}}
             tick(1)
     elif method == "noise":
         from tomoqc.metrics.nr import noise_estimator_score
@@ -766,8 +770,10 @@ def _stage_scores(root: Path, p: StudyParams, method: str, prog: _Progress, test
             tick(len(part))
     else:  # pragma: no cover - methods are checked up front
         raise OptionError(f"unknown method {method!r}")
+    extra = list(dict.fromkeys(k for d in parts for k in d))
     _write_csv(root / "predictions" / f"{method}.csv",
-               [{"set": s, "file": f, "score": float(v)} for (s, f), v in zip(items, scores)], ["set", "file", "score"])
+               [{"set": s, "file": f, "score": float(v), **d} for (s, f), v, d in zip(items, scores, parts)],
+               ["set", "file", "score", *extra])
     return {"images": len(items), "scored": int(np.isfinite(scores).sum()), **info}
 
 
