@@ -83,8 +83,7 @@ def study_rows(study: Path, terms, factors) -> list[dict]:
     from tomoqc.study import LOGISTIC_KIND, pair_accuracy
 
     pred_path = study / "predictions" / "tiqa.csv"
-    with open(pred_path, newline="") as fh:
-        pred = list(csv.DictReader(fh))
+    pred = read_rows_text(pred_path)
     if not pred or "network" not in pred[0]:
         raise SystemExit(f"error: {pred_path}: no network scores stored (rerun the study with this version)")
     split = json.loads((study / "study.json").read_text())["split"]
@@ -110,6 +109,7 @@ def study_rows(study: Path, terms, factors) -> list[dict]:
 
 
 def read_rows_text(path: Path) -> list[dict]:
+    """Rows of a CSV file as dicts of strings."""
     with open(path, newline="") as fh:
         return list(csv.DictReader(fh))
 
@@ -142,7 +142,8 @@ def main(argv=None) -> int:
     table = term_strength_table(model.measured_terms, rows + real_rows + lab_rows + img_rows, args.factors)
 
     img_kinds = ("img_noise", "img_blur", "img_ring")
-    real_img = {f: term_strength_table(model.measured_terms, img_rows, [f])[0]["pairs_by_kind"] for f in args.factors}
+    # the image-domain kinds of the real slices alone (the table above pools them with the phantoms')
+    real_img = {t["factor"]: t["pairs_by_kind"] for t in term_strength_table(model.measured_terms, img_rows, args.factors)}
     head = ["factor", *PAIR_SETS, *(f"real slices, {k}" for k in img_kinds), "labels SROCC", "labels PLCC"]
     print()
     print("| " + " | ".join(head) + " |")

@@ -493,9 +493,9 @@ def fit_card_terms(model, realdata, work, *, labelled=(), phantoms: int = 6, see
     """
     from tomoqc.models.measured import INDICATORS, ONSET, MeasuredTerms, fit_measured_terms, fit_severity_line
 
-    refs = reference_slices(Path(realdata), phantoms, seed)
     rows, real_rows, lab_rows = fit_tables(model, realdata, work, labelled=labelled, phantoms=phantoms, seed=seed,
                                            log=log)
+    refs = list(dict.fromkeys(r["reference"] for r in rows))  # the reference slices, in the order scored
     rows = rows + real_rows + lab_rows
     # the rotation-axis series only fit the relative term (below); the absolute terms are
     # fitted without them and without the relative indicators
@@ -556,7 +556,7 @@ def fit_card_terms(model, realdata, work, *, labelled=(), phantoms: int = 6, see
         log(f"{kind:12s} pairs {v['pairs']:4d}  network {v['network']:.3f}  combined {v['combined']:.3f}")
     entry = terms.to_card()
     entry.update({
-        "fitted_on": (f"series of {len(refs)} references ({sum(not r[0].startswith('phantom') for r in refs)} real "
+        "fitted_on": (f"series of {len(refs)} references ({sum(not r.startswith('phantom') for r in refs)} real "
                       f"slices of {{{', '.join(s for s, _ in TRAIN_SAMPLES)}}} and {phantoms} phantoms) "
                       "re-projected and scanned with rising dose loss, fewer projections, detector blur and "
                       "detector-gain defects, phantoms also image-domain; and real measured data degraded "
