@@ -101,3 +101,19 @@ def _disc_texture(n: int = 256, seed: int = 0, sigma: float = 2.0) -> np.ndarray
 def disc_texture():
     """:func:`_disc_texture`, called as ``disc_texture(n=..., seed=..., sigma=...)``."""
     return _disc_texture
+
+
+def _dense_particles(n=256, radius=2.5, cover=0.45, seed=0):
+    """Sharp discs of ``radius`` px at random places, drawn until about ``cover`` of the area is hit."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:n, :n]
+    m = np.zeros((n, n), bool)
+    for y, x in rng.uniform(0, n, (int(cover * n * n / (np.pi * radius**2)), 2)):
+        m |= (yy - y) ** 2 + (xx - x) ** 2 <= radius**2
+    return m.astype(np.float64)
+
+
+@pytest.fixture(scope="session")
+def dense_particles():
+    """:func:`_dense_particles`: a slice of sharp discs dense enough to fill the Haar bands."""
+    return _dense_particles

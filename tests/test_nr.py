@@ -104,6 +104,44 @@ def test_correlated_noise_is_seen_at_coarser_levels():
     np.testing.assert_allclose(noise_levels(_steps(256) + rng.normal(0, 0.05, (256, 256))), 0.05, rtol=0.12)
 
 
+@pytest.mark.parametrize("sigma", [0.01, 0.05, 0.2])
+def test_both_noise_estimators_read_white_noise_at_every_level(sigma):
+    from tomoqc.metrics.nr import NOISE_ESTIMATORS, noise_indices, noise_levels
+
+    img = _steps() + np.random.default_rng(3).normal(0, sigma, (256, 256))
+    for e in NOISE_ESTIMATORS:
+        np.testing.assert_allclose(noise_levels(img, estimator=e), sigma, rtol=0.06, err_msg=e)
+    both = noise_indices(img)
+    assert set(both) == set(NOISE_ESTIMATORS)
+    assert both["low_quantiles"] == pytest.approx(both["median"], rel=0.06)
+    assert both["median"] == noise_index(img)  # the terms' reading is the median's
+
+
+def test_low_quantiles_read_the_noise_where_dense_fine_particles_fill_the_band(dense_particles):
+    """Discs 5 px across covering about 45 % of the slice put edges into most 2 x 2 block
+    coefficients of the coarser Haar level: the median reads them as noise (more than ten
+    times the true sigma), the mean of the 0.10-0.40 quantiles still reads the flat blocks."""
+    from tomoqc.metrics.nr import noise_levels
+
+    sigma = 0.02
+    img = dense_particles() + np.random.default_rng(4).normal(0, sigma, (256, 256))
+    med = noise_levels(img, estimator="median")
+    low = noise_levels(img, estimator="low_quantiles")
+    assert med[1] > 10 * sigma
+    assert low[1] < 3 * sigma
+    assert low[0] == pytest.approx(sigma, rel=0.3)
+    assert noise_index(img, estimator="low_quantiles") < noise_index(img) / 3
+
+
+def test_unknown_noise_estimator_is_refused():
+    from tomoqc.metrics.nr import noise_levels
+
+    with pytest.raises(OptionError, match="unknown noise estimator 'mean'"):
+        noise_levels(_steps(), estimator="mean")
+    with pytest.raises(OptionError, match="unknown noise estimator"):
+        noise_index(_steps(), estimator="mad")
+
+
 def test_blur_index_rises_with_blur_and_not_with_noise_or_fewer_projections():
     from tomoqc.distort import physics
     from tomoqc.metrics.nr import blur_index

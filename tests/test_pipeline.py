@@ -91,6 +91,7 @@ def assert_same(ds, ref):
     np.testing.assert_array_equal(ds["flag"].values, ref["flag"])
     np.testing.assert_allclose(ds["ring_index"].values, ref["ring_index"], atol=1e-6, equal_nan=True)
     np.testing.assert_allclose(ds["score_uncertainty"].values, ref["score_uncertainty"], atol=1e-5, equal_nan=True)
+    np.testing.assert_allclose(ds["noise_confound_gap"].values, ref["noise_confound_gap"], atol=1e-5, equal_nan=True)
 
 
 # ----------------------------------------------------------------------------- equality
@@ -107,6 +108,7 @@ def test_scores_equal_direct_model_any_chunking(special_volume, model, model_pat
     assert ds["score_uncertainty"].dtype == np.float32
     assert np.array_equal(np.isfinite(u), np.isfinite(ds["score"].values)) and (u[np.isfinite(u)] >= 0).all()
     assert ds.attrs["tta_views"] == 2 and "out_of_distribution" in ds["flag"].attrs["flag_meanings"]
+    assert ds["flag"].attrs["flag_meanings"].split()[6] == "noise_confounded"
     assert list(ds["z"].values) == list(range(10))
     from tomoqc.models.tiqa import DISTORTIONS
 

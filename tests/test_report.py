@@ -19,7 +19,7 @@ from tomoqc.report import report, summarize, worst_ranges
 
 def write_quality(path: Path, scores, *, z=None, severity=None, flags=None, input_path="", complete=True,
                   ring_index=None, uncertainty=None, distortions=("noise", "blur", "ring"), missing_wedge=None,
-                  view_spacing=None):
+                  view_spacing=None, noise_confound_gap=None):
     """A quality output with known numbers, in the layout `tomoqc score` writes."""
     scores = np.asarray(scores, np.float32)
     n = len(scores)
@@ -46,6 +46,8 @@ def write_quality(path: Path, scores, *, z=None, severity=None, flags=None, inpu
         ds["missing_wedge"] = (("z",), np.asarray(missing_wedge, np.float32))
     if view_spacing is not None:
         ds["view_spacing"] = (("z",), np.asarray(view_spacing, np.float32))
+    if noise_confound_gap is not None:
+        ds["noise_confound_gap"] = (("z",), np.asarray(noise_confound_gap, np.float32))
     ds.to_zarr(str(path), mode="w", consolidated=False)
     return path
 
@@ -304,3 +306,32 @@ def test_uncertain_verdict_and_ood_share(tmp_path):
     assert j["volumes"][0]["median_score_uncertainty"] == 0.8 and "ood_fraction" in j["volumes"][0]
     assert "uncertain" in (tmp_path / "r" / "index.html").read_text()
     _image_ok(tmp_path / "r" / r["volumes"][0]["plot"])
+
+
+def test_a_failure_that_hinges_on_the_noise_reading_is_uncertain(tmp_path):
+    """Slices flagged noise confounded (6) whose scores would reach the threshold with the
+    noise read from the flattest coefficients make a low volume *uncertain*, not *fail*; a
+    gap too small to reach it, or too few flagged slices, still fails."""
+    from tomoqc.errors import QCFailed
+    from tomoqc.report import OOD_SHARE_MAX
+
+    n = 10
+    s = np.full(n, 2.0, np.float32)
+    flags = np.zeros(n, np.int8)
+    flags[: int(n * OOD_SHARE_MAX) + 1] = 6  # 30 % flagged
+    hinges = summarize(write_quality(tmp_path / "a.quality.zarr", s, flags=flags, noise_confound_gap=np.full(n, 1.5)))
+    assert hinges["verdict"] == "uncertain" and hinges["noise_confounded_fraction"] == pytest.approx(0.3)
+    small_gap = summarize(write_quality(tmp_path / "b.quality.zarr", s, flags=flags,
+                                        noise_confound_gap=np.full(n, 0.6)))
+    assert small_gap["verdict"] == "fail"  # 2.6 < 3: it fails with either noise reading
+    few = flags.copy()
+    few[1:] = 0
+    assert summarize(write_quality(tmp_path / "c.quality.zarr", s, flags=few,
+                                   noise_confound_gap=np.full(n, 1.5)))["verdict"] == "fail"
+    # an output of an earlier version, without the gap, is judged on its score
+    assert summarize(write_quality(tmp_path / "d.quality.zarr", s, flags=flags))["verdict"] == "fail"
+    with pytest.raises(QCFailed):  # the small gap still fails the gate; the uncertain one does not count
+        report([tmp_path / "a.quality.zarr", tmp_path / "b.quality.zarr"], tmp_path / "r", fail_below=3.0)
+    rows = list(csv.DictReader(open(tmp_path / "r" / "report.csv")))
+    assert [row["verdict"] for row in rows] == ["uncertain", "fail"]
+    assert rows[0]["noise_confounded_fraction"] == "0.3"

@@ -34,8 +34,11 @@ The quality output is an :class:`xarray.Dataset`:
     :func:`tomoqc.preprocess.patch_validity`), 4 out of distribution (the input is
     unlike the model's training data, :mod:`tomoqc.models.trust`; its score is not to
     be trusted), 5 relaxed (no patch passed the usual test; scored from patches with
-    any structure: a saturated, binary or mostly dark slice); 0 ok. Values 4 and 5
-    are new in format version 2.
+    any structure: a saturated, binary or mostly dark slice), 6 noise confounded (the
+    score would be at least :data:`tomoqc.models.tiqa.NOISE_CONFOUND_GAP` higher with
+    the noise read from the flattest wavelet coefficients: structure may be read as
+    noise, ``noise_confound_gap``); 0 ok. Values 4 and 5 are new in format version 2,
+    value 6 in format version 3.
 ``valid_fraction(z)`` float32
     Share of the slice's patches that were scored.
 ``patch_score(z, py, px)`` float32
@@ -56,6 +59,11 @@ The quality output is an :class:`xarray.Dataset`:
     of too few projections, the degrees of the half turn a limited-angle scan left
     without data (0 for a complete scan), and the degrees between the directions of a
     sparse scan (0 when the spectrum shows no separate spokes).
+``noise_confound_gap(z)`` float32
+    How much higher the slice's score would be with its noise read from the low quantiles
+    of the wavelet bands instead of their median (score units; about 0 for white noise;
+    :meth:`tomoqc.models.tiqa.TiqaModel._noise_confound_gap`). NaN without a noise term.
+    New in format version 3.
 
 ``z`` holds the indices of the scored slices along the slicing axis.
 
@@ -85,6 +93,7 @@ __all__ = [
     "FLAG_NO_VALID_PATCH",
     "FLAG_OOD",
     "FLAG_RELAXED",
+    "FLAG_NOISE_CONFOUNDED",
     "FLAG_VALUES",
     "FLAG_MEANINGS",
     "DEFAULT_CHUNK_SLICES",
@@ -100,15 +109,18 @@ FLAG_NONFINITE = 2
 FLAG_NO_VALID_PATCH = 3
 FLAG_OOD = 4
 FLAG_RELAXED = 5
-FLAG_VALUES = [0, 1, 2, 3, 4, 5]
-FLAG_MEANINGS = "ok constant nonfinite no_valid_patch out_of_distribution relaxed"
+FLAG_NOISE_CONFOUNDED = 6
+FLAG_VALUES = [0, 1, 2, 3, 4, 5, 6]
+FLAG_MEANINGS = "ok constant nonfinite no_valid_patch out_of_distribution relaxed noise_confounded"
 #: The per-slice variables of a quality output.
 #: Per-slice measured indicators written beside the score (name in the output, indicator).
 INDICATOR_VARIABLES = (("noise_index", "noise"), ("blur_index", "blur"), ("ring_index", "ring"),
                        ("streak_index", "streak"), ("missing_wedge", "wedge"),
                        ("view_spacing", "spacing"))
 OUTPUT_VARIABLES = ("score", "score_uncertainty", "flag", "valid_fraction", "patch_score", "severity",
-                    *(name for name, _ in INDICATOR_VARIABLES))
+                    *(name for name, _ in INDICATOR_VARIABLES), "noise_confound_gap")
+_GAP_ATTRS = {"long_name": "score gained with the noise read from the flattest wavelet coefficients "
+                           "(structure read as noise)", "units": "score units (1-5 scale)"}
 _INDICATOR_ATTRS = {
     "noise_index": {"long_name": "noise index (robust noise sigma over the slice's contrast)", "units": "1"},
     "blur_index": {"long_name": "blur index (Gaussian width of the strongest edges, from their crests' "
@@ -130,7 +142,7 @@ MAX_ALIGNED_BYTES = 256 * 2**20
 #: Fewest patches a task should hold (see ``_default_chunk``).
 MIN_TASK_PATCHES = 64
 OUTPUT_SUFFIX = ".quality.zarr"
-_FORMAT_VERSION = 2
+_FORMAT_VERSION = 3
 
 # ----------------------------------------------------------------------------- the job
 
@@ -189,6 +201,7 @@ class ScoreJob(SliceJob):
             "patch_score": (np.full((n, py, px), np.nan, np.float32), 0),
             "severity": (np.full((n, len(DISTORTIONS)), np.nan, np.float32), 0),
             **{name: (np.full(n, np.nan, np.float32), 0) for name, _ in INDICATOR_VARIABLES},
+            "noise_confound_gap": (np.full(n, np.nan, np.float32), 0),
         }
 
 
@@ -199,6 +212,7 @@ def _encode_flags(bits: np.ndarray) -> np.ndarray:
     bits = np.asarray(bits, dtype=np.int64)
     out = np.full(bits.shape, FLAG_OK, np.int8)
     # the lowest priority first: later assignments win
+    out[(bits & tiqa.FLAG_NOISE_CONFOUNDED) != 0] = FLAG_NOISE_CONFOUNDED
     out[(bits & tiqa.FLAG_RELAXED) != 0] = FLAG_RELAXED
     out[(bits & tiqa.FLAG_OOD) != 0] = FLAG_OOD
     out[(bits & tiqa.FLAG_NO_VALID_PATCH) != 0] = FLAG_NO_VALID_PATCH
@@ -271,7 +285,8 @@ def score_block(model, block: np.ndarray, *, measured_terms: bool = True, ring_c
         ``score`` (n,), ``score_uncertainty`` (n,), ``flag`` (n,) int8,
         ``valid_fraction`` (n,), ``patch_score`` (n, py, px), ``severity``
         (n, len(DISTORTIONS)), and the indicators ``noise_index``, ``blur_index``,
-        ``ring_index``, ``streak_index``, ``missing_wedge``, ``view_spacing`` (n,); float32 unless said.
+        ``ring_index``, ``streak_index``, ``missing_wedge``, ``view_spacing`` (n,) and
+        ``noise_confound_gap`` (n,); float32 unless said.
     """
     res = model.score_slices(block, mode="grid", measured_terms=measured_terms, ring_center=ring_center, tta=tta,
                              axis_error=axis_error, relative_terms=relative_terms)
@@ -283,6 +298,7 @@ def score_block(model, block: np.ndarray, *, measured_terms: bool = True, ring_c
         "patch_score": np.asarray(res["patch_score"], np.float32),
         "severity": np.asarray(res["severity"], np.float32),
         **{name: np.asarray(res["indicators"][k], np.float32) for name, k in INDICATOR_VARIABLES},
+        "noise_confound_gap": np.asarray(res["noise_confound_gap"], np.float32),
     }
 
 
@@ -362,6 +378,7 @@ def _template(z, py, px, starts, chunk, attrs, patch):
                 {"long_name": "distortion severity", "units": "0 (none) to 1 (strong)"},
             ),
             **{name: (("z",), nan((n,), (c,)), _INDICATOR_ATTRS[name]) for name, _ in INDICATOR_VARIABLES},
+            "noise_confound_gap": (("z",), nan((n,), (c,)), _GAP_ATTRS),
         },
         coords={
             "z": ("z", np.asarray(z, dtype=np.int64), {"long_name": "slice index along the slicing axis"}),
@@ -616,6 +633,7 @@ def score(
             "patch_score": (("z", "py", "px"), a["patch_score"]),
             "severity": (("z", "distortion"), a["severity"]),
             **{name: (("z",), a[name], _INDICATOR_ATTRS[name]) for name, _ in INDICATOR_VARIABLES},
+            "noise_confound_gap": (("z",), a["noise_confound_gap"], _GAP_ATTRS),
         },
         coords={
             "z": zsel,

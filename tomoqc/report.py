@@ -16,7 +16,10 @@ In this order:
   on, so its scores, low or high, are not to be trusted);
 - *fail* when the median of the slice scores is below the threshold
   (``fail_below``, or :data:`DEFAULT_THRESHOLD` = 3, "average" on the TIQA 1-5
-  scale, when none is given);
+  scale, when none is given), unless the failure hinges on the noise reading:
+  *uncertain* when more than :data:`OOD_SHARE_MAX` of the scored slices are flagged
+  noise confounded (flag 6: sharp structure a few pixels across read as noise) and
+  their median score plus ``noise_confound_gap`` reaches the threshold;
 - *uncertain* when the median ``score_uncertainty`` exceeds
   :data:`UNCERTAINTY_MAX` (0.5 score units: the score could then be a whole grade
   away, as likely as not, from what the model says);
@@ -55,6 +58,8 @@ OOD_SHARE_MAX = 0.2
 VERDICTS = ("pass", "fail", "uncertain", "unknown")
 #: the value of ``flag`` that marks an out-of-distribution slice (tomoqc.pipeline.FLAG_OOD)
 _FLAG_OOD = 4
+#: the value of ``flag`` that marks a slice whose noise reading may be structure (tomoqc.pipeline)
+_FLAG_NOISE_CONFOUNDED = 6
 #: a distortion is named dominant only when its median severity reaches this value
 SEVERITY_FLOOR = 0.25
 #: a measured rotation-axis error (px) from which the report names it
@@ -75,6 +80,7 @@ CSV_FIELDS = [
     "min_score",
     "median_score_uncertainty",
     "ood_fraction",
+    "noise_confounded_fraction",
     "worst_slices",
     "dominant_distortion",
     "severity_noise",
@@ -178,6 +184,7 @@ def summarize(ds_or_path, *, fail_below: float | None = None) -> dict:
         not measure it), ``median_score_uncertainty`` (median
         ``score_uncertainty`` of the scored slices, score units; None for outputs without
         one), ``ood_fraction`` (share of the scored slices flagged out of distribution),
+        ``noise_confounded_fraction`` (share flagged noise confounded),
         ``verdict`` (``pass``, ``fail``, ``uncertain`` or ``unknown``: see the module
         documentation), ``threshold``, ``model_id``.
     """
@@ -231,14 +238,20 @@ def summarize(ds_or_path, *, fail_below: float | None = None) -> dict:
         u = u[np.isfinite(u)]
         unc = float(np.median(u)) if u.size else None
     ood = float(np.count_nonzero(flag[ok] == _FLAG_OOD) / ok.sum()) if ok.any() else 0.0
+    confounded = float(np.count_nonzero(flag[ok] == _FLAG_NOISE_CONFOUNDED) / ok.sum()) if ok.any() else 0.0
     if ok.any():
         med = float(np.median(s[ok]))
         p5 = float(np.percentile(s[ok], 5))
         mn = float(np.min(s[ok]))
+        lifted = med
+        if "noise_confound_gap" in ds:  # outputs of earlier versions have none
+            gap = np.asarray(ds["noise_confound_gap"].values, dtype=np.float64)[ok]
+            lifted = float(np.median(s[ok] + np.where(np.isfinite(gap), np.maximum(gap, 0.0), 0.0)))
         if ood > OOD_SHARE_MAX:
             verdict = "uncertain"
         elif med < threshold:
-            verdict = "fail"
+            # a failure that only the noise reading of sharp structure makes is not a verdict
+            verdict = "uncertain" if confounded > OOD_SHARE_MAX and lifted >= threshold else "fail"
         elif unc is not None and unc > UNCERTAINTY_MAX:
             verdict = "uncertain"
         else:
@@ -257,6 +270,7 @@ def summarize(ds_or_path, *, fail_below: float | None = None) -> dict:
         "min_score": _r(mn),
         "median_score_uncertainty": None if unc is None else _r(unc),
         "ood_fraction": round(ood, 4),
+        "noise_confounded_fraction": round(confounded, 4),
         "worst_slices": worst_ranges(z, s, threshold),
         "dominant_distortion": dominant,
         "severity": sev,
@@ -369,6 +383,8 @@ def plot_volume(ds_or_path, png, *, summary: dict | None = None) -> Path:
     unc = summary.get("median_score_uncertainty")
     unc_txt = "" if unc is None else f" +- {unc}"
     ood_txt = f", {100 * summary['ood_fraction']:.0f}% out of distribution" if summary.get("ood_fraction") else ""
+    if summary.get("noise_confounded_fraction"):
+        ood_txt += f", noise reading confounded by structure on {100 * summary['noise_confounded_fraction']:.0f}%"
     if (summary.get("axis_error_px") or 0.0) >= AXIS_WARN_PX:
         ood_txt += f", rotation axis about {summary['axis_error_px']:.1f} px off"
     if summary.get("dominant_distortion") == "limited angle" and summary.get("missing_wedge_deg") is not None:

@@ -33,7 +33,8 @@ from tomoqc.cli.cluster_opts import (
 
 _FAIL_HELP = ("Exit 3 when a volume's verdict is 'fail' (median score below S). A volume whose score is "
               "'uncertain' (median score uncertainty above 0.5, or more than 20% of its slices unlike the "
-              "model's training data) does not exit 3: look at it.")
+              "model's training data, or a failure that hinges on reading sharp structure as noise) does not exit 3: "
+              "look at it.")
 
 
 def _print_summaries(summaries, as_json: bool) -> None:
@@ -43,7 +44,8 @@ def _print_summaries(summaries, as_json: bool) -> None:
                                      "dominant_distortion", "verdict")}
             row.update({k: s[k] for k in ("slices_total", "flagged", "min_score", "worst_slices",
                                           "severity", "median_ring_index", "threshold", "model_id")})
-            row.update({k: s.get(k) for k in ("median_score_uncertainty", "ood_fraction", "axis_error_px")})
+            row.update({k: s.get(k) for k in ("median_score_uncertainty", "ood_fraction", "noise_confounded_fraction",
+                                              "axis_error_px")})
             print(json.dumps(row), flush=True)
         return
     from rich.console import Console
@@ -64,7 +66,9 @@ def _print_summaries(summaries, as_json: bool) -> None:
             worst,
             s["dominant_distortion"],
             f"[{colours.get(s['verdict'], 'yellow')}]{s['verdict']}[/]"
-            + (f" ({100 * s['ood_fraction']:.0f}% OOD)" if s.get("ood_fraction") else ""),
+            + (f" ({100 * s['ood_fraction']:.0f}% OOD)" if s.get("ood_fraction") else "")
+            + (f" ({100 * s['noise_confounded_fraction']:.0f}% noise confounded)"
+               if s.get("noise_confounded_fraction") else ""),
         )
     Console().print(table)
 

@@ -98,17 +98,29 @@ import functools
 import math
 
 import numpy as np
-from scipy import ndimage
+from scipy import ndimage, special
 
 from tomoqc.errors import InputError, OptionError
 
-__all__ = ["MAX_SIDE", "sample_mask", "contrast", "noise_levels", "noise_sigma", "noise_index", "noise_estimator_score",
+__all__ = ["MAX_SIDE", "sample_mask", "contrast", "noise_levels", "noise_sigma", "noise_index", "noise_indices",
+           "NOISE_ESTIMATORS", "LOW_QUANTILES", "noise_estimator_score",
            "streak_index", "missing_wedge", "view_spacing", "blur_index", "MAD_TO_SIGMA"]
 
 #: How far a comb's harmonic must stand above both its neighbours for :func:`view_spacing`.
 ISOLATION = 2.0
 #: Median absolute deviation of a standard normal variable.
 MAD_TO_SIGMA = 0.6745
+#: How a band's noise sigma is read from its coefficients: ``"median"`` (the median absolute
+#: coefficient / 0.6745, the index the terms were fitted on) or ``"low_quantiles"`` (the mean of
+#: the :data:`LOW_QUANTILES` of the absolute coefficients, each divided by the same quantile of
+#: ``|Z|``): both read ``sigma`` for white noise, but where structure fills more than about half
+#: of the band's coefficients (sharp texture a few pixels across, strong rings) the median
+#: reads that structure and the low quantiles still read the flattest coefficients.
+NOISE_ESTIMATORS = ("median", "low_quantiles")
+#: Quantiles of the absolute band coefficients that ``"low_quantiles"`` averages.
+LOW_QUANTILES = (0.10, 0.15, 0.20, 0.25, 0.30, 0.35, 0.40)
+# the same quantiles of |Z|, Z standard normal: P(|Z| <= z) = erf(z / sqrt 2)
+_HALF_NORMAL_LOW = np.sqrt(2.0) * special.erfinv(np.asarray(LOW_QUANTILES))
 
 
 #: Side of the central square that :func:`noise_index` and :func:`blur_index` measure in larger
@@ -163,17 +175,25 @@ def contrast(img, *, mask=None, smooth: float = 1.5, low: float = 1.0, high: flo
     return float(hi - lo)
 
 
-def _haar_sigma(x: np.ndarray, m: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
-    """MAD sigma of the finest diagonal Haar band inside ``m``, and the 2 x 2 block means."""
+def _robust_sigma(coef: np.ndarray, estimator: str) -> float:
+    """White-noise sigma of wavelet coefficients (:data:`NOISE_ESTIMATORS`)."""
+    a = np.abs(coef)
+    if estimator == "median":
+        return float(np.median(a) / MAD_TO_SIGMA)
+    return float(np.mean(np.quantile(a, LOW_QUANTILES) / _HALF_NORMAL_LOW))
+
+
+def _haar_sigma(x: np.ndarray, m: np.ndarray, estimator: str = "median") -> tuple[float, np.ndarray, np.ndarray]:
+    """Robust sigma of the finest diagonal Haar band inside ``m``, and the 2 x 2 block means."""
     h2, w2 = x.shape[0] // 2 * 2, x.shape[1] // 2 * 2
     x, m = x[:h2, :w2], m[:h2, :w2]
     hh = (x[0::2, 0::2] - x[0::2, 1::2] - x[1::2, 0::2] + x[1::2, 1::2]) / 2.0
     inside = m[0::2, 0::2] & m[0::2, 1::2] & m[1::2, 0::2] & m[1::2, 1::2]
-    sigma = float(np.median(np.abs(hh[inside])) / MAD_TO_SIGMA) if inside.sum() >= 16 else float("nan")
+    sigma = _robust_sigma(hh[inside], estimator) if inside.sum() >= 16 else float("nan")
     return sigma, x.reshape(h2 // 2, 2, w2 // 2, 2).mean(axis=(1, 3)), inside
 
 
-def noise_levels(img, *, mask=None, levels: int = 2) -> np.ndarray:
+def noise_levels(img, *, mask=None, levels: int = 2, estimator: str = "median") -> np.ndarray:
     """White-noise-equivalent sigma at ``levels`` dyadic scales.
 
     Level ``j`` (0-based) is the diagonal Haar band of the slice averaged over
@@ -181,8 +201,10 @@ def noise_levels(img, *, mask=None, levels: int = 2) -> np.ndarray:
     ``sigma`` reads ``sigma`` at every level, while noise correlated over a few pixels (a
     reconstruction on a grid finer than the detector, a resampled or compressed export)
     shows at the coarser levels where the finest band misses it. NaN for levels with
-    fewer than 16 blocks inside the sample.
+    fewer than 16 blocks inside the sample. ``estimator`` reads each band
+    (:data:`NOISE_ESTIMATORS`).
     """
+    _check_estimator(estimator)
     a = _check(img)
     m = sample_mask(a) if mask is None else np.asarray(mask, bool)
     x = np.where(np.isfinite(a), a, 0.0)
@@ -190,12 +212,12 @@ def noise_levels(img, *, mask=None, levels: int = 2) -> np.ndarray:
     for j in range(int(levels)):
         if min(x.shape) < 2:
             break
-        sigma, x, m = _haar_sigma(x, m)
+        sigma, x, m = _haar_sigma(x, m, estimator)
         out[j] = sigma * 2**j
     return out
 
 
-def noise_sigma(img, *, mask=None, levels: int = 2) -> float:
+def noise_sigma(img, *, mask=None, levels: int = 2, estimator: str = "median") -> float:
     """Standard deviation of the noise in a slice: the RMS of :func:`noise_levels`.
 
     For white noise this is ``median(|HH|) / 0.6745`` of the finest diagonal Haar band
@@ -203,17 +225,18 @@ def noise_sigma(img, *, mask=None, levels: int = 2) -> float:
     2 x 2 blocks wholly inside the sample (:func:`sample_mask`) count. NaN when fewer than
     16 blocks qualify. In the slice's units.
     """
-    lv = noise_levels(img, mask=mask, levels=levels)
+    lv = noise_levels(img, mask=mask, levels=levels, estimator=estimator)
     lv = lv[np.isfinite(lv)]
     return float(np.sqrt(np.mean(lv**2))) if lv.size else float("nan")
 
 
-def noise_index(img) -> float:
+def noise_index(img, *, estimator: str = "median") -> float:
     """Noise in units of the slice's contrast: ``noise_sigma / contrast`` (no units).
 
     Invariant to gain and offset. 0 for a noise-free slice; about 0.01-0.02 for a good
     synchrotron slice, 0.1 and more where noise hides the phases. NaN for a slice without
-    sample or without contrast.
+    sample or without contrast. ``estimator`` reads the Haar bands (:data:`NOISE_ESTIMATORS`);
+    the measured terms use the median.
 
     Examples
     --------
@@ -225,12 +248,25 @@ def noise_index(img) -> float:
 
     Slices larger than ``MAX_SIDE`` are measured on their central ``MAX_SIDE`` square.
     """
+    return noise_indices(img, estimators=(estimator,))[estimator]
+
+
+def noise_indices(img, *, estimators=NOISE_ESTIMATORS) -> dict:
+    """:func:`noise_index` read by each of ``estimators`` at once (one sample mask, one
+    contrast): ``{estimator: index}``."""
+    for e in estimators:
+        _check_estimator(e)
     a = _central(_check(img), MAX_SIDE)
     m = sample_mask(a)
     c = contrast(a, mask=m)
     if not (np.isfinite(c) and c > 0):
-        return float("nan")
-    return noise_sigma(a, mask=m) / c
+        return {e: float("nan") for e in estimators}
+    return {e: noise_sigma(a, mask=m, estimator=e) / c for e in estimators}
+
+
+def _check_estimator(estimator: str) -> None:
+    if estimator not in NOISE_ESTIMATORS:
+        raise OptionError(f"unknown noise estimator {estimator!r}; choose from {', '.join(NOISE_ESTIMATORS)}")
 
 
 def noise_estimator_score(img) -> float:

@@ -70,6 +70,8 @@ __all__ = [
     "FLAG_NONFINITE",
     "FLAG_RELAXED",
     "FLAG_OOD",
+    "FLAG_NOISE_CONFOUNDED",
+    "NOISE_CONFOUND_GAP",
     "FLAG_NAMES",
     "TTA_VIEWS",
     "DEFAULT_TTA_VIEWS",
@@ -110,6 +112,14 @@ FLAG_OOD = 32
 #: Degrees of an onset indicator (missing wedge, view spacing) beyond the widest its term was
 #: fitted on (``measured_terms.<name>_fit.max_reading``) after which a slice is flagged ``FLAG_OOD``.
 ONSET_MARGIN = 5.0
+#: the measured noise term may read structure as noise: the score would be at least
+#: :data:`NOISE_CONFOUND_GAP` higher with the noise read from the flattest wavelet
+#: coefficients (``noise_confound_gap``; :func:`tomoqc.metrics.nr.noise_index`, ``"low_quantiles"``)
+FLAG_NOISE_CONFOUNDED = 64
+#: Score units by which the low-quantile noise reading must lift a slice's score for
+#: :data:`FLAG_NOISE_CONFOUNDED`. No real slice of the study (215, ../shared/realdata) comes
+#: within 0.17 of it; a few clean phantoms of fine sharp particles read 0.5-1.6.
+NOISE_CONFOUND_GAP = 0.5
 FLAG_NAMES = {
     FLAG_CONSTANT: "constant",
     FLAG_NO_VALID_PATCH: "no_valid_patch",
@@ -117,6 +127,7 @@ FLAG_NAMES = {
     FLAG_NONFINITE: "nonfinite",
     FLAG_RELAXED: "relaxed",
     FLAG_OOD: "out_of_distribution",
+    FLAG_NOISE_CONFOUNDED: "noise_confounded",
 }
 
 #: Test-time views of a square patch, in the order they are used: ``tta=2`` takes the
@@ -875,6 +886,33 @@ class TiqaModel:
         return scores, sev
 
     # -- slices --------------------------------------------------------------
+    def _noise_confound_gap(self, network_score, score, indicators, slices, live, relative_terms) -> np.ndarray:
+        """How much higher each slice would score with its noise read by the low quantiles of
+        the Haar bands instead of their median (:data:`tomoqc.metrics.nr.NOISE_ESTIMATORS`).
+
+        For white noise the two readings agree, and the gap is about 0. Where structure fills
+        most of the finest band's coefficients (sharp particles a few pixels across, strong
+        rings) the median reads it as noise and the low quantiles do not: the gap says how
+        much of the score's loss hinges on that reading. (The terms were fitted on the median
+        reading, which counts strong rings partly as noise, so the gap is a bound on the
+        confound, not a corrected score.) NaN where the slice was not measured.
+        """
+        from tomoqc.metrics.nr import noise_index
+        from tomoqc.preprocess import normalize_slice_flagged
+
+        gap = np.full(len(score), np.nan, np.float32)
+        if not live:
+            return gap
+        low = np.full(len(score), np.nan, np.float64)
+        for i in live:
+            a, constant = normalize_slice_flagged(np.asarray(slices[i]), clip=False)
+            if not constant:
+                low[i] = noise_index(a, estimator="low_quantiles")
+        other = dict(indicators, noise=np.where(np.isfinite(low), low, indicators["noise"]))
+        lifted = self.measured_terms.combine(network_score, other, relative=relative_terms)
+        gap[live] = (lifted - score)[live]
+        return gap
+
     def score_slices(
         self,
         slices,
@@ -972,7 +1010,8 @@ class TiqaModel:
             the standard error of the mean over the slice's patches and
             :data:`DISAGREEMENT_SHARE` of the gap between the network's score and the
             score with the measured terms, added in quadrature, plus
-            :data:`OOD_UNCERTAINTY` in quadrature for an out-of-distribution slice (NaN
+            :data:`OOD_UNCERTAINTY` in quadrature for an out-of-distribution slice and
+            ``noise_confound_gap`` in quadrature for one flagged ``noise_confounded`` (NaN
             where the score is);
             ``raw_score`` (n,) float32, the mean raw network output (before calibration);
             ``ood_distance`` (n,) float32, the slice's feature distance in units of the
@@ -987,7 +1026,10 @@ class TiqaModel:
             normalised slice about ``ring_center`` (NaN for a constant or too small slice);
             ``indicators``: dict of (n,) float32 arrays for noise, blur, ring and streak
             (:func:`tomoqc.models.measured.measure_indicators`); ``network_score`` (n,)
-            float32, the score before the measured terms; ``ring_center`` and
+            float32, the score before the measured terms; ``noise_confound_gap`` (n,)
+            float32, how much higher the score would be with the noise read from the
+            flattest wavelet coefficients (:meth:`_noise_confound_gap`; NaN without a noise
+            term); ``ring_center`` and
             ``ring_center_source`` (``"given"``, ``"found"`` or ``"slice centre"``);
             ``views`` (int); with ``features``, ``features``: a list of (m_i, D) arrays.
         """
@@ -1203,12 +1245,21 @@ class TiqaModel:
                     uncertainty[i] = np.sqrt(uncertainty[i] ** 2 + OOD_UNCERTAINTY**2)
         ring_idx = indicators["ring"]
         network_score = score.copy()
+        noise_gap = np.full(n, np.nan, np.float32)
         if terms is not None and measured_terms and measure and not raw:
             score = terms.combine(score, indicators, relative=relative_terms).astype(np.float32)
             # where the measured indicators overrule the network, the two disagree: part of
             # that disagreement joins the uncertainty
             gap = np.nan_to_num(np.abs(score - network_score))
             uncertainty = np.sqrt(uncertainty**2 + (DISAGREEMENT_SHARE * gap) ** 2).astype(np.float32)
+            if terms.weighs("noise"):
+                noise_gap = self._noise_confound_gap(network_score, score, indicators, measured_on, live,
+                                                     relative_terms)
+                confounded = np.isfinite(noise_gap) & (noise_gap >= NOISE_CONFOUND_GAP)
+                flags[confounded] |= FLAG_NOISE_CONFOUNDED
+                # the score may be too low by the whole gap: it joins the uncertainty in full
+                uncertainty = np.where(confounded, np.sqrt(uncertainty**2 + np.nan_to_num(noise_gap) ** 2),
+                                       uncertainty).astype(np.float32)
             counted = terms.held(indicators)  # a confounded reading gives no severity either
             for k in INDICATORS:
                 if k in terms.severity_lines and k in DISTORTIONS:
@@ -1234,6 +1285,7 @@ class TiqaModel:
             "ring_index": ring_idx,
             "indicators": indicators,
             "network_score": network_score,
+            "noise_confound_gap": noise_gap,
             "ring_center": centre,
             "ring_center_source": centre_source,
             "patch_score": patch_score,
