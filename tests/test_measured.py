@@ -154,7 +154,7 @@ def test_model_applies_the_measured_terms_unless_told_not_to(model_path):
     """A model card with measured terms: the slice score is the terms' combination of the
     network's score and the measured indicators, every severity is the measured one, and the
     disagreement joins the uncertainty; measured_terms=False and raw give the network alone."""
-    from tomoqc.models.tiqa import DISAGREEMENT_SHARE, DISTORTIONS, load_model
+    from tomoqc.models.tiqa import DISAGREEMENT_SHARE, DISTORTIONS, FLAG_NOISE_CONFOUNDED, load_model
     from tomoqc.phantom import electrode_slice
 
     img = electrode_slice((224, 224), seed=3)[0]
@@ -176,8 +176,15 @@ def test_model_applies_the_measured_terms_unless_told_not_to(model_path):
         np.testing.assert_allclose(b["severity"][:, DISTORTIONS.index(k)], terms.severity(k, b["indicators"][k]),
                                    rtol=1e-5)
     gap = np.abs(b["score"] - a["score"])
-    np.testing.assert_allclose(b["score_uncertainty"], np.sqrt(a["score_uncertainty"] ** 2 + (DISAGREEMENT_SHARE * gap) ** 2),
+    # the noise-free slice's noise reading is its structure (the low quantiles read almost
+    # none): flagged, with that gap in full in its uncertainty; white noise reads alike both ways
+    confounded = (b["flags"] & FLAG_NOISE_CONFOUNDED) != 0
+    assert confounded.tolist() == [True, False, False], b["noise_confound_gap"]
+    extra = np.where(confounded, b["noise_confound_gap"], 0.0)
+    np.testing.assert_allclose(b["score_uncertainty"],
+                               np.sqrt(a["score_uncertainty"] ** 2 + (DISAGREEMENT_SHARE * gap) ** 2 + extra**2),
                                rtol=1e-4)
+    assert np.isnan(a["noise_confound_gap"]).all()  # no terms: no noise term to check
     assert np.isnan(a["severity"][:, DISTORTIONS.index("streak")]).all()  # the head has no streak output
     np.testing.assert_array_equal(m.score_slices(stack, measured_terms=False)["score"], a["score"])
 

@@ -79,7 +79,7 @@ _EPS = 1e-4
 HOLD_LIMIT = 4.0
 
 
-def measure_indicators(img, *, ring_center=None, ring_settings=None, axis=None) -> dict:
+def measure_indicators(img, *, ring_center=None, ring_settings=None, axis=None, low_quantile_noise: bool = False) -> dict:
     """The seven indicators of one slice (any dtype and scale).
 
     The slice is mapped by the robust affine map of
@@ -90,19 +90,24 @@ def measure_indicators(img, *, ring_center=None, ring_settings=None, axis=None) 
     :func:`tomoqc.metrics.rings.resolve_ring_center` for finding it). ``axis`` is the
     volume's axis error (px) when measured elsewhere (None: measured on this slice; NaN:
     not measured). Returns ``{"noise", "blur", "ring", "streak", "axis", "wedge", "spacing"}`` (NaN where
-    a measure is undefined, e.g. for a constant slice).
+    a measure is undefined, e.g. for a constant slice); with ``low_quantile_noise`` also
+    ``"noise_low_quantiles"``, the noise index read through the low quantiles of the same
+    bands (:data:`tomoqc.metrics.nr.NOISE_ESTIMATORS`; one sample mask and contrast for both).
     """
     from tomoqc.metrics.axis import axis_error
-    from tomoqc.metrics.nr import blur_index, missing_wedge, noise_index, streak_index, view_spacing
+    from tomoqc.metrics.nr import blur_index, missing_wedge, noise_indices, streak_index, view_spacing
     from tomoqc.metrics.rings import ring_index
     from tomoqc.preprocess import normalize_slice_flagged
 
     settings = dict(ring_settings or {})
     a, constant = normalize_slice_flagged(np.asarray(img), clip=False)
+    extra = ("noise_low_quantiles",) if low_quantile_noise else ()
     if constant:
-        return {k: float("nan") for k in INDICATORS}
+        return {k: float("nan") for k in (*INDICATORS, *extra)}
+    noise = noise_indices(a, estimators=("median", "low_quantiles") if low_quantile_noise else ("median",))
     return {
-        "noise": float(noise_index(a)),
+        **({"noise_low_quantiles": float(noise["low_quantiles"])} if low_quantile_noise else {}),
+        "noise": float(noise["median"]),
         "blur": float(blur_index(a)),
         "ring": float(ring_index(a, center=ring_center, normalize=False, **settings)),
         "streak": float(streak_index(a)),

@@ -886,32 +886,23 @@ class TiqaModel:
         return scores, sev
 
     # -- slices --------------------------------------------------------------
-    def _noise_confound_gap(self, network_score, score, indicators, slices, live, relative_terms) -> np.ndarray:
+    def _noise_confound_gap(self, network_score, score, indicators, noise_low, relative_terms) -> np.ndarray:
         """How much higher each slice would score with its noise read by the low quantiles of
-        the Haar bands instead of their median (:data:`tomoqc.metrics.nr.NOISE_ESTIMATORS`).
+        the Haar bands (``noise_low``) instead of their median
+        (:data:`tomoqc.metrics.nr.NOISE_ESTIMATORS`).
 
         For white noise the two readings agree, and the gap is about 0. Where structure fills
-        most of the finest band's coefficients (sharp particles a few pixels across, strong
-        rings) the median reads it as noise and the low quantiles do not: the gap says how
-        much of the score's loss hinges on that reading. (The terms were fitted on the median
-        reading, which counts strong rings partly as noise, so the gap is a bound on the
-        confound, not a corrected score.) NaN where the slice was not measured.
+        most of a band's coefficients (sharp particles a few pixels across, strong rings) the
+        median reads it as noise and the low quantiles do not: the gap says how much of the
+        score's loss hinges on that reading. (The terms were fitted on the median reading,
+        which counts strong rings partly as noise, so the gap is a bound on the confound, not
+        a corrected score.) NaN where the slice was not measured.
         """
-        from tomoqc.metrics.nr import noise_index
-        from tomoqc.preprocess import normalize_slice_flagged
-
-        gap = np.full(len(score), np.nan, np.float32)
-        if not live:
-            return gap
-        low = np.full(len(score), np.nan, np.float64)
-        for i in live:
-            a, constant = normalize_slice_flagged(np.asarray(slices[i]), clip=False)
-            if not constant:
-                low[i] = noise_index(a, estimator="low_quantiles")
-        other = dict(indicators, noise=np.where(np.isfinite(low), low, indicators["noise"]))
+        low = np.asarray(noise_low, np.float64)
+        measured = np.isfinite(low) & np.isfinite(np.asarray(score, np.float64))
+        other = dict(indicators, noise=np.where(measured, low, indicators["noise"]))
         lifted = self.measured_terms.combine(network_score, other, relative=relative_terms)
-        gap[live] = (lifted - score)[live]
-        return gap
+        return np.where(measured, lifted - score, np.nan).astype(np.float32)
 
     def score_slices(
         self,
@@ -1229,8 +1220,12 @@ class TiqaModel:
                 axis_val = volume_axis_error([measured_on[i] for i in live])
             else:
                 axis_val = float(axis_error)
+        check_noise = terms is not None and measured_terms and not raw and terms.weighs("noise")
+        noise_low = np.full(n, np.nan, np.float64)  # the low-quantile noise reading (_noise_confound_gap)
         for i in live:
-            got = measure_indicators(measured_on[i], ring_center=centre, ring_settings=settings, axis=axis_val)
+            got = measure_indicators(measured_on[i], ring_center=centre, ring_settings=settings, axis=axis_val,
+                                     low_quantile_noise=check_noise)
+            noise_low[i] = got.pop("noise_low_quantiles", np.nan)
             for k, val in got.items():
                 indicators[k][i] = val
         # a wedge, or a view spacing, wider than its term was fitted on is outside the model's experience
@@ -1253,8 +1248,7 @@ class TiqaModel:
             gap = np.nan_to_num(np.abs(score - network_score))
             uncertainty = np.sqrt(uncertainty**2 + (DISAGREEMENT_SHARE * gap) ** 2).astype(np.float32)
             if terms.weighs("noise"):
-                noise_gap = self._noise_confound_gap(network_score, score, indicators, measured_on, live,
-                                                     relative_terms)
+                noise_gap = self._noise_confound_gap(network_score, score, indicators, noise_low, relative_terms)
                 confounded = np.isfinite(noise_gap) & (noise_gap >= NOISE_CONFOUND_GAP)
                 flags[confounded] |= FLAG_NOISE_CONFOUNDED
                 # the score may be too low by the whole gap: it joins the uncertainty in full
