@@ -11,6 +11,7 @@ the run (phantoms of both splits, the real orderings and the HTC2022 series) the
 is read again from the low quantiles of the Haar bands
 (:func:`tomoqc.metrics.nr.noise_index`, ``estimator="low_quantiles"``), the card's measured
 terms are applied with it, and the gap to the stored score is what
+:meth:`tomoqc.models.measured.MeasuredTerms.noise_confound_gap` gives and
 :meth:`tomoqc.models.tiqa.TiqaModel.score_slices` reports as ``noise_confound_gap``. The
 table gives, per set and impairment, the images flagged ``noise_confounded`` (gap at least
 :data:`tomoqc.models.tiqa.NOISE_CONFOUND_GAP`), the median and largest gap, and for flagged
@@ -69,8 +70,8 @@ def main(argv=None) -> int:
         if not constant:
             low[i] = noise_index(img, estimator="low_quantiles")
     score = terms.combine(network, ind)
-    lifted = terms.combine(network, dict(ind, noise=np.where(np.isfinite(low), low, ind["noise"])))
-    gap = lifted - score
+    gap = terms.noise_confound_gap(network, ind, low)
+    lifted = score + gap
     flagged = gap >= NOISE_CONFOUND_GAP
 
     def group(r):

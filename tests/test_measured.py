@@ -353,3 +353,15 @@ def test_series_pairs_start_each_labelled_series_at_its_clean_image():
     assert len(pairs) == 6 + 6 + 10  # n (n - 1) / 2 per series
     assert all(rows[a]["level"] < rows[b]["level"] for a, b in pairs)
     assert (0, 3) in pairs and (0, 7) not in pairs and (1, 4) not in pairs
+
+
+def test_noise_confound_gap_is_zero_when_the_readings_agree_and_lifts_when_the_low_one_is_lower():
+    terms = MeasuredTerms({"noise": 2.0, "blur": 0.5}, TYPICAL)
+    score = np.array([4.0, 4.0, 4.0, np.nan])
+    ind = {"noise": np.array([0.2, 0.2, 0.2, 0.2]), "blur": np.full(4, 1.0)}
+    gap = terms.noise_confound_gap(score, ind, np.array([0.2, 0.05, np.nan, 0.05]))
+    assert gap[0] == pytest.approx(0.0, abs=1e-12) and gap[1] > 0
+    assert np.isnan(gap[2]) and np.isnan(gap[3])  # no low reading, no score: no gap
+    # without a noise weight the reading cannot matter
+    assert MeasuredTerms({"blur": 0.5}, TYPICAL).noise_confound_gap(score[:2], {k: v[:2] for k, v in ind.items()},
+                                                                   np.array([0.2, 0.05]))[1] == pytest.approx(0.0)

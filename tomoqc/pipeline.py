@@ -62,7 +62,7 @@ The quality output is an :class:`xarray.Dataset`:
 ``noise_confound_gap(z)`` float32
     How much higher the slice's score would be with its noise read from the low quantiles
     of the wavelet bands instead of their median (score units; about 0 for white noise;
-    :meth:`tomoqc.models.tiqa.TiqaModel._noise_confound_gap`). NaN without a noise term.
+    :meth:`tomoqc.models.measured.MeasuredTerms.noise_confound_gap`). NaN without a noise term.
     New in format version 3.
 
 ``z`` holds the indices of the scored slices along the slicing axis.

@@ -296,6 +296,23 @@ class MeasuredTerms:
         out = 1.0 + 4.0 / (1.0 + np.exp(-z))
         return np.where(np.isfinite(np.asarray(score, np.float64)), out, np.nan)
 
+    def noise_confound_gap(self, score, indicators: dict, noise_low, *, relative: bool = False) -> np.ndarray:
+        """How much higher each slice scores when its noise is read by the low quantiles of the
+        Haar bands (``noise_low``; :data:`tomoqc.metrics.nr.NOISE_ESTIMATORS`) instead of
+        their median (``indicators["noise"]``); ``score`` is the network's.
+
+        For white noise the two readings agree, and the gap is about 0. Where structure fills
+        most of a band's coefficients (sharp particles a few pixels across, strong rings) the
+        median reads it as noise and the low quantiles do not: the gap says how much of the
+        score's loss hinges on that reading. (The terms were fitted on the median reading,
+        which counts strong rings partly as noise, so the gap is a bound on the confound, not
+        a corrected score.) NaN where either reading or the score is missing.
+        """
+        low = np.asarray(noise_low, np.float64)
+        median = self.combine(score, indicators, relative=relative)
+        lifted = self.combine(score, dict(indicators, noise=np.where(np.isfinite(low), low, 0.0)), relative=relative)
+        return np.where(np.isfinite(low) & np.isfinite(median), lifted - median, np.nan)
+
     def severity(self, name: str, x) -> np.ndarray:
         """Measured severity of ``name`` in [0, 1] (NaN where the indicator is)."""
         u, v = self.severity_lines[name]

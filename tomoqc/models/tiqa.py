@@ -886,24 +886,6 @@ class TiqaModel:
         return scores, sev
 
     # -- slices --------------------------------------------------------------
-    def _noise_confound_gap(self, network_score, score, indicators, noise_low, relative_terms) -> np.ndarray:
-        """How much higher each slice would score with its noise read by the low quantiles of
-        the Haar bands (``noise_low``) instead of their median
-        (:data:`tomoqc.metrics.nr.NOISE_ESTIMATORS`).
-
-        For white noise the two readings agree, and the gap is about 0. Where structure fills
-        most of a band's coefficients (sharp particles a few pixels across, strong rings) the
-        median reads it as noise and the low quantiles do not: the gap says how much of the
-        score's loss hinges on that reading. (The terms were fitted on the median reading,
-        which counts strong rings partly as noise, so the gap is a bound on the confound, not
-        a corrected score.) NaN where the slice was not measured.
-        """
-        low = np.asarray(noise_low, np.float64)
-        measured = np.isfinite(low) & np.isfinite(np.asarray(score, np.float64))
-        other = dict(indicators, noise=np.where(measured, low, indicators["noise"]))
-        lifted = self.measured_terms.combine(network_score, other, relative=relative_terms)
-        return np.where(measured, lifted - score, np.nan).astype(np.float32)
-
     def score_slices(
         self,
         slices,
@@ -1019,8 +1001,8 @@ class TiqaModel:
             (:func:`tomoqc.models.measured.measure_indicators`); ``network_score`` (n,)
             float32, the score before the measured terms; ``noise_confound_gap`` (n,)
             float32, how much higher the score would be with the noise read from the
-            flattest wavelet coefficients (:meth:`_noise_confound_gap`; NaN without a noise
-            term); ``ring_center`` and
+            flattest wavelet coefficients (:meth:`~tomoqc.models.measured.MeasuredTerms.noise_confound_gap`;
+            NaN without a noise term); ``ring_center`` and
             ``ring_center_source`` (``"given"``, ``"found"`` or ``"slice centre"``);
             ``views`` (int); with ``features``, ``features``: a list of (m_i, D) arrays.
         """
@@ -1221,7 +1203,7 @@ class TiqaModel:
             else:
                 axis_val = float(axis_error)
         check_noise = terms is not None and measured_terms and not raw and terms.weighs("noise")
-        noise_low = np.full(n, np.nan, np.float64)  # the low-quantile noise reading (_noise_confound_gap)
+        noise_low = np.full(n, np.nan, np.float64)  # the low-quantile noise reading, for the confound check
         for i in live:
             got = measure_indicators(measured_on[i], ring_center=centre, ring_settings=settings, axis=axis_val,
                                      low_quantile_noise=check_noise)
@@ -1247,8 +1229,9 @@ class TiqaModel:
             # that disagreement joins the uncertainty
             gap = np.nan_to_num(np.abs(score - network_score))
             uncertainty = np.sqrt(uncertainty**2 + (DISAGREEMENT_SHARE * gap) ** 2).astype(np.float32)
-            if terms.weighs("noise"):
-                noise_gap = self._noise_confound_gap(network_score, score, indicators, noise_low, relative_terms)
+            if check_noise:
+                noise_gap = terms.noise_confound_gap(network_score, indicators, noise_low,
+                                                     relative=relative_terms).astype(np.float32)
                 confounded = np.isfinite(noise_gap) & (noise_gap >= NOISE_CONFOUND_GAP)
                 flags[confounded] |= FLAG_NOISE_CONFOUNDED
                 # the score may be too low by the whole gap: it joins the uncertainty in full
