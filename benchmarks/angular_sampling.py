@@ -65,7 +65,7 @@ def main(argv=None) -> int:
     import tomoqc
     from tomoqc.metrics.nr import missing_wedge, view_spacing
     from tomoqc.models.tiqa import FLAG_OOD, load_model
-    from tomoqc.realdata import ORDERING_GROUPS, RealSources, degraded_series
+    from tomoqc.realdata import ORDERING_GROUPS, RealSources, degraded_series, reconstructed_volumes
     from tomoqc.train.segdata import htc2022_files, htc2022_recon
 
     model = load_model(None)
@@ -135,9 +135,7 @@ def main(argv=None) -> int:
     print("| real volume | axis | slices read | reading a wedge | reading a view spacing | spacings |")
     print("|---|---|---|---|---|---|")
     r = args.realdata
-    paths = [*sorted(r.glob("battery_xct/im_*.tif")), *sorted(r.glob("imars3d/*.npy")), *sorted(r.glob("psi_shell/*.npy")),
-             *sorted(r.glob("qbi/*.tif")), *sorted(r.glob("qim3d/*.tif"))]
-    for p in paths:
+    for p in reconstructed_volumes(r):
         for axis in ("z", "y", "x"):
             v = tomoqc.open_volume(p, axis=axis)
             idx = sorted(set(np.linspace(0, v.shape[0] - 1, min(v.shape[0], 7)).astype(int)))

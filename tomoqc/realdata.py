@@ -46,6 +46,7 @@ from tomoqc.errors import InputError, OptionError
 __all__ = [
     "RealSources",
     "degraded_series",
+    "reconstructed_volumes",
     "ORDERING_GROUPS",
     "SERIES_KINDS",
     "CENTER_OFFSETS",
@@ -784,6 +785,14 @@ SAVU_PIXEL = 0.5  # savu rows (160 px detector) reconstructed on a 320 px grid
 
 
 # ------------------------------------------------------------------------ sources
+def reconstructed_volumes(realdata) -> list[Path]:
+    """The real reconstructions of the real-data folder that are read as they are (no sinogram
+    to reconstruct): the battery_xct slices, imars3d, psi_shell, qbi and qim3d volumes."""
+    r = Path(realdata)
+    return [*sorted(r.glob("battery_xct/im_*.tif")), *sorted(r.glob("imars3d/*.npy")),
+            *sorted(r.glob("psi_shell/*.npy")), *sorted(r.glob("qbi/*.tif")), *sorted(r.glob("qim3d/*.tif"))]
+
+
 class RealSources:
     """Lazy readers of the real-data folder shared by :func:`degraded_series` calls (cached)."""
 

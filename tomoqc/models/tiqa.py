@@ -117,8 +117,10 @@ ONSET_MARGIN = 5.0
 #: coefficients (``noise_confound_gap``; :func:`tomoqc.metrics.nr.noise_index`, ``"low_quantiles"``)
 FLAG_NOISE_CONFOUNDED = 64
 #: Score units by which the low-quantile noise reading must lift a slice's score for
-#: :data:`FLAG_NOISE_CONFOUNDED`. No real slice of the study (215, ../shared/realdata) comes
-#: within 0.17 of it; a few clean phantoms of fine sharp particles read 0.5-1.6.
+#: :data:`FLAG_NOISE_CONFOUNDED` (``benchmarks/noise_confound.py``): none of the study's 215 real
+#: images reaches it (largest 0.17), nor any noise-impaired phantom (0.49); 3 of 52 slices of the
+#: folder's other real reconstructions do (a Li-ion cell 0.78, two trabecular bone slices), and
+#: clean phantoms of fine sharp particles read up to 1.6.
 NOISE_CONFOUND_GAP = 0.5
 FLAG_NAMES = {
     FLAG_CONSTANT: "constant",
