@@ -48,6 +48,14 @@ def test_pair_accuracy_counts_ordered_pairs_and_ties_half():
     assert acc["all"] == pytest.approx((1.0 + 0.5 / 3) / 2)
 
 
+def test_pair_accuracy_weighs_the_image_domain_source_alike():
+    # one series per source: real all right, simulated all wrong, image one of three right
+    s = [_series("a", "real", 3), _series("b", "simulated", 3), _series("c", "image", 3)]
+    acc = series_pair_accuracy(s, [[3, 2, 1], [1, 2, 3], [1, 3, 2]])
+    assert acc["image"] == pytest.approx(1 / 3)
+    assert acc["all"] == pytest.approx((1.0 + 0.0 + 1 / 3) / 3)
+
+
 def test_series_cache_round_trips_and_spares_the_rebuild(tmp_path):
     series = [_series("dose/x", "real", 3, seed=1), _series("phantom#0", "simulated", 2, shape=(40, 56), seed=2)]
     cache = tmp_path / "c" / "series.npz"
@@ -85,14 +93,19 @@ def test_refine_runs_checkpoints_and_resumes(tmp_path):
     build_tiqa(input_size=None, seed=0, backbone="small-cnn").save(model_path)
 
     series = [_series(f"r{i}", "real", 4, seed=i) for i in range(3)] + \
-             [_series(f"s{i}", "simulated", 4, seed=10 + i) for i in range(3)]
+             [_series(f"s{i}", "simulated", 4, seed=10 + i) for i in range(3)] + \
+             [_series(f"i{i}", "image", 4, seed=20 + i) for i in range(2)]
     out = tmp_path / "refine"
-    kw = dict(steps_per_epoch=2, blocks_per_batch=2, length=3, crop=64, val_samples=("r0", "s0"), val_size=64,
-              val_crops=1, seed=0, log=lambda m: None)
+    kw = dict(steps_per_epoch=2, blocks_per_batch=2, length=3, crop=64, val_samples=("r0", "s0", "i0"),
+              val_size=64, val_crops=1, seed=0, log=lambda m: None)
     rec = refine_on_series(model_path, series, out, epochs=1, **kw)
-    assert rec["series"] == {"train": 4, "val": 2, "val_samples": ["r0", "s0"],
-                             "by_source": {"real": {"noise": 2}, "simulated": {"noise": 2}}}
+    assert rec["series"] == {"train": 5, "val": 3, "val_samples": ["r0", "s0", "i0"],
+                             "by_source": {"image": {"noise": 1}, "real": {"noise": 2}, "simulated": {"noise": 2}}}
     assert [h["epoch"] for h in rec["history"]] == [0, 1]
+    # the held-out image-domain series is validated and weighs a third of the accuracy
+    for h in rec["history"]:
+        parts = [h["val_real"], h["val_simulated"], h["val_image"]]
+        assert np.isfinite(parts).all() and h["val_accuracy"] == pytest.approx(np.mean(parts))
     rec2 = refine_on_series(model_path, series, out, epochs=2, resume=True, **kw)
     assert [h["epoch"] for h in rec2["history"]] == [0, 1, 2]
     assert json.loads((out / "record.json").read_text())["init_sha256"] == rec["init_sha256"]

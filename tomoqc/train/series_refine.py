@@ -13,6 +13,11 @@ on learning from **series whose order physics fixes**:
   (:func:`tomoqc.train.measured.series_for`: dose, detector blur, ring defects, fewer angles),
   and the report's image-domain recipes on the phantoms.
 
+* optionally, the report's image-domain rings drawn into the real reference slices
+  (:func:`tomoqc.train.score_head.image_ring_series`, source ``"image"``): the network's
+  score head alone could not learn to read heavy rings on real slices it had not seen, so
+  the backbone learns it here.
+
 None of them comes from a sample of ``benchmarks/real_orderings.py`` (see
 :mod:`tomoqc.train.measured`).
 
@@ -31,7 +36,7 @@ needed) and dropout is off, so the loss sees exactly the network that will score
 severity head's own weights are frozen.
 
 Validation: held-out series (:data:`VAL_SAMPLES`), pair accuracy of the mean raw score over
-fixed 224-px crops, real and simulated halves weighing alike; the best checkpoint is kept.
+fixed 224-px crops, each source weighing alike; the best checkpoint is kept.
 Checkpoints after every epoch, ``resume``, SIGTERM/SIGUSR1 save-and-exit as in the other
 training stages.
 """
@@ -58,8 +63,12 @@ __all__ = ["OrderedSeries", "build_training_series", "cached_training_series", "
 VAL_SAMPLES = ("dose/htc:06b", "angles/htc:07b", "stripes/htc:06c", "blur/htc:tc", "gain/htc:td",
                "wood#0", "phantom#5")
 REAL_KINDS = ("dose", "angles", "stripes", "blur", "gain")
+#: Sources of series: real measured data degraded directly, re-projected slices and phantoms
+#: scanned again, and image-domain recipes drawn into real slices
+#: (:func:`tomoqc.train.score_head.image_ring_series`).
+SOURCES = ("real", "simulated", "image")
 REFINE_FIELDS = ["epoch", "steps", "loss", "rank_loss", "anchor_loss", "lr", "val_accuracy", "val_real",
-                 "val_simulated", "seconds"]
+                 "val_simulated", "val_image", "seconds"]
 
 
 @dataclass
@@ -178,8 +187,9 @@ def series_block_batch(blocks, size: int, length: int, rng: np.random.Generator,
 def series_pair_accuracy(series, scores) -> dict:
     """Share of ordered pairs (within each series) whose scores are in that order (ties count half).
 
-    ``scores`` is a list parallel to ``series`` of per-image score lists. Returns
-    ``{"real": a, "simulated": a, "all": mean of the two (or the one present)}``.
+    ``scores`` is a list parallel to ``series`` of per-image score lists. Returns the
+    accuracy per source present (``"real"``, ``"simulated"``, ``"image"``) and ``"all"``, the
+    mean over the sources present, each weighing alike.
     """
     acc: dict[str, list] = {}
     for s, v in zip(series, scores):
@@ -187,7 +197,7 @@ def series_pair_accuracy(series, scores) -> dict:
             for j in range(i + 1, len(v)):
                 acc.setdefault(s.source, []).append(0.5 if v[i] == v[j] else float(v[i] > v[j]))
     out = {k: float(np.mean(v)) for k, v in acc.items()}
-    parts = [out[k] for k in ("real", "simulated") if k in out]
+    parts = [out[k] for k in SOURCES if k in out]
     out["all"] = float(np.mean(parts)) if parts else float("nan")
     return out
 
@@ -211,6 +221,11 @@ def _validate(predict, series, crops) -> dict:
         raw = predict_raw(predict, c.reshape(n * k, *c.shape[2:])[..., None])
         scores.append(raw.reshape(n, k).mean(1).tolist())
     return series_pair_accuracy(series, scores)
+
+
+def _by_source(row: dict) -> str:
+    return ", ".join(f"{k} {row[f'val_{k}']:.3f}" for k in SOURCES
+                     if np.isfinite(row.get(f"val_{k}", float("nan"))))
 
 
 def refine_on_series(
@@ -237,8 +252,9 @@ def refine_on_series(
 ) -> dict:
     """Refine the TIQA model ``init`` (``.keras``) on ordered ``series``; see the module text.
 
-    Half of every batch's blocks are real series, half simulated, each drawn at random with
-    every kind equally likely. Writes ``out_dir/{best,last}.keras``, ``log.csv``,
+    Every source present (real, simulated and, when given, image-domain series of real
+    slices) gets an equal share of every batch's blocks, each drawn at random with every kind
+    equally likely. Writes ``out_dir/{best,last}.keras``, ``log.csv``,
     ``curves.png``, ``record.json`` and ``state/`` (for ``resume``). Returns a record with the
     best validation accuracy and the paths.
     """
@@ -300,13 +316,13 @@ def refine_on_series(
         ev = _validate(predict, val, crops)
         row = {"epoch": 0, "steps": 0, "loss": float("nan"), "rank_loss": float("nan"), "anchor_loss": float("nan"),
                "lr": lr, "val_accuracy": ev["all"], "val_real": ev.get("real", float("nan")),
-               "val_simulated": ev.get("simulated", float("nan")), "seconds": 0.0}
+               "val_simulated": ev.get("simulated", float("nan")), "val_image": ev.get("image", float("nan")),
+               "seconds": 0.0}
         history.append(row)
         log_csv.append(row)
         best = ev["all"]
         common.save_keras_atomic(model, out_dir / "best.keras")
-        log(f"epoch 0 (parent): val pair accuracy {ev['all']:.3f} (real {row['val_real']:.3f}, "
-            f"simulated {row['val_simulated']:.3f})")
+        log(f"epoch 0 (parent): val pair accuracy {ev['all']:.3f} ({_by_source(row)})")
 
     sources = sorted(by_source)
     half = max(1, blocks_per_batch // len(sources))
@@ -347,11 +363,11 @@ def refine_on_series(
             row = {"epoch": epoch, "steps": len(losses), "loss": float(m[0]), "rank_loss": float(m[1]),
                    "anchor_loss": float(m[2]), "lr": lr, "val_accuracy": ev["all"],
                    "val_real": ev.get("real", float("nan")), "val_simulated": ev.get("simulated", float("nan")),
-                   "seconds": dt}
+                   "val_image": ev.get("image", float("nan")), "seconds": dt}
             history.append(row)
             log_csv.append(row)
             log(f"epoch {epoch}: loss {row['loss']:.4f} (rank {row['rank_loss']:.4f}, anchor {row['anchor_loss']:.4f}) "
-                f"val {ev['all']:.3f} (real {row['val_real']:.3f}, simulated {row['val_simulated']:.3f}) {dt:.0f} s")
+                f"val {ev['all']:.3f} ({_by_source(row)}) {dt:.0f} s")
             common.save_keras_atomic(model, out_dir / "last.keras")
             if np.isfinite(ev["all"]) and ev["all"] > best:
                 best = ev["all"]
@@ -361,7 +377,8 @@ def refine_on_series(
     if not (out_dir / "last.keras").exists():
         common.save_keras_atomic(model, out_dir / "last.keras")
     common.plot_curves(out_dir / "log.csv", out_dir / "curves.png",
-                       metric_keys=["val_accuracy", "val_real", "val_simulated"],
+                       metric_keys=["val_accuracy"] + [f"val_{k}" for k in SOURCES if f"val_{k}" in history[-1]
+                                                       and np.isfinite(history[-1][f"val_{k}"])],
                        title=f"refine on ordered series (margin {margin:g}, anchor {anchor_weight:g})")
     record = {
         "stage": "series_refine",
