@@ -365,3 +365,45 @@ def test_noise_confound_gap_is_zero_when_the_readings_agree_and_lifts_when_the_l
     # without a noise weight the reading cannot matter
     assert MeasuredTerms({"blur": 0.5}, TYPICAL).noise_confound_gap(score[:2], {k: v[:2] for k, v in ind.items()},
                                                                    np.array([0.2, 0.05]))[1] == pytest.approx(0.0)
+
+
+def test_fit_to_labels_recovers_a_known_combination_and_keeps_the_onset_terms():
+    """Labels made by the LabelFit form from known parameters are fitted back exactly; the
+    onset and relative weights and the holds stay the card's."""
+    from tomoqc.models.measured import LabelFit, fit_to_labels
+
+    card = MeasuredTerms({"noise": 1.0, "blur": 1.0, "ring": 1.0, "streak": 1.0, "axis": 2.0, "spacing": 1.5},
+                         TYPICAL, power=POWER, relative=("axis",), onset=("spacing",), holds={"spacing": ["blur"]})
+    rng = np.random.default_rng(5)
+    n = 300
+    s = rng.uniform(1.5, 4.8, n)
+    ind = {"noise": rng.uniform(0.0, 0.2, n), "blur": rng.uniform(0.3, 4.0, n), "ring": rng.uniform(0, 0.02, n),
+           "streak": rng.uniform(0, 0.4, n), "axis": rng.uniform(0, 4, n),
+           "spacing": np.where(rng.random(n) < 0.2, rng.uniform(8, 30, n), 0.0)}
+    truth = LabelFit(MeasuredTerms({"noise": 0.3, "blur": 0.1, "ring": 0.05, "streak": 0.6, "axis": 2.0,
+                                    "spacing": 1.5}, TYPICAL, power=POWER, relative=("axis",), onset=("spacing",),
+                                   holds={"spacing": ["blur"]}), 0.4, 0.8, rmse=0.0, images=n)
+    labels = truth.combine(s, ind)
+    labels[::7] = np.nan  # unlabelled images are left out
+    fit = fit_to_labels(card, s, ind, labels)
+    assert fit.images == n - len(labels[::7])
+    assert fit.offset == pytest.approx(0.4, abs=1e-4) and fit.slope == pytest.approx(0.8, abs=1e-4)
+    for k, w in {"noise": 0.3, "blur": 0.1, "ring": 0.05, "streak": 0.6}.items():
+        assert fit.terms.weights[k] == pytest.approx(w, abs=1e-3), k
+    assert fit.terms.weights["axis"] == 2.0 and fit.terms.weights["spacing"] == 1.5
+    assert fit.terms.holds == card.holds and fit.rmse < 1e-5
+    np.testing.assert_allclose(fit.combine(s, ind), truth.combine(s, ind), atol=1e-4)
+
+
+def test_label_fit_with_no_offset_and_unit_slope_is_the_cards_combination():
+    from tomoqc.models.measured import LabelFit, fit_to_labels
+
+    t = _terms(power=POWER)
+    rng = np.random.default_rng(6)
+    s = rng.uniform(1.5, 4.8, 30)
+    ind = {"noise": rng.uniform(0.0, 0.3, 30), "blur": rng.uniform(0.3, 6.0, 30)}
+    np.testing.assert_allclose(LabelFit(t, 0.0, 1.0, rmse=0.0, images=30).combine(s, ind), t.combine(s, ind))
+    with pytest.raises(OptionError):
+        LabelFit(t, 0.0, 0.0, rmse=0.0, images=30)
+    with pytest.raises(OptionError, match="labelled images"):
+        fit_to_labels(t, s, ind, np.r_[np.full(3, 3.0), np.full(27, np.nan)])

@@ -316,3 +316,38 @@ def test_htc2022_limited_angle():
     half = htc2022_recon(sino, bin=8, arc=90)
     assert half.shape == full.shape and np.isfinite(half).all()
     assert np.abs(half - full).mean() > 0.05 * np.abs(full).mean()
+
+
+def test_tiqa_terms_refitted_on_the_train_split_fit_its_labels_better(study, model_path, tmp_path):
+    """With a card that has measured terms, the study refits them to the train references'
+    labels (`tiqa_fitted`): every scored image gets a score, and on the train labels the
+    refit is at least as close as the card's own combination it starts from."""
+    import shutil
+
+    from tomoqc.models.measured import MeasuredTerms
+    from tomoqc.models.tiqa import default_weights_path
+    from tomoqc.study import _phantom_rows, _tiqa_fitted
+
+    out, _ = study
+    m = tmp_path / "m.keras"
+    shutil.copy(model_path, m)
+    card_file = model_path.with_suffix(".json")
+    card = json.loads(card_file.read_text()) if card_file.is_file() else {}
+    card["measured_terms"] = json.loads(default_weights_path().with_suffix(".json").read_text())["measured_terms"]
+    m.with_suffix(".json").write_text(json.dumps(card))
+    s = json.loads((out / "study.json").read_text())
+    rows = _phantom_rows(out)
+    assert _tiqa_fitted(out, rows, s["split"]["train"], model_path) is None  # no terms, no row
+    fit = _tiqa_fitted(out, rows, s["split"]["train"], m)
+    pred = _rows(out / "predictions" / "tiqa.csv")
+    assert set(fit["scores"]) == {(r["set"], r["file"]) for r in pred}
+    assert fit["fit"]["images"] == sum(r["reference"] in s["split"]["train"] for r in rows)
+    terms = MeasuredTerms.from_card(card)
+    label = {r["file"]: float(r["label"]) for r in rows if r["reference"] in s["split"]["train"]}
+    tr = [r for r in pred if r["set"] == "phantom" and r["file"] in label]
+    y = np.array([label[r["file"]] for r in tr])
+    net = np.array([float(r["network"]) for r in tr])
+    card_scores = terms.combine(net, {})  # the tiny run measured no indicators: the card's terms read typical
+    refit = np.array([fit["scores"][("phantom", r["file"])] for r in tr])
+    assert np.sqrt(np.mean((refit - y) ** 2)) <= np.sqrt(np.mean((card_scores - y) ** 2)) + 1e-9
+    assert fit["fit"]["label_rmse"] == pytest.approx(np.sqrt(np.mean((refit - y) ** 2)), rel=1e-6)

@@ -15,6 +15,10 @@ CSV) into one folder:
   bootstrap 95 % confidence intervals. With real data, also on the real series of known
   quality order of ``benchmarks/real_orderings.py`` (:data:`tomoqc.realdata.ORDERING_GROUPS`,
   float images): pairwise ordering accuracy and within-series SROCC per kind and over all.
+  When the TIQA card has measured terms, a second TIQA row (``tiqa_fitted``) refits its
+  last stage, the terms, to the train references' labels
+  (:func:`tomoqc.models.measured.fit_to_labels`), as the baselines are trained on them;
+  the network and its indicators are those of the first row, so it costs no scoring.
 * **Table 3** (quality vs segmentation, report II.3): TIQA's score against the
   segmentation F1 per impairment, on phantoms (mean F1 over the three phases, exact
   labels) and, with real data, on HTC2022 discs reconstructed from degraded measured
@@ -38,8 +42,9 @@ Protocol
 2. References are split into train and test sets (grouped by reference,
    :func:`tomoqc.train.data.split_references`, ``test_fraction`` of them held out).
    BRISQUE-SVR and RankIQA are trained on the train references with the same projected
-   labels (BRISQUE-SVR's C and gamma chosen by cross-validation grouped by reference);
-   every method is evaluated on the same test images.
+   labels (BRISQUE-SVR's C and gamma chosen by cross-validation grouped by reference),
+   and so are the measured terms of the ``tiqa_fitted`` row; every method is evaluated on
+   the same test images.
 3. Each distortion's set holds its levels 1-5 and the undistorted references they were
    made from (level 0); ``ALL`` holds every image (mixtures included).
 
@@ -101,7 +106,11 @@ __all__ = [
 
 #: Methods compared in Table 2 (``tiqa`` is always needed: Tables 3 and 1's F1 use it).
 METHODS = ("tiqa", "brisque", "rankiqa", "noise")
-METHOD_NAMES = {"tiqa": "TIQA", "brisque": "BRISQUE-SVR", "rankiqa": "RankIQA", "noise": "noise estimator"}
+METHOD_NAMES = {"tiqa": "TIQA", "brisque": "BRISQUE-SVR", "rankiqa": "RankIQA", "noise": "noise estimator",
+                "tiqa_fitted": "TIQA, terms fitted on the train split"}
+#: Rows of Table 2 that are TIQA (the bundled card, and its terms refitted on the study's train
+#: references as the baselines are trained on them: :func:`_tiqa_fitted`).
+TIQA_ROWS = ("tiqa", "tiqa_fitted")
 #: Stages in the order they run (``real`` and ``segment_real`` only with real data).
 STAGES = ("dataset", "real", "tiqa", "noise", "brisque", "rankiqa", "segment_phantom", "segment_real", "report")
 #: Default study seed (issue 18); the dataset seeds of the bundled models are 2026, 2028, 9001 and
@@ -896,6 +905,28 @@ def _predictions(root: Path, method: str) -> dict:
     return {(r["set"], r["file"]): _float(r["score"]) for r in _read_csv(p)}
 
 
+def _tiqa_fitted(root: Path, rows: list[dict], train: list, model) -> dict | None:
+    """TIQA with its card's measured terms refitted to the labels of the train references
+    (:func:`tomoqc.models.measured.fit_to_labels`), from the network scores and indicators of
+    ``predictions/tiqa.csv``: ``{"scores": {(set, file): score}, "fit": ..., "train_images": n}``,
+    or None for a model without measured terms or predictions without the network's score."""
+    from tomoqc.models.measured import INDICATORS, MeasuredTerms, fit_to_labels
+    from tomoqc.models.tiqa import default_weights_path
+
+    terms = MeasuredTerms.from_card(_card_of(Path(model) if model else default_weights_path()))
+    pred = _read_csv(root / "predictions" / "tiqa.csv")
+    if terms is None or not pred or "network" not in pred[0]:
+        return None
+    label = {r["file"]: float(r["label"]) for r in rows if r["reference"] in set(train)}
+    net = np.array([_float(r["network"]) for r in pred])
+    ind = {k: np.array([_float(r.get(k, "")) for r in pred]) for k in INDICATORS if k in pred[0]}
+    y = np.array([label.get(r["file"], math.nan) if r["set"] == "phantom" else math.nan for r in pred])
+    fit = fit_to_labels(terms, net, ind, y)
+    scores = fit.combine(net, ind)
+    return {"scores": {(r["set"], r["file"]): float(v) for r, v in zip(pred, scores)}, "fit": fit.to_dict(),
+            "train_references": len(train)}
+
+
 def _annotation_truth(annotations: str | None, rows: list[dict]) -> tuple[dict, int]:
     if not annotations:
         return {}, 0
@@ -970,12 +1001,12 @@ def _table2(rows, test, preds, methods, kinds, boot, seed, real_rows) -> tuple[l
                        for m in ("brisque", "rankiqa", "tiqa")) + ".\n")
     checks = {}
     alls = {m: next(r for r in out if r["method"] == m and r["group"] == "ALL") for m in methods}
-    if "tiqa" in alls and len(alls) > 1:
+    baselines = [m for m in alls if m not in TIQA_ROWS]
+    for t in (m for m in TIQA_ROWS if m in alls and baselines):
         for stat in ("srocc", "plcc"):
-            others = [alls[m][stat] for m in alls if m != "tiqa"]
-            checks[f"phantom_tiqa_best_all_{stat}"] = bool(
-                math.isfinite(alls["tiqa"][stat]) and all(not math.isfinite(o) or alls["tiqa"][stat] > o
-                                                          for o in others))
+            others = [alls[m][stat] for m in baselines]
+            checks[f"phantom_{t}_best_all_{stat}"] = bool(
+                math.isfinite(alls[t][stat]) and all(not math.isfinite(o) or alls[t][stat] > o for o in others))
     if real_rows:
         kinds_r = list(dict.fromkeys(r["kind"] for r in real_rows))
         body = []
@@ -1000,11 +1031,11 @@ def _table2(rows, test, preds, methods, kinds, boot, seed, real_rows) -> tuple[l
             body.append(cells)
         alls_r = {m: next(r for r in out if r["set"] == "real" and r["method"] == m and r["group"] == "ALL")
                   for m in methods}
-        if "tiqa" in alls_r and len(alls_r) > 1:
+        for t in (m for m in TIQA_ROWS if m in alls_r and baselines):
             for stat in ("pair_accuracy", "srocc_within"):
-                t = alls_r["tiqa"][stat]
-                checks[f"real_tiqa_best_all_{stat}"] = bool(math.isfinite(t) and all(
-                    not math.isfinite(alls_r[m][stat]) or t > alls_r[m][stat] for m in alls_r if m != "tiqa"))
+                v = alls_r[t][stat]
+                checks[f"real_{t}_best_all_{stat}"] = bool(math.isfinite(v) and all(
+                    not math.isfinite(alls_r[m][stat]) or v > alls_r[m][stat] for m in baselines))
         npairs = next(r["pairs"] for r in out if r["set"] == "real" and r["group"] == "ALL")
         md += ("\nReal series of known quality order (float images; "
                f"{len({r['group'] for r in real_rows})} series, {npairs} pairs): pair accuracy [bootstrap 95 % "
@@ -1194,6 +1225,11 @@ def _stage_report(root: Path, p: StudyParams, annotations: str | None, train: li
         raise InputError(annotations, "no annotated image is in the study dataset (name images as the file column of "
                          f"{root / 'data' / 'manifest.csv'} does)")
     preds = {m: _predictions(root, m) for m in p.methods}
+    methods = list(p.methods)
+    fitted = _tiqa_fitted(root, rows, train, p.model) if "tiqa" in preds else None
+    if fitted is not None:
+        preds["tiqa_fitted"] = fitted.pop("scores")
+        methods.insert(methods.index("tiqa") + 1, "tiqa_fitted")
     f1 = {r["file"]: _float(r["f1_mean"]) for r in _read_csv(root / "segmentation" / "phantom.csv")}
     kinds = [k for k in _DISTORTION_ORDER if any(r["distortion"] == k for r in rows)]
     real_rows = _read_csv(root / "real" / "orderings.csv") if p.real else []
@@ -1201,7 +1237,7 @@ def _stage_report(root: Path, p: StudyParams, annotations: str | None, train: li
     htc_f1 = {r["file"]: _float(r["f1"]) for r in _read_csv(root / "segmentation" / "htc.csv")} if p.real else {}
 
     t1, md1 = _table1(rows, f1, mos, kinds)
-    t2, md2, checks2 = _table2(rows, set(test), preds, list(p.methods), kinds, p.bootstrap, p.seed, real_rows)
+    t2, md2, checks2 = _table2(rows, set(test), preds, methods, kinds, p.bootstrap, p.seed, real_rows)
     t3, md3, checks3 = _table3(rows, preds["tiqa"], f1, htc_rows, htc_f1)
     s2rows = _read_csv(root / "segmentation" / "s2_phantom.csv")
 
@@ -1218,7 +1254,7 @@ def _stage_report(root: Path, p: StudyParams, annotations: str | None, train: li
     _write_text(root / "table3_quality_vs_segmentation.md", md3)
     _write_csv(root / "fig7_two_point_correlation.csv", s2rows, ["distortion", "level", "source", "axis", "r", "s2"])
     _fig7(root / "fig7_two_point_correlation.png", s2rows)
-    _fig4(root / "fig4_pred_vs_label.png", rows, set(test), preds, list(p.methods))
+    _fig4(root / "fig4_pred_vs_label.png", rows, set(test), preds, methods)
 
     checks = {**checks2, **checks3}
     study = {
@@ -1231,7 +1267,7 @@ def _stage_report(root: Path, p: StudyParams, annotations: str | None, train: li
         "split": {"train": train, "test": test, "test_fraction": p.test_fraction},
         "never_used_in_training": extra.get("disjoint"),
         "stages": {s: stages.info(s) for s in STAGES if stages.info(s)},
-        "table1": t1, "table2": t2, "table3": t3, "checks": checks,
+        "table1": t1, "table2": t2, "table3": t3, "checks": checks, "tiqa_fitted": fitted,
         "report": REPORT,
         "versions": _versions(),
         "command": extra.get("command"),

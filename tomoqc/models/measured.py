@@ -65,7 +65,7 @@ import numpy as np
 
 from tomoqc.errors import OptionError
 
-__all__ = ["INDICATORS", "ONSET", "HOLD_LIMIT", "MeasuredTerms", "absolute_feature", "measure_indicators", "fit_measured_terms", "fit_severity_line"]
+__all__ = ["INDICATORS", "ONSET", "HOLD_LIMIT", "MeasuredTerms", "absolute_feature", "measure_indicators", "fit_measured_terms", "fit_severity_line", "LabelFit", "fit_to_labels"]
 
 #: Indicators measured on every slice, in the order of the arrays below.
 INDICATORS = ("noise", "blur", "ring", "streak", "axis", "wedge", "spacing")
@@ -471,3 +471,71 @@ def fit_measured_terms(score, indicators: dict, pairs, *, typical: dict, weights
         "loss": float(np.mean(pw * np.logaddexp(0.0, -margin / tau))),
         "pairs": int(len(pairs)),
     }
+
+
+class LabelFit:
+    """Measured terms refitted to the quality labels of one image set (:func:`fit_to_labels`).
+
+    A slice scores ``1 + 4 sigmoid(z)`` with ``z = offset + slope logit(s) - penalty``: ``s``
+    the network's calibrated score as the card's terms combine it, ``penalty`` that of
+    :attr:`terms` (the absolute terms' weights refitted; the onset, relative and hold
+    settings of the card kept). With ``offset`` 0 and ``slope`` 1 it is
+    :meth:`MeasuredTerms.combine`.
+    """
+
+    def __init__(self, terms: MeasuredTerms, offset: float, slope: float, *, rmse: float, images: int):
+        if not (math.isfinite(offset) and math.isfinite(slope) and slope > 0):
+            raise OptionError(f"offset must be finite and slope > 0, got {offset}, {slope}")
+        self.terms, self.offset, self.slope = terms, float(offset), float(slope)
+        self.rmse, self.images = float(rmse), int(images)
+
+    def combine(self, score, indicators: dict) -> np.ndarray:
+        z = self.offset + self.slope * _logit_score(score) - self.terms.penalty(indicators)
+        out = 1.0 + 4.0 / (1.0 + np.exp(-z))
+        return np.where(np.isfinite(np.asarray(score, np.float64)), out, np.nan)
+
+    def to_dict(self) -> dict:
+        return {"offset": self.offset, "slope": self.slope, "weights": dict(self.terms.weights),
+                "label_rmse": self.rmse, "images": self.images}
+
+
+def fit_to_labels(terms: MeasuredTerms, score, indicators: dict, labels) -> LabelFit:
+    """Refit ``terms`` (a card's) to ``labels`` (1-5, one per slice; NaN where none).
+
+    Least squares on the label scale over the offset and slope of the network's logit score
+    and the weights (>= 0) of the absolute terms; the onset terms stay as fitted on their
+    own series (they read 0 on most images, so labels barely constrain them) and relative
+    terms do not count. Images with a NaN label or score are left out. This is the last
+    stage of the model adapted to a user's own labels (observers' scores, or projected
+    labels of their references), as a baseline is trained on them.
+    """
+    from scipy.optimize import least_squares
+
+    s = np.asarray(score, np.float64)
+    y = np.asarray(labels, np.float64)
+    if s.shape != y.shape or s.ndim != 1:
+        raise OptionError("score and labels must be 1-D arrays of the same length")
+    ok = np.isfinite(s) & np.isfinite(y)
+    absolute = [k for k in INDICATORS if k not in terms.relative and k not in terms.onset]
+    if ok.sum() < len(absolute) + 2:
+        raise OptionError(f"{int(ok.sum())} labelled images cannot fit {len(absolute) + 2} parameters")
+    held = terms.held(indicators)
+    nan = np.full(len(s), np.nan)
+    F = np.stack([terms.feature(k, np.asarray(held.get(k, nan), np.float64)) for k in absolute], axis=1)[ok]
+    fixed = np.broadcast_to(terms.scaled(0.0).penalty(indicators), s.shape)[ok]  # the onset terms
+    x = _logit_score(s[ok])
+
+    def resid(p):
+        z = p[0] + math.exp(p[1]) * x - F @ p[2:] - fixed
+        return 1.0 + 4.0 / (1.0 + np.exp(-z)) - y[ok]
+
+    p0 = np.r_[0.0, 0.0, [terms.weights[k] for k in absolute]]
+    lo = np.r_[-20.0, -5.0, np.zeros(len(absolute))]
+    hi = np.r_[20.0, 5.0, np.full(len(absolute), 1e3)]
+    fit = least_squares(resid, np.clip(p0, lo, hi), bounds=(lo, hi))
+    weights = dict(terms.weights, **{k: float(c) for k, c in zip(absolute, fit.x[2:])})
+    new = MeasuredTerms(weights, terms.typical, severity=terms.severity_lines, ring_settings=terms.ring_settings,
+                        info=terms.info, relative=terms.relative, power=terms.power, onset=terms.onset,
+                        holds=terms.holds)
+    return LabelFit(new, float(fit.x[0]), math.exp(float(fit.x[1])),
+                    rmse=float(np.sqrt(np.mean(resid(fit.x) ** 2))), images=int(ok.sum()))
