@@ -41,7 +41,8 @@ def study(
     model: Optional[Path] = typer.Option(None, "--model", "-m", help="TIQA weights (.keras); default: the bundled one."),
     seed: int = typer.Option(1818, "--seed", help="Study seed (must differ from the models' training seeds)."),
     methods: str = typer.Option("tiqa,brisque,rankiqa,noise", "--methods",
-                                help="Methods compared (comma separated; tiqa is required)."),
+                                help="Methods compared (comma separated; tiqa is required). A model card with "
+                                     "measured terms adds a row with them refitted on the train split."),
     test_fraction: float = typer.Option(0.5, "--test-fraction", help="Share of references held out for testing."),
     mixtures: Optional[bool] = typer.Option(None, "--mixtures/--no-mixtures",
                                             help="Add mixtures of impairments (default yes; --quick no)."),
