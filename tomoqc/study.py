@@ -921,7 +921,10 @@ def _tiqa_fitted(root: Path, rows: list[dict], train: list, model) -> dict | Non
     net = np.array([_float(r["network"]) for r in pred])
     ind = {k: np.array([_float(r.get(k, "")) for r in pred]) for k in INDICATORS if k in pred[0]}
     y = np.array([label.get(r["file"], math.nan) if r["set"] == "phantom" else math.nan for r in pred])
-    fit = fit_to_labels(terms, net, ind, y)
+    try:
+        fit = fit_to_labels(terms, net, ind, y)
+    except OptionError:  # too few labelled train images for the fit: no row
+        return None
     scores = fit.combine(net, ind)
     return {"scores": {(r["set"], r["file"]): float(v) for r, v in zip(pred, scores)}, "fit": fit.to_dict(),
             "train_references": len(train)}
