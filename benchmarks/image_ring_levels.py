@@ -75,12 +75,6 @@ def ring_series(img: np.ndarray) -> np.ndarray:
         np.float32)
 
 
-def pair_share(scores) -> float:
-    s = np.asarray(scores, np.float64)
-    v = [1.0 if s[i] > s[j] else 0.5 if s[i] == s[j] else 0.0 for i in range(len(s)) for j in range(i + 1, len(s))]
-    return float(np.mean(v))
-
-
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", type=Path, nargs="*", default=[None], help="TIQA models (default the bundled one)")
@@ -89,6 +83,7 @@ def main(argv=None) -> int:
 
     from tomoqc.logs import quiet_native_logs
     from tomoqc.models.tiqa import load_model
+    from tomoqc.study import pair_accuracy
 
     quiet_native_logs()
     slices = [(n, ring_series(img)) for n, img in real_slices(a.realdata)]
@@ -102,9 +97,9 @@ def main(argv=None) -> int:
         shares[label] = []
         for name, stack in slices:
             s = model.score_slices(stack, measured_terms=False, tta=1, ood=False)["score"]
-            shares[label].append(pair_share(s))
+            shares[label].append(pair_accuracy(s, range(len(s)), [name] * len(s))[0])
             print(f"| {name} | " + " | ".join(f"{v:.2f}" for v in s) + f" | {shares[label][-1]:.3f} |")
-        print(f"| mean | " + " | " * len(LEVELS) + f" | {np.mean(shares[label]):.3f} |")
+        print("| mean | " + " | " * len(LEVELS) + f" | {np.mean(shares[label]):.3f} |")
     return 0
 
 

@@ -83,25 +83,20 @@ def main(argv=None) -> int:
     a = ap.parse_args(argv)
 
     from tomoqc.logs import quiet_native_logs
-    from tomoqc.train.series_refine import VAL_SAMPLES, cached_training_series, read_series, refine_on_series
-    from tomoqc.train.series_refine import write_series
+    from tomoqc.train.series_refine import VAL_SAMPLES, cached_series, cached_training_series, refine_on_series
 
     quiet_native_logs()
     a.work.mkdir(parents=True, exist_ok=True)
     series = cached_training_series(a.realdata, a.work / "series.npz", seed=a.seed, log=log)
     if a.image_rings:
-        cache = a.work / "image_rings.npz"
-        if cache.is_file():
-            rings = read_series(cache)
-        else:
-            from tomoqc.train.score_head import image_ring_series
+        from tomoqc.train.score_head import image_ring_series
 
-            rings = image_ring_series(a.realdata, seed=a.seed, log=log)
-            write_series(cache, rings)
-        series = series + rings
+        series = series + cached_series(a.work / "image_rings.npz",
+                                        lambda: image_ring_series(a.realdata, seed=a.seed, log=log), log=log)
     command = "python scripts/refine_on_real_series.py " + " ".join(sys.argv[1:] if argv is None else argv)
     rec = refine_on_series(a.init, series, a.work / "refine", epochs=a.epochs, steps_per_epoch=a.steps,
-                           crop=a.crop, margin=a.margin, val_samples=tuple(VAL_SAMPLES) + tuple(a.val_extra), anchor_weight=a.anchor_weight, lr=a.lr, seed=a.seed,
+                           crop=a.crop, margin=a.margin, val_samples=(*VAL_SAMPLES, *a.val_extra),
+                           anchor_weight=a.anchor_weight, lr=a.lr, seed=a.seed,
                            resume=a.resume, time_limit_s=a.minutes * 60, log=log, command=command)
     log(f"best validation pair accuracy {rec['best_val_accuracy']:.3f}: {rec['best']}")
     if rec["interrupted"]:

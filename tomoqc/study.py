@@ -908,7 +908,7 @@ def _predictions(root: Path, method: str) -> dict:
 def _tiqa_fitted(root: Path, rows: list[dict], train: list, model) -> dict | None:
     """TIQA with its card's measured terms refitted to the labels of the train references
     (:func:`tomoqc.models.measured.fit_to_labels`), from the network scores and indicators of
-    ``predictions/tiqa.csv``: ``{"scores": {(set, file): score}, "fit": ..., "train_images": n}``,
+    ``predictions/tiqa.csv``: ``{"scores": {(set, file): score}, "fit": ..., "train_references": n}``,
     or None for a model without measured terms or predictions without the network's score."""
     from tomoqc.models.measured import INDICATORS, MeasuredTerms, fit_to_labels
     from tomoqc.models.tiqa import default_weights_path
@@ -917,7 +917,8 @@ def _tiqa_fitted(root: Path, rows: list[dict], train: list, model) -> dict | Non
     pred = _read_csv(root / "predictions" / "tiqa.csv")
     if terms is None or not pred or "network" not in pred[0]:
         return None
-    label = {r["file"]: float(r["label"]) for r in rows if r["reference"] in set(train)}
+    train_refs = set(train)
+    label = {r["file"]: float(r["label"]) for r in rows if r["reference"] in train_refs}
     net = np.array([_float(r["network"]) for r in pred])
     ind = {k: np.array([_float(r.get(k, "")) for r in pred]) for k in INDICATORS if k in pred[0]}
     y = np.array([label.get(r["file"], math.nan) if r["set"] == "phantom" else math.nan for r in pred])

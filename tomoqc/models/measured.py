@@ -135,6 +135,11 @@ def _logit_score(score):
     return np.log(q / (1.0 - q))
 
 
+def _score_of_logit(z):
+    """``1 + 4 sigmoid(z)``: the score on the 1-5 scale whose :func:`_logit_score` is ``z``."""
+    return 1.0 + 4.0 / (1.0 + np.exp(-z))
+
+
 class MeasuredTerms:
     """The combination of the network's score with measured indicators (module doc).
 
@@ -293,8 +298,7 @@ class MeasuredTerms:
         """Slice scores from the network's calibrated scores and the indicators (with
         ``relative``, also the terms meant for comparing reconstructions of one scan)."""
         z = _logit_score(score) - self.penalty(indicators, relative=relative)
-        out = 1.0 + 4.0 / (1.0 + np.exp(-z))
-        return np.where(np.isfinite(np.asarray(score, np.float64)), out, np.nan)
+        return np.where(np.isfinite(np.asarray(score, np.float64)), _score_of_logit(z), np.nan)
 
     def noise_confound_gap(self, score, indicators: dict, noise_low, *, relative: bool = False) -> np.ndarray:
         """How much higher each slice scores when its noise is read by the low quantiles of the
@@ -462,7 +466,7 @@ def fit_measured_terms(score, indicators: dict, pairs, *, typical: dict, weights
     rmse = None
     if has_lab.any():
         z = s[has_lab] - F[has_lab] @ c
-        rmse = float(np.sqrt(np.mean((1.0 + 4.0 / (1.0 + np.exp(-z)) - lab[has_lab]) ** 2)))
+        rmse = float(np.sqrt(np.mean((_score_of_logit(z) - lab[has_lab]) ** 2)))
     return {
         "label_rmse": rmse,
         "weights": {k: float(c[i]) for i, k in enumerate(INDICATORS)},
@@ -491,8 +495,7 @@ class LabelFit:
 
     def combine(self, score, indicators: dict) -> np.ndarray:
         z = self.offset + self.slope * _logit_score(score) - self.terms.penalty(indicators)
-        out = 1.0 + 4.0 / (1.0 + np.exp(-z))
-        return np.where(np.isfinite(np.asarray(score, np.float64)), out, np.nan)
+        return np.where(np.isfinite(np.asarray(score, np.float64)), _score_of_logit(z), np.nan)
 
     def to_dict(self) -> dict:
         return {"offset": self.offset, "slope": self.slope, "weights": dict(self.terms.weights),
@@ -527,7 +530,7 @@ def fit_to_labels(terms: MeasuredTerms, score, indicators: dict, labels) -> Labe
 
     def resid(p):
         z = p[0] + math.exp(p[1]) * x - F @ p[2:] - fixed
-        return 1.0 + 4.0 / (1.0 + np.exp(-z)) - y[ok]
+        return _score_of_logit(z) - y[ok]
 
     p0 = np.r_[0.0, 0.0, [terms.weights[k] for k in absolute]]
     lo = np.r_[-20.0, -5.0, np.zeros(len(absolute))]

@@ -55,7 +55,7 @@ from tomoqc.errors import InputError, OptionError
 from tomoqc.train import common
 from tomoqc.train.data import _augment, choose_crop
 
-__all__ = ["OrderedSeries", "build_training_series", "cached_training_series", "write_series", "read_series",
+__all__ = ["OrderedSeries", "build_training_series", "cached_series", "cached_training_series", "write_series", "read_series",
            "series_block_batch", "refine_on_series", "VAL_SAMPLES", "series_pair_accuracy"]
 
 #: Samples whose series are held out for validation (real: ``kind/sample``; simulated:
@@ -67,8 +67,8 @@ REAL_KINDS = ("dose", "angles", "stripes", "blur", "gain")
 #: scanned again, and image-domain recipes drawn into real slices
 #: (:func:`tomoqc.train.score_head.image_ring_series`).
 SOURCES = ("real", "simulated", "image")
-REFINE_FIELDS = ["epoch", "steps", "loss", "rank_loss", "anchor_loss", "lr", "val_accuracy", "val_real",
-                 "val_simulated", "val_image", "seconds"]
+REFINE_FIELDS = ["epoch", "steps", "loss", "rank_loss", "anchor_loss", "lr", "val_accuracy",
+                 *(f"val_{k}" for k in SOURCES), "seconds"]
 
 
 @dataclass
@@ -120,17 +120,22 @@ def build_training_series(realdata, *, phantoms: int = 6, seed: int = 20261130, 
     return out
 
 
-def cached_training_series(realdata, cache, *, seed: int = 20261130, log=print) -> list[OrderedSeries]:
-    """:func:`build_training_series`, read from ``cache`` (an ``.npz``) when it is there,
-    built and written there (atomically) when not."""
+def cached_series(cache, build, *, log=print) -> list[OrderedSeries]:
+    """The series in ``cache`` (an ``.npz`` of :func:`write_series`) when it is there; else
+    ``build()``, written there (atomically)."""
     cache = Path(cache)
     if cache.is_file():
         series = read_series(cache)
         log(f"read {len(series)} series from {cache}")
         return series
-    series = build_training_series(realdata, seed=seed, log=log)
+    series = build()
     write_series(cache, series)
     return series
+
+
+def cached_training_series(realdata, cache, *, seed: int = 20261130, log=print) -> list[OrderedSeries]:
+    """:func:`build_training_series`, through :func:`cached_series`."""
+    return cached_series(cache, lambda: build_training_series(realdata, seed=seed, log=log), log=log)
 
 
 def write_series(path, series) -> None:
@@ -221,6 +226,11 @@ def _validate(predict, series, crops) -> dict:
         raw = predict_raw(predict, c.reshape(n * k, *c.shape[2:])[..., None])
         scores.append(raw.reshape(n, k).mean(1).tolist())
     return series_pair_accuracy(series, scores)
+
+
+def _val_fields(ev: dict) -> dict:
+    """``val_<source>`` of every source (NaN where it has no held-out series)."""
+    return {f"val_{k}": ev.get(k, float("nan")) for k in SOURCES}
 
 
 def _by_source(row: dict) -> str:
@@ -315,9 +325,7 @@ def refine_on_series(
     if start_epoch == 0 and not history:
         ev = _validate(predict, val, crops)
         row = {"epoch": 0, "steps": 0, "loss": float("nan"), "rank_loss": float("nan"), "anchor_loss": float("nan"),
-               "lr": lr, "val_accuracy": ev["all"], "val_real": ev.get("real", float("nan")),
-               "val_simulated": ev.get("simulated", float("nan")), "val_image": ev.get("image", float("nan")),
-               "seconds": 0.0}
+               "lr": lr, "val_accuracy": ev["all"], **_val_fields(ev), "seconds": 0.0}
         history.append(row)
         log_csv.append(row)
         best = ev["all"]
@@ -361,9 +369,7 @@ def refine_on_series(
             epoch_times.append(dt)
             m = np.mean(losses, axis=0)
             row = {"epoch": epoch, "steps": len(losses), "loss": float(m[0]), "rank_loss": float(m[1]),
-                   "anchor_loss": float(m[2]), "lr": lr, "val_accuracy": ev["all"],
-                   "val_real": ev.get("real", float("nan")), "val_simulated": ev.get("simulated", float("nan")),
-                   "val_image": ev.get("image", float("nan")), "seconds": dt}
+                   "anchor_loss": float(m[2]), "lr": lr, "val_accuracy": ev["all"], **_val_fields(ev), "seconds": dt}
             history.append(row)
             log_csv.append(row)
             log(f"epoch {epoch}: loss {row['loss']:.4f} (rank {row['rank_loss']:.4f}, anchor {row['anchor_loss']:.4f}) "
