@@ -161,3 +161,79 @@ def test_evaluate_cli(tmp_path, capsys):
     assert main(["evaluate", str(tmp_path / "bad.csv"), str(tmp_path)]) == 1
     err = capsys.readouterr().err
     assert err.startswith("tomoqc: error: ") and "line 2" in err and err.count("\n") == 1
+
+
+# --- cluster bootstrap -------------------------------------------------------------------
+
+def test_cluster_bootstrap_of_single_samples_is_the_ordinary_bootstrap():
+    rng = np.random.default_rng(4)
+    x = rng.normal(size=40)
+    y = x + rng.normal(size=40)
+    names = [f"{i:03d}" for i in range(40)]  # sorted like the sample order
+    res = stats.cluster_bootstrap(lambda i, g: stats.plcc(x[i], y[i]), names, n=300, seed=9)
+    est, lo, hi = stats.bootstrap_ci(stats.plcc, x, y, n=300, seed=9)
+    assert (res.estimate, res.low, res.high) == (est, lo, hi)
+    assert res.resamples == 300
+
+
+def test_cluster_bootstrap_draws_whole_clusters_and_numbers_them():
+    clusters = ["a"] * 3 + ["b"] * 5 + ["c"] * 2
+    size = {"a": 3, "b": 5, "c": 2}
+    seen = []
+
+    def stat(i, g):
+        assert len(i) == len(g)
+        for k in np.unique(g):  # each drawn cluster: all of one cluster's samples, once
+            members = [clusters[j] for j in i[g == k]]
+            assert len(set(members)) == 1 and len(members) == size[members[0]]
+            assert sorted(i[g == k]) == [j for j, c in enumerate(clusters) if c == members[0]]
+        seen.append(len(np.unique(g)))
+        return float(len(i))
+
+    res = stats.cluster_bootstrap(stat, clusters, n=50, seed=1)
+    assert res.estimate == 10.0
+    assert seen[0] == 3 and all(s == 3 for s in seen[1:])  # three draws per resample
+
+
+def test_cluster_bootstrap_interval_follows_the_between_cluster_spread():
+    # samples share their cluster's offset: the mean's standard error is that of the K
+    # cluster means, sd / sqrt(K), not that of the K * m samples
+    rng = np.random.default_rng(0)
+    K, m, sd = 60, 20, 1.0
+    offsets = rng.normal(0.0, sd, K)
+    v = np.repeat(offsets, m) + rng.normal(0.0, 0.01, K * m)
+    clusters = np.repeat(np.arange(K), m)
+    res = stats.cluster_bootstrap(lambda i, g: float(np.mean(v[i])), clusters, n=2000, seed=2)
+    se = np.std(offsets, ddof=1) / np.sqrt(K)
+    assert (res.high - res.low) == pytest.approx(2 * 1.96 * se, rel=0.15)
+    # resampling single samples instead ignores the clusters and is far too narrow
+    _, lo, hi = stats.bootstrap_ci(lambda a, b: float(np.mean(a)), v, v, n=500, seed=2)
+    assert hi - lo < 0.4 * (res.high - res.low)
+
+
+def test_cluster_bootstrap_of_a_paired_difference():
+    rng = np.random.default_rng(3)
+    truth = rng.normal(size=120)
+    good = truth + 0.3 * rng.normal(size=120)
+    bad = truth + 3.0 * rng.normal(size=120)
+    refs = np.repeat(np.arange(12), 10)
+
+    def diff(a, b):
+        return lambda i, g: stats.srocc(a[i], truth[i]) - stats.srocc(b[i], truth[i])
+
+    same = stats.cluster_bootstrap(diff(good, good), refs, n=200, seed=0)
+    assert (same.estimate, same.low, same.high, same.share_positive) == (0.0, 0.0, 0.0, 0.0)
+    ahead = stats.cluster_bootstrap(diff(good, bad), refs, n=200, seed=0)
+    behind = stats.cluster_bootstrap(diff(bad, good), refs, n=200, seed=0)
+    assert ahead.low > 0 and ahead.share_positive == 1.0
+    assert behind.estimate == -ahead.estimate
+    assert behind.low == pytest.approx(-ahead.high) and behind.high == pytest.approx(-ahead.low)
+
+
+def test_cluster_bootstrap_refuses_bad_settings():
+    with pytest.raises(stats.MetricInputError):
+        stats.cluster_bootstrap(lambda i, g: 0.0, [1, 2], n=0)
+    with pytest.raises(stats.MetricInputError):
+        stats.cluster_bootstrap(lambda i, g: 0.0, [1, 2], level=1.0)
+    with pytest.raises(stats.MetricInputError):
+        stats.cluster_bootstrap(lambda i, g: 0.0, [])

@@ -89,6 +89,30 @@ def test_protocol_counts_and_splits(study):
         assert -1 <= lo <= hi <= 1 and np.isfinite(v)
 
 
+def test_paired_differences_are_the_differences_of_table_2(study):
+    # the paired table's estimates are Table 2's own figures subtracted, its intervals come
+    # from resampling whole test references / series
+    out, _ = study
+    s = json.loads((out / "study.json").read_text())
+    t2 = {(r["set"], r["method"]): r for r in _rows(out / "table2_methods.csv") if r["group"] == "ALL"}
+    diffs = _rows(out / "table2_differences.csv")
+    assert {d["method"] for d in diffs} == {"tiqa"}  # the tiny model has no terms to refit
+    got = {(d["set"], d["baseline"], d["statistic"]): d for d in diffs if d["method"] == "tiqa"}
+    for b in ("brisque", "rankiqa", "noise"):
+        for stat in ("srocc", "plcc"):
+            d = got[("phantom", b, stat)]
+            want = float(t2[("phantom", "tiqa")][stat]) - float(t2[("phantom", b)][stat])
+            assert float(d["difference"]) == pytest.approx(want, abs=1e-9)
+            assert int(d["clusters"]) == len(s["split"]["test"])
+            assert 0.0 <= float(d["share_better"]) <= 1.0
+            assert float(d["ci_low"]) <= float(d["ci_high"])
+        if REAL is not None:
+            d = got[("real", b, "pair_accuracy")]
+            want = float(t2[("real", "tiqa")]["pair_accuracy"]) - float(t2[("real", b)]["pair_accuracy"])
+            assert float(d["difference"]) == pytest.approx(want, abs=1e-12)
+    assert "Each TIQA row minus each baseline" in (out / "table2_methods.md").read_text()
+
+
 def test_tiqa_predictions_keep_the_network_score_beside_the_final_one(study):
     # the test model has no measured terms: its final score is the network's own
     out, _ = study

@@ -19,6 +19,10 @@ CSV) into one folder:
   last stage, the terms, to the train references' labels
   (:func:`tomoqc.models.measured.fit_to_labels`), as the baselines are trained on them;
   the network and its indicators are those of the first row, so it costs no scoring.
+  Each TIQA row minus each baseline (``table2_differences.csv``) is bootstrapped on the
+  same resamples for both, resampling whole test references or whole series
+  (:func:`tomoqc.metrics.stats.cluster_bootstrap`): it says whether the split can tell
+  the two apart.
 * **Table 3** (quality vs segmentation, report II.3): TIQA's score against the
   segmentation F1 per impairment, on phantoms (mean F1 over the three phases, exact
   labels) and, with real data, on HTC2022 discs reconstructed from degraded measured
@@ -527,25 +531,14 @@ def pair_accuracy(scores, ranks, series) -> tuple[float, int]:
 
 def _pair_accuracy_ci(scores, ranks, series, boot: int, seed: int) -> tuple[float, float]:
     """Percentile bootstrap 95 % CI of :func:`pair_accuracy`, resampling whole series."""
-    names = sorted(set(series), key=str)
-    if boot < 1 or len(names) < 2:
+    from tomoqc.metrics import stats
+
+    if boot < 1 or len(set(series)) < 2:
         return math.nan, math.nan
-    idx = {g: [i for i, s in enumerate(series) if s == g] for g in names}
-    rng = np.random.default_rng(seed)
-    vals = []
-    for _ in range(boot):
-        pick = rng.integers(0, len(names), len(names))
-        sc, rk, sr = [], [], []
-        for k, gi in enumerate(pick):
-            for i in idx[names[gi]]:
-                sc.append(scores[i]), rk.append(ranks[i]), sr.append(k)
-        acc, n = pair_accuracy(sc, rk, sr)
-        if n:
-            vals.append(acc)
-    if not vals:
-        return math.nan, math.nan
-    lo, hi = np.quantile(vals, [0.025, 0.975])
-    return float(lo), float(hi)
+    sc = np.asarray(scores, np.float64)
+    rk = np.asarray(ranks)
+    res = stats.cluster_bootstrap(lambda i, g: pair_accuracy(sc[i], rk[i], g)[0], series, n=boot, seed=seed)
+    return res.low, res.high
 
 
 # ---------------------------------------------------------------------------------------
@@ -1048,6 +1041,85 @@ def _table2(rows, test, preds, methods, kinds, boot, seed, real_rows) -> tuple[l
     return out, md, checks
 
 
+def _logistic_mapped(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """``x`` through the VQEG logistic fitted from ``x`` to ``y`` once (Table 2's PLCC map)."""
+    from tomoqc.metrics import stats
+
+    return np.asarray(stats.logistic_fit(x, y, kind=LOGISTIC_KIND)(x), np.float64)
+
+
+def _table2_differences(rows, test, preds, methods, boot, seed, real_rows) -> tuple[list[dict], str]:
+    """Each TIQA row minus each baseline, both scored on the same resamples.
+
+    The intervals of Table 2 are each method's own; two overlapping intervals do not say
+    whether one method is ahead. Here the statistic is the difference, bootstrapped by
+    resampling whole test references (phantoms: a reference's distorted images are not
+    independent) or whole series (real orderings), with both methods on every resample.
+    ``share_better`` is the share of resamples in which the TIQA row is ahead."""
+    from tomoqc.metrics import stats
+
+    tiqa = [m for m in TIQA_ROWS if m in methods]
+    base = [m for m in methods if m not in TIQA_ROWS]
+    out: list[dict] = []
+    test_rows = [r for r in rows if r["reference"] in test]
+    y_all = np.array([float(r["label"]) for r in test_rows])
+
+    def record(set_name, t, b, statistic, fn, clusters):
+        res = (stats.cluster_bootstrap(fn, clusters, n=boot, seed=seed) if boot >= 1 and len(set(clusters)) > 1
+               else None)
+        everything = np.arange(len(clusters))
+        out.append({"set": set_name, "method": t, "baseline": b, "statistic": statistic,
+                    "difference": res.estimate if res else float(fn(everything, everything)),
+                    "ci_low": res.low if res else math.nan, "ci_high": res.high if res else math.nan,
+                    "share_better": res.share_positive if res else math.nan,
+                    "clusters": len(set(clusters)), "resamples": res.resamples if res else 0})
+
+    for t in tiqa:
+        for b in base:
+            st = np.array([preds[t].get(("phantom", r["file"]), math.nan) for r in test_rows])
+            sb = np.array([preds[b].get(("phantom", r["file"]), math.nan) for r in test_rows])
+            ok = np.isfinite(st) & np.isfinite(sb) & np.isfinite(y_all)
+            if ok.sum() < LOGISTIC_KIND + 1 or np.ptp(st[ok]) == 0 or np.ptp(sb[ok]) == 0:
+                continue
+            a, c, y = st[ok], sb[ok], y_all[ok]
+            refs = [r["reference"] for r, k in zip(test_rows, ok) if k]
+            record("phantom", t, b, "srocc",
+                   lambda i, g: stats.srocc(a[i], y[i]) - stats.srocc(c[i], y[i]), refs)
+            ma, mc = _logistic_mapped(a, y), _logistic_mapped(c, y)
+            record("phantom", t, b, "plcc",
+                   lambda i, g: stats.plcc(ma[i], y[i]) - stats.plcc(mc[i], y[i]), refs)
+            if real_rows:
+                rt = np.array([preds[t].get(("ordering", r["file"]), math.nan) for r in real_rows])
+                rb = np.array([preds[b].get(("ordering", r["file"]), math.nan) for r in real_rows])
+                rk = np.array([int(r["rank"]) for r in real_rows])
+                record("real", t, b, "pair_accuracy",
+                       lambda i, g: pair_accuracy(rt[i], rk[i], g)[0] - pair_accuracy(rb[i], rk[i], g)[0],
+                       [r["group"] for r in real_rows])
+    if not out:
+        return out, ""
+
+    def cell(set_name, t, b, statistic):
+        r = next((r for r in out if (r["set"], r["method"], r["baseline"], r["statistic"])
+                  == (set_name, t, b, statistic)), None)
+        if r is None:
+            return ""
+        d = f"{r['difference']:+.3f}"
+        if math.isfinite(r["ci_low"]):
+            d += f" [{r['ci_low']:+.3f}, {r['ci_high']:+.3f}] ({r['share_better']:.0%})"
+        return d
+
+    body = [[METHOD_NAMES[t], METHOD_NAMES[b], cell("phantom", t, b, "srocc"), cell("phantom", t, b, "plcc")]
+            + ([cell("real", t, b, "pair_accuracy")] if real_rows else [])
+            for t in tiqa for b in base if any(r["method"] == t and r["baseline"] == b for r in out)]
+    header = (["TIQA row", "baseline", "phantom ALL SROCC", "phantom ALL PLCC"]
+              + (["real pair accuracy"] if real_rows else []))
+    md = ("\nEach TIQA row minus each baseline, both on the same bootstrap resamples "
+          f"({boot} resamples of whole test references on phantoms, of whole series on the real orderings): "
+          "difference [95 % interval] (share of resamples in which the TIQA row is ahead). "
+          "An interval that holds 0 means this split cannot tell the two apart.\n\n" + _md(header, body))
+    return out, md
+
+
 def _f1_loss(sub: list[dict], f1s: list[float], key, clean) -> list[float]:
     """F1 of each row minus the F1 of its own sample's unimpaired image (``key(row)`` names the
     sample, ``clean(row)`` is True for the unimpaired image): the accuracy the impairment cost,
@@ -1242,6 +1314,8 @@ def _stage_report(root: Path, p: StudyParams, annotations: str | None, train: li
 
     t1, md1 = _table1(rows, f1, mos, kinds)
     t2, md2, checks2 = _table2(rows, set(test), preds, methods, kinds, p.bootstrap, p.seed, real_rows)
+    t2d, md2d = _table2_differences(rows, set(test), preds, methods, p.bootstrap, p.seed, real_rows)
+    md2 += md2d
     t3, md3, checks3 = _table3(rows, preds["tiqa"], f1, htc_rows, htc_f1)
     s2rows = _read_csv(root / "segmentation" / "s2_phantom.csv")
 
@@ -1253,6 +1327,8 @@ def _stage_report(root: Path, p: StudyParams, annotations: str | None, train: li
           "srocc_within", "report_srocc", "report_plcc"]
     _write_csv(root / "table2_methods.csv", t2, c2)
     _write_text(root / "table2_methods.md", md2)
+    _write_csv(root / "table2_differences.csv", t2d, ["set", "method", "baseline", "statistic", "difference", "ci_low",
+                                                     "ci_high", "share_better", "clusters", "resamples"])
     c3 = ["set", "impairment", "n", "srocc", "plcc", "srocc_within", "srocc_loss", "srocc_level", "report_srocc", "report_plcc"]
     _write_csv(root / "table3_quality_vs_segmentation.csv", t3, c3)
     _write_text(root / "table3_quality_vs_segmentation.md", md3)
@@ -1271,12 +1347,13 @@ def _stage_report(root: Path, p: StudyParams, annotations: str | None, train: li
         "split": {"train": train, "test": test, "test_fraction": p.test_fraction},
         "never_used_in_training": extra.get("disjoint"),
         "stages": {s: stages.info(s) for s in STAGES if stages.info(s)},
-        "table1": t1, "table2": t2, "table3": t3, "checks": checks, "tiqa_fitted": fitted,
+        "table1": t1, "table2": t2, "table2_differences": t2d, "table3": t3, "checks": checks, "tiqa_fitted": fitted,
         "report": REPORT,
         "versions": _versions(),
         "command": extra.get("command"),
         "files": ["table1_label_projection.csv", "table1_label_projection.md", "table2_methods.csv",
-                  "table2_methods.md", "table3_quality_vs_segmentation.csv", "table3_quality_vs_segmentation.md",
+                  "table2_methods.md", "table2_differences.csv", "table3_quality_vs_segmentation.csv",
+                  "table3_quality_vs_segmentation.md",
                   "fig4_pred_vs_label.png", "fig7_two_point_correlation.png", "fig7_two_point_correlation.csv",
                   "summary.md"],
     }

@@ -4,7 +4,9 @@ These are the criteria of the VQEG reports and of the IQA literature: SROCC and 
 measure prediction monotonicity, PLCC and RMSE prediction accuracy, the latter two
 usually after a monotone logistic map from the objective scores to the subjective scale
 (:func:`logistic_fit`, :func:`plcc_logistic`). :func:`bootstrap_ci` puts a percentile
-confidence interval on any of them.
+confidence interval on any of them; :func:`cluster_bootstrap` does so when the samples come
+in dependent groups (images of one reference, pairs of one series) and compares two methods
+on the same resamples.
 
 Degenerate input (a constant vector) has no correlation: the functions return ``nan``.
 """
@@ -32,6 +34,8 @@ __all__ = [
     "logistic_fit",
     "plcc_logistic",
     "bootstrap_ci",
+    "ClusterBootstrap",
+    "cluster_bootstrap",
 ]
 
 
@@ -309,3 +313,89 @@ def bootstrap_ci(
         return estimate, math.nan, math.nan
     lo, hi = np.quantile(values, [(1.0 - level) / 2.0, (1.0 + level) / 2.0])
     return estimate, float(lo), float(hi)
+
+
+@dataclass(frozen=True)
+class ClusterBootstrap:
+    """Result of :func:`cluster_bootstrap`: the statistic on all samples, the percentile
+    interval of its resamples, and the share of resamples above zero (for a difference of
+    two methods: how often the first one wins)."""
+
+    estimate: float
+    low: float
+    high: float
+    share_positive: float
+    resamples: int
+
+
+def cluster_bootstrap(
+    stat: Callable[[np.ndarray, np.ndarray], float], clusters, n: int = 1000, seed: int | None = 0, *,
+    level: float = 0.95,
+) -> ClusterBootstrap:
+    """Percentile bootstrap that resamples whole clusters of samples.
+
+    Samples of one cluster (the distorted images of one reference, the images of one
+    series) are not independent; resampling them one by one gives intervals that are too
+    narrow. Here each resample draws as many clusters as there are, with replacement, and
+    keeps every sample of each drawn cluster.
+
+    Parameters
+    ----------
+    stat : callable ``stat(index, group) -> float``
+        The statistic on the samples ``index`` (an int array into the data, with repeats);
+        ``group`` gives each of them its drawn cluster's position in the resample, so that a
+        cluster drawn twice counts as two (e.g. as two series for pair counts). Called once
+        on all samples (``group`` = each sample's cluster number) for the estimate. To compare
+        two methods, return the difference of their statistics: both then see the same
+        resamples (a paired comparison).
+    clusters : sequence of hashable
+        Cluster of each sample.
+    n : int
+        Number of resamples; those on which ``stat`` is not finite are dropped.
+    level : float
+        Coverage of the interval.
+
+    Returns
+    -------
+    ClusterBootstrap
+
+    References
+    ----------
+    A. C. Davison and D. V. Hinkley, "Bootstrap Methods and their Application", Cambridge
+    University Press, 1997, section 3.8 (the cluster, or two-stage, bootstrap).
+    https://doi.org/10.1017/CBO9780511802843
+    """
+    if n < 1:
+        raise MetricInputError(f"n must be at least 1, got {n}")
+    if not 0.0 < level < 1.0:
+        raise MetricInputError(f"level must be in (0, 1), got {level}")
+    labels = list(clusters)
+    names = sorted(set(labels), key=str)
+    if not names:
+        raise MetricInputError("cluster_bootstrap needs at least one sample")
+    number = {g: k for k, g in enumerate(names)}
+    members = [[] for _ in names]
+    for i, g in enumerate(labels):
+        members[number[g]].append(i)
+    members = [np.asarray(m, np.intp) for m in members]
+    everything = np.arange(len(labels), dtype=np.intp)
+    estimate = float(stat(everything, np.asarray([number[g] for g in labels], np.intp)))
+    rng = np.random.default_rng(seed)
+    values = []
+    for _ in range(n):
+        pick = rng.integers(0, len(names), len(names))
+        idx = np.concatenate([members[g] for g in pick])
+        group = np.concatenate([np.full(members[g].size, k, np.intp) for k, g in enumerate(pick)])
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            try:
+                v = float(stat(idx, group))
+            except MetricInputError:
+                continue
+        if math.isfinite(v):
+            values.append(v)
+    if not values:
+        return ClusterBootstrap(estimate, math.nan, math.nan, math.nan, 0)
+    vals = np.asarray(values)
+    lo, hi = np.quantile(vals, [(1.0 - level) / 2.0, (1.0 + level) / 2.0])
+    return ClusterBootstrap(estimate, float(lo), float(hi), float(np.mean(vals > 0)), int(vals.size))
