@@ -1,0 +1,185 @@
+#!/usr/bin/env python
+"""How far any last stage on the TIQA network can go on the study's phantoms.
+
+Usage::
+
+    python benchmarks/last_stage_ceiling.py --study S [--work DIR]
+
+``S`` is a finished ``tomoqc study --out S`` run. Table 2's TIQA rows keep the network and
+change only what follows it: the bundled card combines the network's score with measured
+terms, the fitted row refits those terms to the train references' labels
+(:func:`tomoqc.models.measured.fit_to_labels`). This benchmark asks whether a more flexible
+last stage, fitted on the same train references' labels, would do better: it fits, with
+hyperparameters chosen by 4-fold cross-validation grouped by reference on the train split,
+
+* gradient-boosted trees (scikit-learn) on the network's score and the indicators, free and
+  monotone (score up, every indicator down);
+* an RBF SVR on the same inputs;
+* ridge regression on the network's pooled backbone features (mean over the slice's patches)
+  with the network's score, the card's score and the indicators.
+
+Each is scored on the test references (ALL SROCC, and PLCC after the VQEG logistic, as
+Table 2) and on the real series of known order (pair accuracy). The card, the network
+alone, the fitted row and BRISQUE-SVR (from the run's predictions) are printed beside them.
+The pooled features are computed with the run's TIQA model (about 3 minutes on 2 cores for
+a full run's 1247 images) and cached in ``DIR/pooled_features.npz``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+
+def read_rows(path: Path) -> list[dict]:
+    with open(path, newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def num(v) -> float:
+    try:
+        return float(v)
+    except (TypeError, ValueError):
+        return float("nan")
+
+
+def pooled_features(study: Path, pred: list[dict], model_path, cache: Path) -> np.ndarray:
+    """Mean pooled backbone feature of every predicted image (one row each), cached."""
+    from tomoqc.models.tiqa import file_sha256, load_model
+
+    model = load_model(model_path)
+    key = f"{file_sha256(model.path)}:{len(pred)}:{pred[0]['file']}:{pred[-1]['file']}"
+    if cache.is_file():
+        with np.load(cache) as z:
+            if str(z["key"]) == key:
+                return z["features"]
+    feats = []
+    t0 = time.time()
+    for i, r in enumerate(pred):
+        base = study / "data" if r["set"] == "phantom" else study
+        img = np.load(base / r["file"])
+        res = model.score_slices(img[None], tta=1, ood=False, measure=False, measured_terms=False, features=True)
+        feats.append(np.asarray(res["features"][0]).mean(axis=0))
+        if (i + 1) % 100 == 0 or i + 1 == len(pred):
+            print(f"  pooled features {i + 1}/{len(pred)} ({time.time() - t0:.0f} s)", file=sys.stderr, flush=True)
+    out = np.asarray(feats, np.float32)
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    tmp = cache.with_name(cache.name + ".tmp.npz")
+    np.savez(tmp, features=out, key=np.array(key))
+    tmp.replace(cache)
+    return out
+
+
+def logit_score(s: np.ndarray) -> np.ndarray:
+    """The 1-5 score on the logit scale its combination works on."""
+    p = np.clip((np.asarray(s, np.float64) - 1.0) / 4.0, 1e-4, 1 - 1e-4)
+    return np.log(p / (1 - p))
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--study", type=Path, required=True, help="a finished tomoqc study run")
+    ap.add_argument("--work", type=Path, default=Path("bench-out/last_stage_ceiling"), help="cache folder")
+    args = ap.parse_args(argv)
+
+    from sklearn.ensemble import HistGradientBoostingRegressor
+    from sklearn.linear_model import Ridge
+    from sklearn.model_selection import GridSearchCV, GroupKFold
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+    from sklearn.svm import SVR
+
+    from tomoqc.dataset import read_manifest
+    from tomoqc.metrics import stats
+    from tomoqc.models.measured import INDICATORS
+    from tomoqc.study import LOGISTIC_KIND, _tiqa_fitted, pair_accuracy
+
+    study = args.study
+    pred_path = study / "predictions" / "tiqa.csv"
+    if not pred_path.is_file() or not (study / "study.json").is_file():
+        raise SystemExit(f"error: {study}: not a finished tomoqc study run (no predictions/tiqa.csv or study.json)")
+    pred = read_rows(pred_path)
+    if not pred or "network" not in pred[0]:
+        raise SystemExit(f"error: {pred_path}: no network scores stored (rerun the study with this version)")
+    info = json.loads((study / "study.json").read_text())
+    train, test = set(info["split"]["train"]), set(info["split"]["test"])
+    model_path = info["parameters"].get("model")
+    rows = read_manifest(study / "data")
+    manifest = {r["file"]: r for r in rows}
+    ref = [manifest[r["file"]]["reference"] if r["set"] == "phantom" else None for r in pred]
+    tr = np.array([g in train for g in ref])
+    te = np.array([g in test for g in ref])
+    label = np.array([num(manifest[r["file"]]["label"]) if g else np.nan for r, g in zip(pred, ref)])
+    ordering_path = study / "real" / "orderings.csv"
+    orderings = {r["file"]: r for r in read_rows(ordering_path)} if ordering_path.is_file() else {}
+    od = [i for i, r in enumerate(pred) if r["set"] == "ordering" and r["file"] in orderings]
+
+    card = np.array([num(r["score"]) for r in pred])
+    network = np.array([num(r["network"]) for r in pred])
+    ind = np.column_stack([np.nan_to_num(np.array([num(r.get(k)) for r in pred])) for k in INDICATORS if k in pred[0]])
+    ind = ind[:, np.ptp(ind, axis=0) > 0]  # an indicator the run never measured has nothing to say
+    feats = pooled_features(study, pred, model_path, args.work / "pooled_features.npz")
+    groups = [g for g, k in zip(ref, tr) if k]
+
+    def evaluate(s):
+        s = np.asarray(s, np.float64)
+        a, b = s[te], label[te]
+        fit = stats.logistic_fit(a, b, kind=LOGISTIC_KIND)
+        acc = (pair_accuracy(s[od], [int(num(orderings[pred[i]["file"]]["rank"])) for i in od],
+                             [orderings[pred[i]["file"]]["group"] for i in od])[0] if od else float("nan"))
+        return stats.srocc(a, b), stats.plcc(fit(a), b), acc
+
+    def fitted(estimator, grid, x):
+        search = GridSearchCV(estimator, grid, cv=GroupKFold(4), scoring="neg_mean_squared_error")
+        search.fit(x[tr], label[tr], groups=groups)
+        return search.predict(x), search.best_params_
+
+    basic = np.column_stack([logit_score(network), ind])
+    table = [("card (bundled TIQA)", "network, indicators", card, "-"),
+             ("network alone", "network", network, "-")]
+    fit_row = _tiqa_fitted(study, rows, sorted(train), model_path)
+    if fit_row is not None:
+        table.append(("card's terms fitted (Table 2)", "network, indicators",
+                      np.array([fit_row["scores"][(r["set"], r["file"])] for r in pred]), "least squares"))
+    trees = {"max_iter": [100, 300], "learning_rate": [0.03, 0.1], "max_leaf_nodes": [7, 15],
+             "min_samples_leaf": [10, 30]}
+    s, p = fitted(HistGradientBoostingRegressor(random_state=0), trees, basic)
+    table.append(("boosted trees", "network, indicators", s, p))
+    mono = [1] + [-1] * ind.shape[1]
+    s, p = fitted(HistGradientBoostingRegressor(monotonic_cst=mono, random_state=0), trees, basic)
+    table.append(("boosted trees, monotone", "network, indicators", s, p))
+    s, p = fitted(make_pipeline(StandardScaler(), SVR()),
+                  {"svr__C": [1, 10, 100], "svr__gamma": ["scale", 0.03, 0.3]}, basic)
+    table.append(("RBF SVR", "network, indicators", s, p))
+    rich = np.column_stack([feats, basic, logit_score(card)])
+    s, p = fitted(make_pipeline(StandardScaler(), Ridge()), {"ridge__alpha": [1, 10, 100, 1000, 1e4]}, rich)
+    table.append(("ridge", f"{feats.shape[1]} pooled features, network, card, indicators", s, p))
+    brisque_path = study / "predictions" / "brisque.csv"
+    if brisque_path.is_file():
+        b = {(r["set"], r["file"]): num(r["score"]) for r in read_rows(brisque_path)}
+        table.append(("BRISQUE-SVR (Table 2)", "36 BRISQUE features",
+                      np.array([b.get((r["set"], r["file"]), np.nan) for r in pred]), "the study's search"))
+
+    print(f"\nLast stages on the TIQA network of {study}: fitted on {len(train)} train references' labels "
+          f"({int(tr.sum())} images), tested on {len(test)} references ({int(te.sum())} images) and "
+          f"{len(od)} real ordering images\n")
+    print("| last stage | inputs | ALL SROCC | ALL PLCC | real pairs | chosen settings |")
+    print("|---|---|---|---|---|---|")
+    for name, inputs, s, p in table:
+        sr, pl, acc = evaluate(s)
+        settings = ", ".join(f"{k.split('__')[-1]} {v}" for k, v in p.items()) if isinstance(p, dict) else p
+        print(f"| {name} | {inputs} | {sr:.3f} | {pl:.3f} | {acc:.3f} | {settings} |")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
