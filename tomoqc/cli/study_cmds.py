@@ -65,8 +65,9 @@ def study(
     """Reproduce the TIQA report's Tables 1-3 and Figures 4 and 7 on phantoms (and real scans with --real).
 
     Writes table1_label_projection, table2_methods and table3_quality_vs_segmentation (CSV
-    and Markdown), fig4_pred_vs_label.png, fig7_two_point_correlation (PNG and CSV),
-    study.json and summary.md into --out. Resumes an interrupted run.
+    and Markdown), table2_differences.csv (each TIQA row minus each baseline, paired bootstrap),
+    fig4_pred_vs_label.png, fig7_two_point_correlation (PNG and CSV), study.json and
+    summary.md into --out. Resumes an interrupted run.
     """
     from tomoqc.study import run_study
 
