@@ -375,3 +375,78 @@ def test_tiqa_terms_refitted_on_the_train_split_fit_its_labels_better(study, mod
     refit = np.array([fit["scores"][("phantom", r["file"])] for r in tr])
     assert np.sqrt(np.mean((refit - y) ** 2)) <= np.sqrt(np.mean((card_scores - y) ** 2)) + 1e-9
     assert fit["fit"]["label_rmse"] == pytest.approx(np.sqrt(np.mean((refit - y) ** 2)), rel=1e-6)
+
+
+# --- a study on a volume of the user's ------------------------------------------------------
+
+REAL_SLICES = _REPO / "tests" / "data" / "real"
+
+
+@pytest.fixture(scope="module")
+def volume_study(tmp_path_factory, model_path):
+    """`tomoqc study --source` on a 3-slice TIFF of the project's real test slices (the HTC2022
+    disc, the Savu row, the battery crop; see tests/data/real/README.md)."""
+    import tifffile
+    from skimage.transform import resize
+
+    d = tmp_path_factory.mktemp("volume_study")
+    slices = [np.load(REAL_SLICES / f).astype(np.float32) for f in
+              ("htc2022_ta_fbp256.npy", "savu24737_row104_fbp160.npy", "battery_xct_im1_crop128.npy")]
+    vol = np.stack([resize(s, (128, 128), preserve_range=True).astype(np.float32) for s in slices])
+    src = d / "scan.tif"
+    tifffile.imwrite(src, vol)
+    out = d / "run"
+    argv = ["study", "--out", str(out), "--quick", "--source", str(src), "--references", "3",
+            "--methods", "tiqa,noise", "--model", str(model_path), "--quiet"]
+    assert main(argv) == 0
+    return out, src, vol
+
+
+def test_volume_study_builds_its_references_from_the_volume(volume_study):
+    out, src, vol = volume_study
+    s = json.loads((out / "study.json").read_text())
+    assert s["parameters"]["source"] == str(src.resolve()) and s["parameters"]["size"] == 64
+    manifest = _rows(out / "data" / "manifest.csv")
+    refs = [r for r in manifest if r["distortion"] == "none" and r["domain"] == "image"]
+    assert len(refs) == 3 and all(r["label_file"] == "" for r in manifest)
+    # three references drawn without replacement from three slices: every slice once
+    assert sorted(json.loads(r["params"])["z"] for r in refs) == [0, 1, 2]
+    for t in TABLES:
+        assert (out / f"{t}.csv").is_file()
+    assert "Test references (scan.tif slices" in (out / "table2_methods.md").read_text()
+
+
+def test_volume_study_segments_against_the_undistorted_slice(volume_study):
+    # with no exact phase map, the truth is the segmenter's own reading of the clean slice:
+    # that slice then agrees with it (up to the batch's float rounding at a few boundary
+    # pixels), and the truth map is stored per reference
+    out, _, _ = volume_study
+    manifest = _rows(out / "data" / "manifest.csv")
+    f1 = {r["file"]: float(r["f1_mean"]) for r in _rows(out / "segmentation" / "phantom.csv")}
+    for r in manifest:
+        if r["distortion"] == "none" and r["domain"] == "image":
+            truth = np.load(out / "segmentation" / "reference_labels" / f"{r['reference']}.npy")
+            assert truth.shape == np.load(out / "data" / r["file"]).shape
+            assert f1[r["file"]] >= 0.995
+    assert len(f1) == len(manifest)
+    assert "its own segmentation of the undistorted slice" in (out / "table3_quality_vs_segmentation.md").read_text()
+
+
+def test_a_missing_source_volume_is_refused(tmp_path, model_path, capsys):
+    out = tmp_path / "run"
+    missing = tmp_path / "no-scan.tif"
+    rc = main(["study", "--out", str(out), "--quick", "--model", str(model_path), "--quiet", "--source", str(missing)])
+    assert rc == 1
+    assert str(missing) in _one_error_line(capsys)
+    assert not out.exists()
+
+
+def test_source_crop_side_and_dataset_are_checked(tmp_path, model_path, volume_study):
+    from tomoqc.study import run_study
+
+    _, src, _ = volume_study
+    with pytest.raises(OptionError, match="size"):
+        run_study(tmp_path / "a", source=src, size=300, model=model_path, progress=False)
+    with pytest.raises(OptionError, match="source"):
+        run_study(tmp_path / "b", source_dataset="/data", model=model_path, progress=False)
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()

@@ -171,6 +171,8 @@ class StudyParams:
     model_sha256: str = ""
     model_card_sha256: str = ""
     real: str | None = None
+    source: str | None = None
+    source_dataset: str | None = None
     real_limit: int | None = None
     real_bin: int = 1
     real_levels: int = 4
@@ -567,9 +569,15 @@ def _stage_dataset(root: Path, p: StudyParams, prog: _Progress, workers) -> dict
     from tomoqc.labels import project_dataset
 
     data = root / "data"
-    prog.log(f"building {p.references} phantom references ({p.size} px, both domains)")
-    build_dataset(data, references=p.references, domain="both", size=p.size, seed=p.seed, mixtures=p.mixtures,
-                  workers=workers, progress=prog.enabled, overwrite=True)
+    if p.source:
+        prog.log(f"building {p.references} references from slices of {p.source} ({p.size} px crops, both domains)")
+        build_dataset(data, source=p.source, dataset=p.source_dataset, fit="report", references=p.references,
+                      domain="both", size=p.size, seed=p.seed, mixtures=p.mixtures, workers=workers,
+                      progress=prog.enabled, overwrite=True)
+    else:
+        prog.log(f"building {p.references} phantom references ({p.size} px, both domains)")
+        build_dataset(data, references=p.references, domain="both", size=p.size, seed=p.seed, mixtures=p.mixtures,
+                      workers=workers, progress=prog.enabled, overwrite=True)
     ls = _label_settings(p.model)
     observers = ("mse", "psnr", "ssim", "ms_ssim", "gmsd", "mdsi")
     anchors = ls["anchors"]
@@ -788,6 +796,26 @@ def _fov(row_params: str):
     return ph.get("fov") if isinstance(ph, dict) else None
 
 
+def _reference_segmentations(root: Path, rows: list[dict], model, prog: _Progress) -> dict:
+    """The truth each reference's images are segmented against, as a path under ``root``.
+
+    A phantom's is its exact phase map (``label_file``). Slices of a user's volume have none:
+    their truth is the segmenter's own segmentation of the undistorted slice (the image-domain
+    reference), written to ``segmentation/reference_labels/``. F1 then measures how far an
+    impairment moves the segmentation from what the clean slice gives."""
+    out = {r["reference"]: f"data/{r['label_file']}" for r in rows if r["distortion"] == "none" and r["label_file"]}
+    todo = [r for r in rows if r["distortion"] == "none" and r["domain"] == "image" and r["reference"] not in out]
+    if todo:
+        tick = prog.task("segmentation: the undistorted references", len(todo))
+        for r in todo:
+            seg = model.segment_slices(np.load(root / "data" / r["file"])[None])["label"][0]
+            f = f"segmentation/reference_labels/{r['reference']}.npy"
+            _write_npy(root / f, np.asarray(seg, np.uint8))
+            out[r["reference"]] = f
+            tick(1)
+    return out
+
+
 def _stage_segment_phantom(root: Path, p: StudyParams, prog: _Progress) -> dict:
     from tomoqc.metrics.morphology import two_point_correlation
     from tomoqc.metrics.seg import f1_per_class
@@ -797,6 +825,7 @@ def _stage_segment_phantom(root: Path, p: StudyParams, prog: _Progress) -> dict:
     rows = _phantom_rows(root)
     model = load_segment_model(kind="phases")
     fovs = {r["reference"]: _fov(r["params"]) for r in rows if r["distortion"] == "none"}
+    truth_files = _reference_segmentations(root, rows, model, prog)
     truths: dict = {}
     max_r = max(1, p.size // 4)
     out, s2_pred, s2_true = [], {}, {}
@@ -807,7 +836,7 @@ def _stage_segment_phantom(root: Path, p: StudyParams, prog: _Progress) -> dict:
         for r, pred in zip(part, res["label"]):
             ref = r["reference"]
             if ref not in truths:
-                t = np.load(root / "data" / r["label_file"])
+                t = np.load(root / truth_files[ref])
                 valid = fov_mask(t.shape, fovs.get(ref))
                 truths[ref] = (t, np.ones(t.shape, bool) if valid is None else valid)
                 for axis in (1, 0):
@@ -844,7 +873,8 @@ def _stage_segment_phantom(root: Path, p: StudyParams, prog: _Progress) -> dict:
                     s2rows.append({"distortion": kind, "level": level, "source": "predicted", "axis": "xy"[1 - axis],
                                    "r": r, "s2": float(v)})
     _write_csv(root / "segmentation" / "s2_phantom.csv", s2rows, ["distortion", "level", "source", "axis", "r", "s2"])
-    return {"images": len(out), "model_id": model.model_id, "phase_of_s2": PHASE_NAMES[S2_PHASE], "max_r": max_r}
+    return {"images": len(out), "model_id": model.model_id, "phase_of_s2": PHASE_NAMES[S2_PHASE], "max_r": max_r,
+            "truth": "exact phase maps" if not p.source else "the segmentation of each undistorted reference slice"}
 
 
 def _stage_segment_real(root: Path, p: StudyParams, prog: _Progress) -> dict:
@@ -935,7 +965,7 @@ def _annotation_truth(annotations: str | None, rows: list[dict]) -> tuple[dict, 
     return {f: m.mos for f, m in matched.items()}, len(table)
 
 
-def _table1(rows, f1, mos, kinds) -> tuple[list[dict], str]:
+def _table1(rows, f1, mos, kinds, what: str = "phantom") -> tuple[list[dict], str]:
     out = []
     truths = [("distortion level", lambda r: -float(r["level"])), ("segmentation F1", lambda r: f1.get(r["file"]))]
     if mos:
@@ -961,13 +991,14 @@ def _table1(rows, f1, mos, kinds) -> tuple[list[dict], str]:
         cells.append(f"{rep[0]:.3f} / {rep[1]:.3f}" if rep else "–")
         body.append(cells)
     md = ("## Table 1 analog: label projection against the truth\n\n"
-          "Projected label of every phantom image against each truth (SROCC; PLCC without fitting); the level enters "
+          f"Projected label of every {what} image against each truth (SROCC; PLCC without fitting); the level enters "
           "as minus the level. Each distortion's set holds levels 1-5 and the references they came from.\n\n"
           + _md(header, body))
     return out, md
 
 
-def _table2(rows, test, preds, methods, kinds, boot, seed, real_rows) -> tuple[list[dict], str, dict]:
+def _table2(rows, test, preds, methods, kinds, boot, seed, real_rows,
+            what: str = "phantom") -> tuple[list[dict], str, dict]:
     out = []
     test_rows = [r for r in rows if r["reference"] in test]
     for m in methods:
@@ -988,7 +1019,7 @@ def _table2(rows, test, preds, methods, kinds, boot, seed, real_rows) -> tuple[l
                        for k in kinds + ["ALL"]])
     n_test = sum(1 for _ in test_rows)
     md = ("## Table 2 analog: TIQA against the baselines\n\n"
-          f"Phantom test references ({len(test)} references, {n_test} images): SROCC, and PLCC after the "
+          f"Test references ({what}s: {len(test)} references, {n_test} images): SROCC, and PLCC after the "
           "monotone 4-parameter logistic map of the VQEG, against the projected label, with percentile bootstrap 95 % "
           "intervals (images resampled; for PLCC with the map fitted once on all images).\n\n"
           + _md(header, body))
@@ -1053,7 +1084,7 @@ def _table2_differences(rows, test, preds, methods, boot, seed, real_rows) -> tu
 
     The intervals of Table 2 are each method's own; two overlapping intervals do not say
     whether one method is ahead. Here the statistic is the difference, bootstrapped by
-    resampling whole test references (phantoms: a reference's distorted images are not
+    resampling whole test references (a reference's distorted images are not
     independent) or whole series (real orderings), with both methods on every resample.
     ``share_better`` is the share of resamples in which the TIQA row is ahead."""
     from tomoqc.metrics import stats
@@ -1111,10 +1142,10 @@ def _table2_differences(rows, test, preds, methods, boot, seed, real_rows) -> tu
     body = [[METHOD_NAMES[t], METHOD_NAMES[b], cell("phantom", t, b, "srocc"), cell("phantom", t, b, "plcc")]
             + ([cell("real", t, b, "pair_accuracy")] if real_rows else [])
             for t in tiqa for b in base if any(r["method"] == t and r["baseline"] == b for r in out)]
-    header = (["TIQA row", "baseline", "phantom ALL SROCC", "phantom ALL PLCC"]
+    header = (["TIQA row", "baseline", "ALL SROCC", "ALL PLCC"]
               + (["real pair accuracy"] if real_rows else []))
     md = ("\nEach TIQA row minus each baseline, both on the same bootstrap resamples "
-          f"({boot} resamples of whole test references on phantoms, of whole series on the real orderings): "
+          f"({boot} resamples of whole test references, and of whole series on the real orderings): "
           "difference [95 % interval] (share of resamples in which the TIQA row is ahead). "
           "An interval that holds 0 means this split cannot tell the two apart.\n\n" + _md(header, body))
     return out, md
@@ -1139,7 +1170,7 @@ def _level_srocc(sub: list[dict], f1s: list[float], kind: str) -> float:
     return _correlate([-float(r["level"]) for r in sub], f1s)["srocc"]
 
 
-def _table3(rows, tiqa, f1, real_rows, htc_f1) -> tuple[list[dict], str, dict]:
+def _table3(rows, tiqa, f1, real_rows, htc_f1, source: str | None = None) -> tuple[list[dict], str, dict]:
     out = []
     kinds = [k for k in _DISTORTION_ORDER[:4] if any(r["distortion"] == k for r in rows)]
     for kind in kinds + ["ALL"]:
@@ -1181,9 +1212,13 @@ def _table3(rows, tiqa, f1, real_rows, htc_f1) -> tuple[list[dict], str, dict]:
              (f"{r['report_srocc']:.3f} / {r['report_plcc']:.3f}" if r.get("report_srocc") else "–")] for r in out]
     md = ("## Table 3 analog: predicted quality against segmentation accuracy\n\n"
           "TIQA score against segmentation F1 (SROCC; PLCC without fitting) per impairment, pooled over references "
-          "(and, within-series, the mean SROCC along each reference's own series). Phantoms: the bundled phases "
-          "segmenter, mean F1 over the three phases against the exact phase map (inside the field of view), "
-          "both domains, levels 0-5. Real: HTC2022 discs reconstructed from degraded measured sinograms, the bundled "
+          "(and, within-series, the mean SROCC along each reference's own series). "
+          + ("Phantoms: the bundled phases segmenter, mean F1 over the three phases against the exact phase map "
+             "(inside the field of view), both domains, levels 0-5. " if not source else
+             f"Slices of {source} (rows 'phantom'): the bundled phases segmenter, mean F1 over the three phases "
+             "against its own segmentation of the undistorted slice (there is no exact phase map), both domains, "
+             "levels 0-5. ")
+          + "Real: HTC2022 discs reconstructed from degraded measured sinograms, the bundled "
           "binary segmenter's material F1 against the organisers' ground truth. SROCC vs F1 loss: pooled "
           "against the F1 the impairment cost (F1 minus the same reference's or disc's unimpaired F1), free of "
           "what each sample's own geometry does to F1. Level SROCC: minus the exact impairment level "
@@ -1312,11 +1347,12 @@ def _stage_report(root: Path, p: StudyParams, annotations: str | None, train: li
     htc_rows = _read_csv(root / "real" / "htc.csv") if p.real else []
     htc_f1 = {r["file"]: _float(r["f1"]) for r in _read_csv(root / "segmentation" / "htc.csv")} if p.real else {}
 
-    t1, md1 = _table1(rows, f1, mos, kinds)
-    t2, md2, checks2 = _table2(rows, set(test), preds, methods, kinds, p.bootstrap, p.seed, real_rows)
+    what = "phantom" if not p.source else f"{Path(p.source).name} slice"  # what the generated images are made of
+    t1, md1 = _table1(rows, f1, mos, kinds, what)
+    t2, md2, checks2 = _table2(rows, set(test), preds, methods, kinds, p.bootstrap, p.seed, real_rows, what)
     t2d, md2d = _table2_differences(rows, set(test), preds, methods, p.bootstrap, p.seed, real_rows)
     md2 += md2d
-    t3, md3, checks3 = _table3(rows, preds["tiqa"], f1, htc_rows, htc_f1)
+    t3, md3, checks3 = _table3(rows, preds["tiqa"], f1, htc_rows, htc_f1, p.source)
     s2rows = _read_csv(root / "segmentation" / "s2_phantom.csv")
 
     c1 = ["distortion", "truth", "n", "srocc", "plcc", "report_srocc", "report_plcc"]
@@ -1361,7 +1397,10 @@ def _stage_report(root: Path, p: StudyParams, annotations: str | None, train: li
     lines = ["# tomoqc study: the TIQA report's tables, measured", ""]
     if extra.get("command"):
         lines += ["Regenerate with:", "", "```", extra["command"], "```", ""]
-    lines += [f"{p.references} phantom references ({p.size} px, seed {p.seed}; train {len(train)}, test {len(test)} "
+    made = (f"{p.references} phantom references ({p.size} px" if not p.source else
+            f"{p.references} references from slices of {p.source}" + (f" ({p.source_dataset})" if p.source_dataset else "")
+            + f" ({p.size} px crops")
+    lines += [f"{made}, seed {p.seed}; train {len(train)}, test {len(test)} "
               f"references), TIQA model {p.model or 'bundled'}"
               + (f", real data {p.real}" + (f" (first {p.real_limit} series per kind / discs)" if p.real_limit else "")
                  if p.real else "") + ".", "", md1, md2, md3]
@@ -1396,10 +1435,12 @@ def run_study(
     out,
     *,
     references: int = 24,
-    size: int = 256,
+    size: int | None = None,
     seed: int = STUDY_SEED,
     annotations=None,
     real=None,
+    source=None,
+    source_dataset: str | None = None,
     model=None,
     methods: Sequence[str] = METHODS,
     test_fraction: float = 0.5,
@@ -1424,8 +1465,20 @@ def run_study(
     out : path-like
         The study folder (created; a rerun resumes it, see the module doc).
     references, size, seed : int
-        Phantom references, their side in pixels and the study seed (must differ from every
-        seed of the models' training, checked against their cards).
+        Phantom references, their side in pixels (default 256) and the study seed (must
+        differ from every seed of the models' training, checked against their cards).
+    source : path-like, optional
+        A volume of the user's (any format :func:`tomoqc.io.open_volume` reads) to take the
+        references from instead of phantoms: ``references`` slices drawn from it, each
+        resized to a short side of 255 and cropped to ``size`` (default 224, at most 255),
+        as the report prepared its images (:func:`tomoqc.dataset.build_dataset`,
+        ``fit="report"``). Its slices get both domains' impairments and projected labels
+        like phantoms; with no exact phase map, segmentation F1 (Tables 1 and 3, Figure 7)
+        is measured against the segmenter's own segmentation of each undistorted slice. The
+        tables keep the set name ``phantom`` for these images. Nothing checks whether the
+        volume was used to train the models.
+    source_dataset : str, optional
+        Array path inside an HDF5 file or zarr group ``source``.
     annotations : path-like, optional
         Human ratings (:mod:`tomoqc.annotations` CSV: ``image,rater,score`` or
         ``image,mos,std,n``; ``image`` as the study's ``data/manifest.csv`` ``file`` column
@@ -1474,7 +1527,18 @@ def run_study(
     """
     # ---- every check before anything is written
     references = _check_int("references", references, 2)
-    size = _check_int("size", size, 32)
+    size = _check_int("size", (224 if source is not None else 256) if size is None else size, 32,
+                      255 if source is not None else None)
+    source_path = None
+    if source is not None:
+        from tomoqc.io import open_volume
+
+        source_path = str(Path(source).resolve())
+        vol = open_volume(source_path, source_dataset)  # raises InputError naming the file on a bad one
+        if min(int(vol.sizes["y"]), int(vol.sizes["x"])) < 16:
+            raise InputError(source_path, f"slices too small for a study ({vol.sizes['y']} x {vol.sizes['x']})")
+    elif source_dataset is not None:
+        raise OptionError("source_dataset needs a source volume")
     seed = _check_int("seed", seed, 0)
     real_bin = _check_int("real_bin", real_bin, 1, 16)
     real_levels = _check_int("real_levels", real_levels, 1, 4)
@@ -1524,7 +1588,8 @@ def run_study(
 
     p = StudyParams(references=references, size=size, seed=seed, test_fraction=float(test_fraction),
                     mixtures=bool(mixtures), model=model_path, model_sha256=model_sha,
-                    model_card_sha256=card_sha, real=real_path,
+                    model_card_sha256=card_sha, real=real_path, source=source_path,
+                    source_dataset=source_dataset if source_path else None,
                     real_limit=real_limit, real_bin=real_bin, real_levels=real_levels, methods=methods,
                     rankiqa_size=int(rankiqa_size), rankiqa_width=float(rankiqa_width),
                     rankiqa_rank_epochs=int(rankiqa_rank_epochs), rankiqa_finetune_epochs=int(rankiqa_finetune_epochs),

@@ -25,8 +25,18 @@ FULL = {"references": 24, "size": 256, "mixtures": True, "real_limit": None, "re
 def study(
     out: Path = typer.Option(..., "--out", "-o", help="Study folder (created; a rerun resumes it)."),
     references: Optional[int] = typer.Option(None, "--references", "-n",
-                                             help="Phantom references (default 24; --quick 4)."),
-    size: Optional[int] = typer.Option(None, "--size", help="Phantom side in pixels (default 256; --quick 64)."),
+                                             help="References: phantoms, or slices of --source (default 24; "
+                                                  "--quick 4)."),
+    size: Optional[int] = typer.Option(None, "--size", help="Phantom side in pixels (default 256; --quick 64), or "
+                                                            "the crop side of --source's slices (default 224, at "
+                                                            "most 255)."),
+    source: Optional[Path] = typer.Option(
+        None, "--source",
+        help="Take the references from this volume of yours (zarr, HDF5, TIFF, ...) instead of phantoms: slices "
+             "resized to a short side of 255 and cropped as the report did; segmentation F1 is then measured "
+             "against the segmentation of each undistorted slice."),
+    source_dataset: Optional[str] = typer.Option(None, "--source-dataset",
+                                                 help="Array path inside an HDF5 file or zarr group --source."),
     annotations: Optional[Path] = typer.Option(
         None, "--annotations",
         help="Human ratings CSV (image,rater,score or image,mos,std,n; image as data/manifest.csv's file column "
@@ -78,8 +88,11 @@ def study(
              "rankiqa_finetune_epochs": rankiqa_finetune_epochs, "rankiqa_steps": rankiqa_steps,
              "bootstrap": bootstrap, "workers": workers}
     opts = {k: (v if v is not None else base[k]) for k, v in given.items()}
+    if source is not None and size is None and not quick:
+        opts["size"] = None  # the crop side for a volume's slices: run_study's default
     command = "tomoqc " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:2] == ["study"] else None
-    res = run_study(out, seed=seed, annotations=annotations, real=real, model=model,
+    res = run_study(out, seed=seed, annotations=annotations, real=real, model=model, source=source,
+                    source_dataset=source_dataset,
                     methods=[m.strip() for m in methods.split(",") if m.strip()], test_fraction=test_fraction,
                     progress=not quiet, command=command, **opts)
     from rich.console import Console
