@@ -432,6 +432,17 @@ def test_volume_study_segments_against_the_undistorted_slice(volume_study):
     assert "its own segmentation of the undistorted slice" in (out / "table3_quality_vs_segmentation.md").read_text()
 
 
+def test_the_field_of_view_of_a_real_slice():
+    from tomoqc.study import _inside_of
+
+    yy, xx = np.mgrid[:64, :64]
+    disc = (yy - 31.5) ** 2 + (xx - 31.5) ** 2 < 28 ** 2
+    rng = np.random.default_rng(0)
+    img = np.where(disc, 100 + 20 * rng.random((64, 64)), 0.0)  # a reconstruction, zero outside its disc
+    np.testing.assert_array_equal(_inside_of(img), disc)
+    assert _inside_of(rng.random((64, 64))) is None  # no constant outside: every pixel counts
+
+
 def test_a_missing_source_volume_is_refused(tmp_path, model_path, capsys):
     out = tmp_path / "run"
     missing = tmp_path / "no-scan.tif"

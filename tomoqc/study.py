@@ -816,6 +816,17 @@ def _reference_segmentations(root: Path, rows: list[dict], model, prog: _Progres
     return out
 
 
+def _inside_of(img: np.ndarray) -> np.ndarray | None:
+    """Pixels of a real slice inside its field of view: not at the value that fills the
+    outside (:func:`tomoqc.preprocess.outside_values`), when that value covers a region (1-90 %
+    of the slice); None (every pixel) otherwise."""
+    from tomoqc.preprocess import normalize_slice, outside_values
+
+    a = normalize_slice(img)
+    out = np.isin(a, outside_values(a))
+    return ~out if 0.01 <= out.mean() <= 0.9 else None
+
+
 def _stage_segment_phantom(root: Path, p: StudyParams, prog: _Progress) -> dict:
     from tomoqc.metrics.morphology import two_point_correlation
     from tomoqc.metrics.seg import f1_per_class
@@ -826,6 +837,7 @@ def _stage_segment_phantom(root: Path, p: StudyParams, prog: _Progress) -> dict:
     model = load_segment_model(kind="phases")
     fovs = {r["reference"]: _fov(r["params"]) for r in rows if r["distortion"] == "none"}
     truth_files = _reference_segmentations(root, rows, model, prog)
+    references = {r["reference"]: r["file"] for r in rows if r["distortion"] == "none" and r["domain"] == "image"}
     truths: dict = {}
     max_r = max(1, p.size // 4)
     out, s2_pred, s2_true = [], {}, {}
@@ -837,7 +849,8 @@ def _stage_segment_phantom(root: Path, p: StudyParams, prog: _Progress) -> dict:
             ref = r["reference"]
             if ref not in truths:
                 t = np.load(root / truth_files[ref])
-                valid = fov_mask(t.shape, fovs.get(ref))
+                valid = (fov_mask(t.shape, fovs.get(ref)) if not p.source
+                         else _inside_of(np.load(root / "data" / references[ref])))
                 truths[ref] = (t, np.ones(t.shape, bool) if valid is None else valid)
                 for axis in (1, 0):
                     s2_true.setdefault(axis, []).append(
@@ -1216,7 +1229,8 @@ def _table3(rows, tiqa, f1, real_rows, htc_f1, source: str | None = None) -> tup
           + ("Phantoms: the bundled phases segmenter, mean F1 over the three phases against the exact phase map "
              "(inside the field of view), both domains, levels 0-5. " if not source else
              f"Slices of {source} (rows 'phantom'): the bundled phases segmenter, mean F1 over the three phases "
-             "against its own segmentation of the undistorted slice (there is no exact phase map), both domains, "
+             "against its own segmentation of the undistorted slice (there is no exact phase map; inside the field of "
+             "view when the slice has a constant outside), both domains, "
              "levels 0-5. ")
           + "Real: HTC2022 discs reconstructed from degraded measured sinograms, the bundled "
           "binary segmenter's material F1 against the organisers' ground truth. SROCC vs F1 loss: pooled "
