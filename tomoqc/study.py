@@ -42,7 +42,10 @@ Protocol
    and segmenter model cards, and the study's per-reference seeds
    (:func:`tomoqc.dataset.reference_specs`) must not meet those of any dataset a card
    names (seed and number of references); both are checked before anything is built and
-   recorded in ``study.json``.
+   recorded in ``study.json``. With ``source`` the references are slices of a user's
+   volume instead (cropped as the report prepared its images); the segmentation truth is
+   then the segmenter's own reading of each undistorted slice, and the images keep the set
+   name ``phantom`` in every table and prediction file.
 2. References are split into train and test sets (grouped by reference,
    :func:`tomoqc.train.data.split_references`, ``test_fraction`` of them held out).
    BRISQUE-SVR and RankIQA are trained on the train references with the same projected
@@ -62,13 +65,14 @@ report stage depends on the annotation file: it reruns when that file changes, o
 stage before it ran again.
 
 ==============================  =========================================================
-``data/``                       the phantom dataset (``manifest.csv`` with ``label``)
+``data/``                       the phantom (or ``source``) dataset (``manifest.csv`` with ``label``)
 ``real/``                       real images (``orderings.csv``, ``htc.csv`` and ``.npy``)
 ``predictions/<method>.csv``    scores: ``set`` (phantom, ordering, htc), ``file``, ``score``
                                 (TIQA also ``network`` and the measured indicators)
-``segmentation/``               F1 per image, two-point correlations
+``segmentation/``               F1 per image, two-point correlations (with ``source``: the
+                                truth maps in ``reference_labels/``)
 ``models/rankiqa.keras``        the RankIQA network trained here
-``table*.csv``, ``table*.md``   Tables 1-3
+``table*.csv``, ``table*.md``   Tables 1-3 (and ``table2_differences.csv``)
 ``fig4_*.png``, ``fig7_*``      Figures 4 and 7
 ``study.json``, ``summary.md``  every number, seeds, parameters, versions; the tables
 ==============================  =========================================================
