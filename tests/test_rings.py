@@ -1,5 +1,7 @@
 """The ring measure (tomoqc.metrics.rings) and the ring term of the slice score (tomoqc.models.tiqa)."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 from scipy import ndimage
@@ -29,7 +31,10 @@ def _texture(shape, seed, sigma=3.0):
     return 0.5 + 0.15 * t / t.std()
 
 
-RADII = list(range(40, 121, 10))  # rings 10 px apart, far enough from the axis that every sector cell holds pixels
+# rings at unrelated radii, as detector defects put them (evenly spaced rings repeat along the
+# radius like the layers of a wound sample, and read as one: test_layered_samples_have_no_ring_index),
+# far enough from the axis that every sector cell holds pixels
+RADII = [40, 53, 59, 72, 85, 90, 99, 112, 120]
 
 
 def test_flat_rings_give_the_analytic_rms_amplitude():
@@ -79,13 +84,14 @@ def test_invariances_intensity_units_and_quarter_turns():
 
 def test_the_axis_matters():
     shape, center = (256, 256), (110.0, 140.0)
-    img = _texture(shape, 3) + _rings(shape, 0.04, range(20, 101, 10), center=center, background=0.0)
+    img = _texture(shape, 3) + _rings(shape, 0.04, [20, 33, 39, 52, 65, 70, 79, 92, 100], center=center,
+                                        background=0.0)
     at_axis = ring_index(img, center=center, normalize=False)
     assert ring_index(img, normalize=False) < 0.3 * at_axis
 
 
 def test_nan_pixels_are_left_out_and_small_or_bad_slices():
-    img = _texture((160, 160), 1) + _rings((160, 160), 0.04, range(30, 71, 10), background=0.0)
+    img = _texture((160, 160), 1) + _rings((160, 160), 0.04, [30, 43, 49, 62, 70], background=0.0)
     full = ring_index(img, normalize=False)
     holed = img.copy()
     holed[np.random.default_rng(0).random(img.shape) < 0.02] = np.nan
@@ -273,3 +279,67 @@ def test_both_is_the_larger_of_local_and_all_pairs():
         got = {p: ring_index(img, normalize=False, pairs=p) for p in ("local", "all", "both")}
         assert got["both"] == pytest.approx(max(got["local"], got["all"]))
     assert ring_index(noisy, normalize=False) == ring_index(noisy, normalize=False, pairs="local")
+
+
+# --- layered samples (a wound cell's jelly roll) -----------------------------------------------
+
+def _layers(shape, period, *, center=None, amplitude=0.15, seed=0):
+    """A layered cylinder: concentric layers every ``period`` px (a cosine profile) with texture and noise."""
+    r = _radius(shape, center)
+    noise = np.random.default_rng(seed).normal(0, 0.03, shape)
+    return _texture(shape, seed) + amplitude * np.cos(2 * np.pi * r / period) + noise
+
+
+def test_layered_samples_have_no_ring_index():
+    """Layers every p px repeat along the radius: the residual is in step with itself one and two
+    periods on (the autocorrelation of a cosine is the cosine, 1 at p and 2p), so the slice reads as
+    a layered sample whose ring index is NaN; the period is the layers' own."""
+    from tomoqc.metrics.rings import LAYERED_LIMIT
+
+    for period in (7.0, 11.0):
+        prof = ring_profile(_layers((256, 256), period), normalize=False)
+        assert prof.layered and prof.layering > 0.8 and np.isnan(prof.index), (period, prof.layering)
+        assert prof.layer_period == pytest.approx(period, abs=1.0)
+        assert np.isnan(ring_index(_layers((256, 256), period), normalize=False))
+    # rings at unrelated radii, on texture and noise, are no layers, however strong
+    shape = (256, 256)
+    noisy = _texture(shape, 0) + np.random.default_rng(100).normal(0, 0.05, shape)
+    for amp in (0.04, 0.3):
+        prof = ring_profile(noisy + _rings(shape, amp, RADII, background=0.0), normalize=False)
+        assert prof.layering < LAYERED_LIMIT and np.isfinite(prof.index)
+    # nor is a strongly blurred slice, whose residual is smooth along the radius without repeating
+    blurred = ndimage.gaussian_filter(_texture(shape, 1), 12)
+    assert ring_profile(blurred, normalize=False).layering < LAYERED_LIMIT
+
+
+def test_a_layered_sample_off_the_slice_centre_is_not_read_as_rings():
+    """The axis search finds the layers' centre; about it they would read as strong rings, about
+    the slice centre as none at all: either is a layered sample's false reading, so the search
+    keeps its centre and the index there is NaN."""
+    from tomoqc.metrics.rings import resolve_ring_center
+
+    shape, true = (256, 256), (127.5 + 12, 127.5 - 9)
+    img = _layers(shape, 9.0, center=true)
+    centre, source = resolve_ring_center(img)
+    assert source == "found" and np.hypot(centre[0] - true[0], centre[1] - true[1]) <= 2.0
+    assert np.isnan(ring_index(img, center=centre, normalize=False))
+
+
+REAL = Path(__file__).parent / "data" / "real"
+
+
+def test_a_real_wound_cell_is_a_layered_sample_and_real_rings_are_not():
+    """Real data (tests/data/real/README.md): a lab CT crop of a cylindrical Li-ion cell's jelly
+    roll about its centre has no ring index, and keeps none whatever axis the search settles on;
+    the Savu row's real detector rings are measured."""
+    from tomoqc.metrics.rings import LAYERED_LIMIT, resolve_ring_center
+    from tomoqc.preprocess import normalize_slice_flagged
+
+    cell = normalize_slice_flagged(np.load(REAL / "battery_cellvol_im076_crop256.npy"), clip=False)[0]
+    prof = ring_profile(cell, normalize=False)
+    assert prof.layered and np.isnan(prof.index)
+    centre, _ = resolve_ring_center(cell)
+    assert np.isnan(ring_index(cell, center=centre, normalize=False))
+    savu = normalize_slice_flagged(np.load(REAL / "savu24737_row104_fbp160.npy"), clip=False)[0]
+    prof = ring_profile(savu, normalize=False)
+    assert prof.layering < LAYERED_LIMIT and prof.index > 0.005  # clean phantoms read below 0.011

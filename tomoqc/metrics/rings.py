@@ -44,6 +44,24 @@ The axis: ``center=None`` (default) is the slice centre; ``(row, col)`` forces o
 lie inside the slice); ``center="auto"`` searches it with :func:`find_ring_center`, which is
 experimental (slow, and reliable for strong rings only: see its doc).
 
+Layered samples: a wound or layered cylinder (the jelly roll of a cylindrical battery cell,
+concentric tubes) is concentric structure too, and its layers are as coherent from sector to
+sector as rings are (lab CT of a cylindrical Li-ion cell, `battery_xct/cell_vol` of the real-data
+folder: its wound slices read 0.020-0.022 about the cell's centre, where its end-cap slices read
+0.002-0.003 and the evaluation phantoms' clean slices below 0.011). What sets the layers apart
+is that they repeat: the sector-averaged residual ``mean(r)`` is periodic in the radius, with
+the winding pitch (11-12 px there), where detector rings sit at the radii of unrelated
+detector elements. :func:`ring_profile` measures that as ``layering``
+(:func:`radial_layering`: how well ``mean(r)`` is in step with itself one and two periods
+on; whole wound slices of that cell 0.61-0.87 about its centre or the slice centre, 256-384 px
+crops about its centre 0.51-0.60, the `im_1` cell 0.68-0.70; its end-cap slices at most 0.16;
+the 1032 images of a full study run, phantoms clean, impaired and with image-domain and
+scanned rings, at most 0.38; the real Savu rings 0.10). At :data:`LAYERED_LIMIT` or more the
+slice is a layered sample and its ring index is NaN: rings cannot be told from its layers (a
+ring term then counts it as typical, :mod:`tomoqc.models.measured`). Evenly spaced synthetic
+rings repeat too and read as layers. A crop whose layers are cut short by the slice edge can
+stay below the limit (a 256 px crop 25 px off the cell's centre: 0.35) and read as rings.
+
 Limits: a reconstruction cropped off-axis needs the axis given (about a wrong axis the index
 reads near 0); the axis cannot lie outside the slice; a real thin concentric structure, such
 as the wall of a cylindrical sample holder centred on the axis, counts as a ring, and with
@@ -62,12 +80,16 @@ from scipy import ndimage
 from tomoqc.errors import InputError, OptionError
 
 __all__ = ["RingProfile", "ring_profile", "ring_index", "find_ring_center", "resolve_ring_center", "check_center",
-           "BIN", "LAGS", "AUTO_MIN_GAIN", "AUTO_MIN_EXCESS", "AUTO_MAX_SIDE"]
+           "radial_layering", "BIN", "LAGS", "LAYERED_LIMIT", "AUTO_MIN_GAIN", "AUTO_MIN_EXCESS", "AUTO_MAX_SIDE"]
 
 #: Radial bin width (px).
 BIN = 0.5
 #: Sector offsets whose pairs make the coherent power (``pairs="local"``).
 LAGS = (2, 3)
+#: ``layering`` (:func:`radial_layering`) from which a slice is a layered sample whose ring index is NaN.
+LAYERED_LIMIT = 0.45
+#: Shortest radial lag (px) of the layering measure: below it the autocorrelation is that of one ring's width.
+LAYER_MIN_LAG = 3.0
 
 
 class RingProfile(dict):
@@ -75,8 +97,9 @@ class RingProfile(dict):
 
     Keys: ``radius`` (bin centres, px), ``power`` (coherent power ``P(r)``), ``amplitude``
     (signed coherent amplitude: ``sign(mean residual) * sqrt(max(P, 0))``), ``mean``
-    (the residual averaged over sectors), ``index`` (the ring index), ``center``,
-    ``sectors``, ``window``, ``min_radius``.
+    (the residual averaged over sectors), ``index`` (the ring index; NaN for a layered
+    sample), ``layering`` and ``layer_period`` (:func:`radial_layering`), ``layered``
+    (``layering >= LAYERED_LIMIT``), ``center``, ``sectors``, ``window``, ``min_radius``.
     """
 
     __getattr__ = dict.__getitem__
@@ -185,6 +208,52 @@ def _check_options(sectors, window, min_radius, pairs):
         raise OptionError(f"pairs must be 'both', 'local' or 'all', got {pairs!r}")
 
 
+def radial_layering(mean, radius, min_radius: float) -> tuple[float, float]:
+    """How periodic the sector-averaged ring residual is along the radius (module doc).
+
+    ``mean`` is :func:`ring_profile`'s residual averaged over sectors at ``radius`` (bins of
+    :data:`BIN` px). Over the radii from ``min_radius`` on, the residual (adjacent bins
+    averaged, minus its mean) has a normalised autocorrelation
+    ``a(L) = (sum x_i x_{i+L} / (n - L)) / (sum x_i**2 / n)``. A layer pattern repeats: it is
+    in step with itself again one period on *and* two periods on. Returns the largest
+    ``min(a(L), a(2 L))`` over lags ``L`` up to a quarter of the radii, past both
+    :data:`LAYER_MIN_LAG` px and the first lag where ``a`` turns negative (a repeat must first
+    fall out of step: a smooth residual, as of a blurred slice, stays correlated at short lags
+    without repeating), and the period: the shortest such lag at a local maximum within 0.05
+    of it, in px. A sample wound or layered every ``p`` px reads
+    close to 1 at ``p``; rings at unrelated radii, texture, noise and blur stay low (0 when
+    ``a`` never turns negative). ``(nan, nan)`` with too few radii or no residual.
+    """
+    m = np.asarray(mean, np.float64)
+    keep = (np.asarray(radius) >= min_radius) & np.isfinite(m)
+    # in 1-px steps: the half-pixel bins alternate with where pixel centres fall, and on a
+    # slice with almost no ring residual (a strongly blurred one) that 1-px alternation is all
+    # there is; averaging bin pairs removes it
+    x = m[keep]
+    x = 0.5 * (x[:-1] + x[1:]) if x.size > 1 else x
+    n = x.size
+    lo, hi = int(round(LAYER_MIN_LAG / BIN)), n // 4
+    if hi <= lo:
+        return math.nan, math.nan
+    x = x - x.mean()
+    var = float(np.mean(x * x))
+    if not var > 0:
+        return math.nan, math.nan
+    ac = np.array([np.mean(x[:-lag] * x[lag:]) for lag in range(1, 2 * hi)]) / var  # ac[j]: lag j + 1
+    neg = np.flatnonzero(ac[:hi] < 0)
+    first = max(lo, int(neg[0]) + 2 if neg.size else hi)
+    if first >= hi:
+        return 0.0, math.nan
+    lags = np.arange(first, hi)
+    both = np.minimum(ac[lags - 1], ac[2 * lags - 1])
+    top = float(both.max())
+    # the period: the first local maximum that comes close to the best (multiples of the period
+    # are in step as well, and can read a little higher)
+    padded = np.r_[-np.inf, both, -np.inf]
+    peaks = np.flatnonzero((both >= padded[:-2]) & (both >= padded[2:]) & (both >= top - 0.05))
+    return top, float(lags[int(peaks[0])] * BIN)
+
+
 def _inscribed(h, w, cy, cx) -> float:
     return min(cy, cx, h - 1 - cy, w - 1 - cx)
 
@@ -216,11 +285,11 @@ def ring_profile(img, *, center=None, sectors: int = 32, window: float = 4.5, mi
         Which sector pairs make the coherent power: ``"local"`` the pairs 2 and 3 sectors
         apart, which sees partial rings (arcs); ``"all"`` every pair of different sectors
         (earlier versions' index: an arc over a share f of the circle counts f**2);
-        ``"both"`` the larger of the two indices. Local pairs (the default) see arcs, and
-        they do not take a winding concentric structure for rings (a battery's jelly roll
-        makes sectors 2-3 apart anti-correlated, so it reads about 0 where all pairs read
-        it as strong rings); the price is that rings added on top of such a structure are
-        not seen either.
+        ``"both"`` the larger of the two indices. Local pairs (the default) see arcs. About
+        an axis off the centre of a wound sample, local pairs read its layers weakly (the
+        `battery_xct/im_1` cell about the slice centre: 0.006); about the sample's own
+        centre, which the axis search finds, they read them as strong rings (0.047), and only
+        the layering test (module doc) tells them apart.
     max_shift : float
         With ``center="auto"``: how far from the slice centre the axis is searched, as a
         share of the smaller side.
@@ -229,7 +298,8 @@ def ring_profile(img, *, center=None, sectors: int = 32, window: float = 4.5, mi
     -------
     RingProfile
         ``index`` is NaN when no radius between ``min_radius`` and the edge is left (a
-        slice too small for its axis) or the slice has no finite pixel.
+        slice too small for its axis), the slice has no finite pixel, or it is a layered
+        sample (``layered``: its concentric layers repeat along the radius, module doc).
     """
     _check_options(sectors, window, min_radius, pairs)
     a = _check(img)
@@ -251,7 +321,8 @@ def ring_profile(img, *, center=None, sectors: int = 32, window: float = 4.5, mi
     n = int(np.floor(rmax / BIN)) if rmax > 0 else 0
     radius = (np.arange(n) + 0.5) * BIN
     empty = RingProfile(radius=radius, power=np.full(n, np.nan), amplitude=np.full(n, np.nan),
-                        mean=np.full(n, np.nan), index=float("nan"), center=(cy, cx), sectors=k, window=float(window),
+                        mean=np.full(n, np.nan), index=float("nan"), layering=float("nan"), layer_period=float("nan"),
+                        layered=False, center=(cy, cx), sectors=k, window=float(window),
                         min_radius=float(min_radius), pairs=pairs)
     keep_r = radius >= min_radius
     if n == 0 or not keep_r.any() or not finite.any():
@@ -273,8 +344,12 @@ def ring_profile(img, *, center=None, sectors: int = 32, window: float = 4.5, mi
     if not use_r.any():
         return empty
     index = float(np.sqrt(max(0.0, float(np.mean(power[use_r])))))
-    return RingProfile(radius=radius, power=power, amplitude=amplitude, mean=mean, index=index, center=(cy, cx),
-                       sectors=k, window=float(window), min_radius=float(min_radius), pairs=pairs)
+    layering, period = radial_layering(mean, radius, min_radius)
+    layered = bool(layering >= LAYERED_LIMIT)
+    return RingProfile(radius=radius, power=power, amplitude=amplitude, mean=mean,
+                       index=float("nan") if layered else index, layering=layering, layer_period=period,
+                       layered=layered, center=(cy, cx), sectors=k, window=float(window),
+                       min_radius=float(min_radius), pairs=pairs)
 
 
 def ring_index(img, *, center=None, sectors: int = 32, window: float = 4.5, min_radius: float = 12.0,
@@ -473,7 +548,9 @@ def resolve_ring_center(slices, center=None, **options) -> tuple[tuple[float, fl
         slices, texture and noise average down), block-averaged to at most
         ``AUTO_MAX_SIDE`` px, goes to :func:`find_ring_center`; its axis is kept only when
         the index about it beats the index about the slice centre by ``AUTO_MIN_GAIN`` times
-        and by ``AUTO_MIN_EXCESS``, otherwise the slice centre is used.
+        and by ``AUTO_MIN_EXCESS``, or when the slices are a layered sample about it (their
+        ring index is then NaN), otherwise the slice centre is used (also when they are a
+        layered sample about the slice centre).
     options
         ``sectors``, ``window``, ``min_radius``, ``pairs`` for the index.
 
@@ -511,8 +588,16 @@ def resolve_ring_center(slices, center=None, **options) -> tuple[tuple[float, fl
     if abs(found[0] - centre[0]) < 0.5 and abs(found[1] - centre[1]) < 0.5:
         return centre, "slice centre"
     full = {k: v for k, v in options.items() if k in ("sectors", "window", "min_radius", "pairs")}
-    at_centre = ring_index(mean, center=centre, normalize=False, **full)
-    at_found = ring_index(mean, center=found, normalize=False, **full)
+    about_found = ring_profile(mean, center=found, normalize=False, **full)
+    if about_found.layered:
+        # a layered sample centred there (a wound cell off the slice centre): about any other
+        # axis its layers merely decorrelate and would read as a slice without rings
+        return (float(found[0]), float(found[1])), "found"
+    about_centre = ring_profile(mean, center=centre, normalize=False, **full)
+    if about_centre.layered:  # layered about the slice centre: a search a pixel off must not read its layers
+        return centre, "slice centre"
+    at_centre = about_centre.index
+    at_found = about_found.index
     if not (np.isfinite(at_found) and at_found >= AUTO_MIN_GAIN * np.nan_to_num(at_centre)
             and at_found >= np.nan_to_num(at_centre) + AUTO_MIN_EXCESS):
         return centre, "slice centre"
