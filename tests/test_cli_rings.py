@@ -73,3 +73,20 @@ def test_rings_reports_the_centre_used(volume, capsys):
     assert found["center_source"] == "found" and len(found["center"]) == 2
     assert main(["rings", str(volume), "--center", "auto"]) == 0
     assert "found" in capsys.readouterr().out
+
+
+def test_rings_on_a_layered_sample_says_so_instead_of_a_ring_index(tmp_path, capsys):
+    """The real wound-cell crop of tests/data/real: no ring index, the layers' period instead."""
+    from pathlib import Path
+
+    src = Path(__file__).parent / "data" / "real" / "battery_cellvol_im076_crop256.npy"
+    path = tmp_path / "cell.npy"
+    np.save(path, np.load(src)[None])
+    png = tmp_path / "cell.png"
+    assert main(["rings", str(path), "--json", "--png", str(png)]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["layered"] is True and out["ring_index"] is None
+    assert 4.0 <= out["layer_period"] <= 13.0  # the winding pitch is 11-12 px, its half a harmonic
+    assert png.is_file()
+    assert main(["rings", str(path)]) == 0
+    assert "layered sample" in capsys.readouterr().out

@@ -151,7 +151,8 @@ def _ring_png(path: Path, img, prof, rings, title: str) -> None:
     ax1.axvline(prof.min_radius, ls=":", color="0.5")
     ax1.set_xlabel("radius from the axis (px)")
     ax1.set_ylabel("coherent ring amplitude (signed)")
-    ax1.set_title(f"ring index {prof.index:.4f}")
+    ax1.set_title(f"ring index {prof.index:.4f}" if not prof.get("layered") else
+                  f"layered sample (layers every {prof.layer_period:g} px): no ring index")
     fig.suptitle(title)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -190,13 +191,15 @@ def rings_cmd(
     if isinstance(ctr, tuple) and not (0 <= ctr[0] < img.shape[0] and 0 <= ctr[1] < img.shape[1]):
         raise OptionError(f"--center {center} is outside the {img.shape[0]} x {img.shape[1]} slice")
     prof = ring_profile(img, center=ctr)
-    if not math.isfinite(prof.index):
+    if not math.isfinite(prof.index) and not prof.layered:
         raise InputError(volume, f"slice {k} cannot be measured (no finite pixels, or no radius of at least "
                                  f"{prof.min_radius:g} px about the axis fits in it)")
     rings = _strongest_rings(prof)
     source = "slice centre" if ctr is None else ("found" if ctr == "auto" else "given")
     result = {"volume": str(volume), "slice": k, "axis": axis, "center": [round(c, 2) for c in prof.center],
-              "center_source": source, "ring_index": round(prof.index, 6), "strongest_radii": rings}
+              "center_source": source, "ring_index": round(prof.index, 6) if not prof.layered else None,
+              "layered": prof.layered, "layering": round(prof.layering, 4),
+              "layer_period": round(prof.layer_period, 2) if prof.layered else None, "strongest_radii": rings}
     if png is not None:
         from tomoqc.preprocess import normalize_slice
 
@@ -208,9 +211,14 @@ def rings_cmd(
     from rich.console import Console
 
     con = Console()
-    con.print(f"{volume} slice {k}: ring index [bold]{prof.index:.4f}[/bold] "
-              f"(axis at row {prof.center[0]:.1f}, col {prof.center[1]:.1f}, {source}; about 0 without rings, "
-              f"below 0.01 on clean test phantoms)")
+    if prof.layered:
+        con.print(f"{volume} slice {k}: [bold]no ring index[/bold]: a layered sample (concentric layers every "
+                  f"{prof.layer_period:g} px about row {prof.center[0]:.1f}, col {prof.center[1]:.1f}, {source}; "
+                  f"layering {prof.layering:.2f}), whose layers cannot be told from rings")
+    else:
+        con.print(f"{volume} slice {k}: ring index [bold]{prof.index:.4f}[/bold] "
+                  f"(axis at row {prof.center[0]:.1f}, col {prof.center[1]:.1f}, {source}; about 0 without rings, "
+                  f"below 0.01 on clean test phantoms)")
     con.print("strongest concentric structure (where the rings are, when there are any):")
     for r in rings:
         con.print(f"  radius {r['radius']:7.2f} px, amplitude {r['amplitude']:+.4f}")
