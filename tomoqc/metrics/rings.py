@@ -53,14 +53,17 @@ is that they repeat: the sector-averaged residual ``mean(r)`` is periodic in the
 the winding pitch (11-12 px there), where detector rings sit at the radii of unrelated
 detector elements. :func:`ring_profile` measures that as ``layering``
 (:func:`radial_layering`: how well ``mean(r)`` is in step with itself one and two periods
-on; whole wound slices of that cell 0.61-0.87 about its centre or the slice centre, 256-384 px
-crops about its centre 0.51-0.60, the `im_1` cell 0.68-0.70; its end-cap slices at most 0.16;
-the 1032 images of a full study run, phantoms clean, impaired and with image-domain and
-scanned rings, at most 0.38; the real Savu rings 0.10). At :data:`LAYERED_LIMIT` or more the
-slice is a layered sample and its ring index is NaN: rings cannot be told from its layers (a
-ring term then counts it as typical, :mod:`tomoqc.models.measured`). Evenly spaced synthetic
-rings repeat too and read as layers. A crop whose layers are cut short by the slice edge can
-stay below the limit (a 256 px crop 25 px off the cell's centre: 0.35) and read as rings.
+on; the eight wound slices of that cell 0.58-0.87 about its centre, 256-384 px crops of one
+0.47-0.62, the `im_1` cell 0.68-0.70; the cell's end-cap slices at most 0.17; the 1032 images
+of a full study run, phantoms clean, impaired and with image-domain and scanned rings, at most
+0.34; the real Savu rings 0.10; a blurred HTC2022 disc about an axis the search put far off
+its centre 0.42, the highest reading seen on a sample without layers). At
+:data:`LAYERED_LIMIT` or more the slice is a layered sample and its ring index is NaN: rings
+cannot be told from its layers (a ring term then counts it as typical,
+:mod:`tomoqc.models.measured`). Evenly spaced synthetic rings repeat too and read as layers.
+A crop whose layers are cut short by the slice edge can stay below the limit and read as
+rings (a 256 px crop 25 px off the cell's centre: 0.35 about the cell's centre, which the
+search finds, with a ring index of 0.041).
 
 Limits: a reconstruction cropped off-axis needs the axis given (about a wrong axis the index
 reads near 0); the axis cannot lie outside the slice; a real thin concentric structure, such
@@ -89,7 +92,7 @@ LAGS = (2, 3)
 #: ``layering`` (:func:`radial_layering`) from which a slice is a layered sample whose ring index is NaN.
 LAYERED_LIMIT = 0.45
 #: Shortest radial lag (px) of the layering measure: below it the autocorrelation is that of one ring's width.
-LAYER_MIN_LAG = 3.0
+LAYER_MIN_LAG = 4.0
 
 
 class RingProfile(dict):
