@@ -79,7 +79,7 @@ def test_rings_on_a_layered_sample_says_so_instead_of_a_ring_index(tmp_path, cap
     """The real wound-cell crop of tests/data/real: no ring index, the layers' period instead."""
     from pathlib import Path
 
-    src = Path(__file__).parent / "data" / "real" / "battery_cellvol_im076_crop256.npy"
+    src = Path(__file__).parent / "data" / "real" / "battery_cellvol_im076_crop320.npy"
     path = tmp_path / "cell.npy"
     np.save(path, np.load(src)[None])
     png = tmp_path / "cell.png"
