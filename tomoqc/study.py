@@ -1162,7 +1162,8 @@ def _table2_differences(rows, test, preds, methods, boot, seed, real_rows) -> tu
     header = (["TIQA row", "baseline", "ALL SROCC", "ALL PLCC"]
               + (["real pair accuracy"] if real_rows else []))
     md = ("\nEach TIQA row minus each baseline, both on the same bootstrap resamples "
-          f"({boot} resamples of whole test references, and of whole series on the real orderings): "
+          f"({boot} resamples of whole test references" + (", and of whole series on the real orderings" if real_rows
+                                                          else "") + "): "
           "difference [95 % interval] (share of resamples in which the TIQA row is ahead). "
           "An interval that holds 0 means this split cannot tell the two apart.\n\n" + _md(header, body))
     return out, md
@@ -1236,8 +1237,9 @@ def _table3(rows, tiqa, f1, real_rows, htc_f1, source: str | None = None) -> tup
              "against its own segmentation of the undistorted slice (there is no exact phase map; inside the field of "
              "view when the slice has a constant outside), both domains, "
              "levels 0-5. ")
-          + "Real: HTC2022 discs reconstructed from degraded measured sinograms, the bundled "
-          "binary segmenter's material F1 against the organisers' ground truth. SROCC vs F1 loss: pooled "
+          + ("Real: HTC2022 discs reconstructed from degraded measured sinograms, the bundled "
+             "binary segmenter's material F1 against the organisers' ground truth. " if real_rows else "")
+          + "SROCC vs F1 loss: pooled "
           "against the F1 the impairment cost (F1 minus the same reference's or disc's unimpaired F1), free of "
           "what each sample's own geometry does to F1. Level SROCC: minus the exact impairment level "
           "against F1, pooled the same way: what a score that knew each image's level without error would "
