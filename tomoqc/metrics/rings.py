@@ -292,9 +292,10 @@ def ring_profile(img, *, center=None, sectors: int = 32, window: float = 4.5, mi
         (earlier versions' index: an arc over a share f of the circle counts f**2);
         ``"both"`` the larger of the two indices. Local pairs (the default) see arcs. About
         an axis off the centre of a wound sample, local pairs read its layers weakly (the
-        `battery_xct/im_1` cell about the slice centre: 0.006); about the sample's own
-        centre, which the axis search finds, they read them as strong rings (0.047), and only
-        the layering test (module doc) tells them apart.
+        `battery_xct/im_1` cell about the slice centre: a coherent amplitude of 0.006); about
+        the sample's own centre, which the axis search finds, they read them as strong rings
+        (0.047). The layering test (module doc) tells them apart, and the index of either
+        is NaN.
     max_shift : float
         With ``center="auto"``: how far from the slice centre the axis is searched, as a
         share of the smaller side.
