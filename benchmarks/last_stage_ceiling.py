@@ -28,7 +28,6 @@ a full run's 1247 images) and cached in ``DIR/pooled_features.npz``.
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import sys
 import time
@@ -38,18 +37,6 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-
-
-def read_rows(path: Path) -> list[dict]:
-    with open(path, newline="") as fh:
-        return list(csv.DictReader(fh))
-
-
-def num(v) -> float:
-    try:
-        return float(v)
-    except (TypeError, ValueError):
-        return float("nan")
 
 
 def pooled_features(study: Path, pred: list[dict], model_path, cache: Path) -> np.ndarray:
@@ -79,12 +66,6 @@ def pooled_features(study: Path, pred: list[dict], model_path, cache: Path) -> n
     return out
 
 
-def logit_score(s: np.ndarray) -> np.ndarray:
-    """The 1-5 score on the logit scale its combination works on."""
-    p = np.clip((np.asarray(s, np.float64) - 1.0) / 4.0, 1e-4, 1 - 1e-4)
-    return np.log(p / (1 - p))
-
-
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--study", type=Path, required=True, help="a finished tomoqc study run")
@@ -101,7 +82,8 @@ def main(argv=None) -> int:
     from tomoqc.dataset import read_manifest
     from tomoqc.metrics import stats
     from tomoqc.models.measured import INDICATORS
-    from tomoqc.study import LOGISTIC_KIND, _tiqa_fitted, pair_accuracy
+    from tomoqc.models.measured import _logit_score as logit_score  # the logit the card's terms combine on
+    from tomoqc.study import LOGISTIC_KIND, _read_csv as read_rows, _float as num, _tiqa_fitted, pair_accuracy
 
     study = args.study
     pred_path = study / "predictions" / "tiqa.csv"
