@@ -237,3 +237,7 @@ def test_cluster_bootstrap_refuses_bad_settings():
         stats.cluster_bootstrap(lambda i, g: 0.0, [1, 2], level=1.0)
     with pytest.raises(stats.MetricInputError):
         stats.cluster_bootstrap(lambda i, g: 0.0, [])
+
+
+def test_cluster_index_numbers_labels_in_string_order():
+    np.testing.assert_array_equal(stats.cluster_index(["b", "a", "b", 10, 2]), [3, 2, 3, 0, 1])

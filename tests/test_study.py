@@ -113,6 +113,25 @@ def test_paired_differences_are_the_differences_of_table_2(study):
     assert "Each TIQA row minus each baseline" in (out / "table2_methods.md").read_text()
 
 
+def test_paired_differences_without_resamples_are_the_plain_differences():
+    """With --bootstrap 0 the table still gives each difference: Spearman +1 against -1 on the
+    phantoms, and every real pair right against every pair wrong (each series counted as one)."""
+    from tomoqc.study import _table2_differences
+
+    rows = [{"reference": ref, "file": f"{ref}{k}.npy", "label": str(5 - k)} for ref in "ab" for k in range(5)]
+    real_rows = [{"group": g, "rank": str(k), "file": f"{g}{k}.npy"} for g in ("s1", "s2") for k in range(3)]
+    preds = {"tiqa": {**{("phantom", r["file"]): float(r["label"]) for r in rows},
+                      **{("ordering", r["file"]): -float(r["rank"]) for r in real_rows}},
+             "noise": {**{("phantom", r["file"]): -float(r["label"]) for r in rows},
+                       **{("ordering", r["file"]): float(r["rank"]) for r in real_rows}}}
+    out, md = _table2_differences(rows, {"a", "b"}, preds, ["tiqa", "noise"], 0, 0, real_rows)
+    got = {(d["set"], d["statistic"]): d for d in out}
+    assert got[("phantom", "srocc")]["difference"] == pytest.approx(2.0)
+    assert got[("real", "pair_accuracy")]["difference"] == pytest.approx(1.0)
+    assert all(d["resamples"] == 0 and np.isnan(d["ci_low"]) for d in out)
+    assert "Each TIQA row minus each baseline" in md
+
+
 def test_tiqa_predictions_keep_the_network_score_beside_the_final_one(study):
     # the test model has no measured terms: its final score is the network's own
     out, _ = study
@@ -205,10 +224,12 @@ def _one_error_line(capsys):
     return err[0]
 
 
-def test_bad_real_folder(tmp_path, model_path, capsys):
+@pytest.mark.parametrize("option, name", [("--real", "no-such-realdata"), ("--source", "no-scan.tif")])
+def test_a_missing_input_is_refused(tmp_path, model_path, capsys, option, name):
+    """A real-data folder or a source volume that is not there: one error line naming it, nothing written."""
     out = tmp_path / "run"
-    missing = tmp_path / "no-such-realdata"
-    rc = main(["study", "--out", str(out), "--quick", "--model", str(model_path), "--quiet", "--real", str(missing)])
+    missing = tmp_path / name
+    rc = main(["study", "--out", str(out), "--quick", "--model", str(model_path), "--quiet", option, str(missing)])
     assert rc == 1
     assert str(missing) in _one_error_line(capsys)
     assert not out.exists()
@@ -441,15 +462,6 @@ def test_the_field_of_view_of_a_real_slice():
     img = np.where(disc, 100 + 20 * rng.random((64, 64)), 0.0)  # a reconstruction, zero outside its disc
     np.testing.assert_array_equal(_inside_of(img), disc)
     assert _inside_of(rng.random((64, 64))) is None  # no constant outside: every pixel counts
-
-
-def test_a_missing_source_volume_is_refused(tmp_path, model_path, capsys):
-    out = tmp_path / "run"
-    missing = tmp_path / "no-scan.tif"
-    rc = main(["study", "--out", str(out), "--quick", "--model", str(model_path), "--quiet", "--source", str(missing)])
-    assert rc == 1
-    assert str(missing) in _one_error_line(capsys)
-    assert not out.exists()
 
 
 def test_source_crop_side_and_dataset_are_checked(tmp_path, model_path, volume_study):

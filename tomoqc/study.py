@@ -573,15 +573,12 @@ def _stage_dataset(root: Path, p: StudyParams, prog: _Progress, workers) -> dict
     from tomoqc.labels import project_dataset
 
     data = root / "data"
-    if p.source:
-        prog.log(f"building {p.references} references from slices of {p.source} ({p.size} px crops, both domains)")
-        build_dataset(data, source=p.source, dataset=p.source_dataset, fit="report", references=p.references,
-                      domain="both", size=p.size, seed=p.seed, mixtures=p.mixtures, workers=workers,
-                      progress=prog.enabled, overwrite=True)
-    else:
-        prog.log(f"building {p.references} phantom references ({p.size} px, both domains)")
-        build_dataset(data, references=p.references, domain="both", size=p.size, seed=p.seed, mixtures=p.mixtures,
-                      workers=workers, progress=prog.enabled, overwrite=True)
+    prog.log(f"building {p.references} " + (f"references from slices of {p.source} ({p.size} px crops" if p.source
+                                             else f"phantom references ({p.size} px") + ", both domains)")
+    # a phantom source ignores fit; a volume's slices are resized and cropped as the report did
+    build_dataset(data, source=p.source or "phantom", dataset=p.source_dataset, fit="report", references=p.references,
+                  domain="both", size=p.size, seed=p.seed, mixtures=p.mixtures, workers=workers,
+                  progress=prog.enabled, overwrite=True)
     ls = _label_settings(p.model)
     observers = ("mse", "psnr", "ssim", "ms_ssim", "gmsd", "mdsi")
     anchors = ls["anchors"]
@@ -1117,14 +1114,17 @@ def _table2_differences(rows, test, preds, methods, boot, seed, real_rows) -> tu
                else None)
         everything = np.arange(len(clusters))
         out.append({"set": set_name, "method": t, "baseline": b, "statistic": statistic,
-                    "difference": res.estimate if res else float(fn(everything, everything)),
+                    "difference": res.estimate if res else float(fn(everything, stats.cluster_index(clusters))),
                     "ci_low": res.low if res else math.nan, "ci_high": res.high if res else math.nan,
                     "share_better": res.share_positive if res else math.nan,
                     "clusters": len(set(clusters)), "resamples": res.resamples if res else 0})
 
+    rk = np.array([int(r["rank"]) for r in real_rows])
+    series = [r["group"] for r in real_rows]
     for t in tiqa:
+        st = np.array([preds[t].get(("phantom", r["file"]), math.nan) for r in test_rows])
+        rt = np.array([preds[t].get(("ordering", r["file"]), math.nan) for r in real_rows])
         for b in base:
-            st = np.array([preds[t].get(("phantom", r["file"]), math.nan) for r in test_rows])
             sb = np.array([preds[b].get(("phantom", r["file"]), math.nan) for r in test_rows])
             ok = np.isfinite(st) & np.isfinite(sb) & np.isfinite(y_all)
             if ok.sum() < LOGISTIC_KIND + 1 or np.ptp(st[ok]) == 0 or np.ptp(sb[ok]) == 0:
@@ -1137,12 +1137,9 @@ def _table2_differences(rows, test, preds, methods, boot, seed, real_rows) -> tu
             record("phantom", t, b, "plcc",
                    lambda i, g: stats.plcc(ma[i], y[i]) - stats.plcc(mc[i], y[i]), refs)
             if real_rows:
-                rt = np.array([preds[t].get(("ordering", r["file"]), math.nan) for r in real_rows])
                 rb = np.array([preds[b].get(("ordering", r["file"]), math.nan) for r in real_rows])
-                rk = np.array([int(r["rank"]) for r in real_rows])
                 record("real", t, b, "pair_accuracy",
-                       lambda i, g: pair_accuracy(rt[i], rk[i], g)[0] - pair_accuracy(rb[i], rk[i], g)[0],
-                       [r["group"] for r in real_rows])
+                       lambda i, g: pair_accuracy(rt[i], rk[i], g)[0] - pair_accuracy(rb[i], rk[i], g)[0], series)
     if not out:
         return out, ""
 

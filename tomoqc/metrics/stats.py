@@ -36,6 +36,7 @@ __all__ = [
     "bootstrap_ci",
     "ClusterBootstrap",
     "cluster_bootstrap",
+    "cluster_index",
 ]
 
 
@@ -315,6 +316,15 @@ def bootstrap_ci(
     return estimate, float(lo), float(hi)
 
 
+def cluster_index(clusters) -> np.ndarray:
+    """Each sample's cluster as a number: the position of its label among the labels sorted
+    as strings (the ``group`` argument :func:`cluster_bootstrap` gives ``stat`` for the
+    estimate on all samples)."""
+    labels = list(clusters)
+    number = {g: k for k, g in enumerate(sorted(set(labels), key=str))}
+    return np.asarray([number[g] for g in labels], np.intp)
+
+
 @dataclass(frozen=True)
 class ClusterBootstrap:
     """Result of :func:`cluster_bootstrap`: the statistic on all samples, the percentile
@@ -369,21 +379,16 @@ def cluster_bootstrap(
         raise MetricInputError(f"n must be at least 1, got {n}")
     if not 0.0 < level < 1.0:
         raise MetricInputError(f"level must be in (0, 1), got {level}")
-    labels = list(clusters)
-    names = sorted(set(labels), key=str)
-    if not names:
+    number = cluster_index(clusters)
+    if not number.size:
         raise MetricInputError("cluster_bootstrap needs at least one sample")
-    number = {g: k for k, g in enumerate(names)}
-    members = [[] for _ in names]
-    for i, g in enumerate(labels):
-        members[number[g]].append(i)
-    members = [np.asarray(m, np.intp) for m in members]
-    everything = np.arange(len(labels), dtype=np.intp)
-    estimate = float(stat(everything, np.asarray([number[g] for g in labels], np.intp)))
+    n_clusters = int(number.max()) + 1
+    members = [np.flatnonzero(number == c) for c in range(n_clusters)]
+    estimate = float(stat(np.arange(number.size, dtype=np.intp), number))
     rng = np.random.default_rng(seed)
     values = []
     for _ in range(n):
-        pick = rng.integers(0, len(names), len(names))
+        pick = rng.integers(0, n_clusters, n_clusters)
         idx = np.concatenate([members[g] for g in pick])
         group = np.concatenate([np.full(members[g].size, k, np.intp) for k, g in enumerate(pick)])
         with warnings.catch_warnings():
