@@ -95,6 +95,42 @@ def test_finetune_regresses_labels(tiny_labelled, small_tiqa, tmp_path):
         assert not (tmp_path / "bad").exists()
 
 
+def test_finetune_learns_only_from_the_given_references(tiny_labelled, small_tiqa, tmp_path):
+    """``references=`` (a study's train split) keeps every other reference out of training and
+    validation: their images are deleted here, so reading any of them would fail."""
+    import csv
+    import shutil
+
+    from tomoqc.train.finetune import train_finetune
+
+    data = tmp_path / "data"
+    shutil.copytree(tiny_labelled, data)
+    with open(data / "manifest.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    refs = sorted({r["reference"] for r in rows})
+    keep, gone = refs[:3], refs[3:]
+    assert gone
+    for r in rows:
+        if r["reference"] in gone:
+            (data / r["file"]).unlink(missing_ok=True)
+    res = train_finetune(data, tmp_path / "ft", init=small_tiqa, epochs=1, batch_size=4, crop=64, lr=1e-4,
+                         val_size=96, val_crops=1, recalibrate_batches=1, seed=3, progress=False,
+                         references=keep, val_references=[keep[-1]])
+    assert np.isfinite(res["history"][-1]["loss"])
+    d = json.loads((tmp_path / "ft" / "model_card.json").read_text())["data"]
+    assert d["references"] == keep and d["train_references"] == 2 and d["val_references"] == [keep[-1]]
+    assert d["train_images"] == sum(r["reference"] in keep[:2] for r in rows)
+    assert d["val_images"] == sum(r["reference"] == keep[-1] for r in rows)
+    # a reference the manifest lacks, or a validation reference outside the chosen ones, is
+    # refused before anything is written
+    with pytest.raises(InputError, match="manifest"):
+        train_finetune(data, tmp_path / "bad1", init=small_tiqa, epochs=1, progress=False, references=["nope"])
+    with pytest.raises(OptionError, match=gone[0]):
+        train_finetune(data, tmp_path / "bad2", init=small_tiqa, epochs=1, progress=False, references=keep,
+                       val_references=[gone[0]])
+    assert not (tmp_path / "bad1").exists() and not (tmp_path / "bad2").exists()
+
+
 def test_severity_margin_loss_matches_a_plain_loop():
     from tomoqc.train.finetune import severity_margin_loss
 

@@ -293,6 +293,7 @@ def train_rankiqa(
     from tomoqc.train import common
     from tomoqc.train.data import (
         ImageStore,
+        chosen_references,
         finetune_samples,
         iterate_block_batches,
         manifest_sha256,
@@ -324,17 +325,7 @@ def train_rankiqa(
     t_start = time.monotonic()
     data_dir = Path(data_dir)
     rows = read_manifest(data_dir)
-    all_refs = sorted({r["reference"] for r in rows})
-    if references is None:
-        refs = all_refs
-    else:
-        wanted = sorted({str(r) for r in references})
-        missing = [r for r in wanted if r not in set(all_refs)]
-        if missing or not wanted:
-            raise InputError(data_dir / "manifest.csv",
-                             f"{len(missing)} of the {len(wanted)} given references are not in the manifest"
-                             + (f" ({', '.join(missing[:5])}{', ...' if len(missing) > 5 else ''})" if missing else ""))
-        refs = wanted
+    refs = chosen_references(rows, references, data_dir)
     store = ImageStore(data_dir)
     blocks = rank_blocks(rows, references=refs)
     samples = finetune_samples(rows, references=refs)

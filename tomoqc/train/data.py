@@ -190,6 +190,23 @@ def split_references(refs, *, val_fraction: float = 0.15, seed: int = 0, min_val
     return train, sorted(val)
 
 
+def chosen_references(rows, references, data_dir) -> list[str]:
+    """The sorted references of a manifest's ``rows`` to train on: all of them when
+    ``references`` is None, else exactly the given ones, every one of which must be in the
+    manifest (:class:`~tomoqc.errors.InputError` naming ``DIR/manifest.csv`` otherwise, so that
+    a study's train split is never silently widened or emptied)."""
+    present = sorted({r["reference"] for r in rows})
+    if references is None:
+        return present
+    wanted = sorted({str(r) for r in references})
+    missing = [r for r in wanted if r not in set(present)]
+    if missing or not wanted:
+        raise InputError(Path(data_dir) / "manifest.csv",
+                         f"{len(missing)} of the {len(wanted)} given references are not in the manifest"
+                         + (f" ({', '.join(missing[:5])}{', ...' if len(missing) > 5 else ''})" if missing else ""))
+    return wanted
+
+
 # --------------------------------------------------------------------------- rank blocks
 
 

@@ -27,6 +27,7 @@ from tomoqc.train.data import (
     ImageStore,
     block_batch,
     choose_crop,
+    chosen_references,
     finetune_samples,
     manifest_sha256,
     rank_blocks,
@@ -227,6 +228,7 @@ def train_finetune(
     select_on: str = "srocc",
     val_fraction: float = 0.15,
     val_references=None,
+    references=None,
     val_size: int = 224,
     val_crops: int = 2,
     steps_per_epoch: int | None = None,
@@ -283,6 +285,10 @@ def train_finetune(
         the SROCC of score vs label over all images, or ``balanced``, the mean of the
         SROCCs within noise, blur and ring (each with the clean references) and of the
         severity accuracy, so that no distortion type is traded for another.
+    references : iterable of str, optional
+        Learn only from these references of the manifest (all by default), for instance a
+        study's train split; ``val_references`` must be among them. A reference not in the
+        manifest is refused before anything is written.
     Other parameters as in :func:`tomoqc.train.rank.train_rank`.
 
     Returns
@@ -313,9 +319,12 @@ def train_finetune(
     rows = read_manifest(data_dir)
     if not any(np.isfinite(float(r[k])) for r in rows for k in ("label", "mos") if r.get(k) not in (None, "")):
         raise InputError(data_dir / "manifest.csv", "no 'label' or 'mos' column with values; run `tomoqc label` first")
-    refs = sorted({r["reference"] for r in rows})
+    refs = chosen_references(rows, references, data_dir)
     if val_references is not None:
         val_refs = sorted(set(val_references))
+        if references is not None and not set(val_refs) <= set(refs):
+            raise OptionError(f"validation references {', '.join(r for r in val_refs if r not in set(refs))} "
+                              "are not among the references to learn from")
         train_refs = [r for r in refs if r not in set(val_refs)]
     else:
         train_refs, val_refs = split_references(refs, val_fraction=val_fraction, seed=seed)
@@ -512,6 +521,7 @@ def train_finetune(
         "weights_sha256": sha,
         "init": None if init is None else str(init),
         "data": {"dir": str(data_dir), "manifest_sha256": manifest_sha256(data_dir),
+                 "references": "all" if references is None else refs,
                  "train_references": len(train_refs), "val_references": val_refs,
                  "train_images": len(train), "val_images": len(val)},
         "command": command or common.command_line(),
