@@ -28,7 +28,6 @@ a full run's 1247 images) and cached in ``DIR/pooled_features.npz``.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -37,6 +36,7 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 
 def pooled_features(study: Path, pred: list[dict], model_path, cache: Path) -> np.ndarray:
@@ -79,46 +79,20 @@ def main(argv=None) -> int:
     from sklearn.preprocessing import StandardScaler
     from sklearn.svm import SVR
 
-    from tomoqc.dataset import read_manifest
-    from tomoqc.metrics import stats
-    from tomoqc.models.measured import INDICATORS
     from tomoqc.models.measured import _logit_score as logit_score  # the logit the card's terms combine on
-    from tomoqc.study import LOGISTIC_KIND, _read_csv as read_rows, _float as num, _tiqa_fitted, pair_accuracy
 
-    study = args.study
-    pred_path = study / "predictions" / "tiqa.csv"
-    if not pred_path.is_file() or not (study / "study.json").is_file():
-        raise SystemExit(f"error: {study}: not a finished tomoqc study run (no predictions/tiqa.csv or study.json)")
-    pred = read_rows(pred_path)
-    if not pred or "network" not in pred[0]:
-        raise SystemExit(f"error: {pred_path}: no network scores stored (rerun the study with this version)")
-    info = json.loads((study / "study.json").read_text())
-    train, test = set(info["split"]["train"]), set(info["split"]["test"])
-    model_path = info["parameters"].get("model")
-    rows = read_manifest(study / "data")
-    manifest = {r["file"]: r for r in rows}
-    ref = [manifest[r["file"]]["reference"] if r["set"] == "phantom" else None for r in pred]
-    tr = np.array([g in train for g in ref])
-    te = np.array([g in test for g in ref])
-    label = np.array([num(manifest[r["file"]]["label"]) if g else np.nan for r, g in zip(pred, ref)])
-    ordering_path = study / "real" / "orderings.csv"
-    orderings = {r["file"]: r for r in read_rows(ordering_path)} if ordering_path.is_file() else {}
-    od = [i for i, r in enumerate(pred) if r["set"] == "ordering" and r["file"] in orderings]
+    from _study_run import load_study
 
-    card = np.array([num(r["score"]) for r in pred])
-    network = np.array([num(r["network"]) for r in pred])
-    ind = np.column_stack([np.nan_to_num(np.array([num(r.get(k)) for r in pred])) for k in INDICATORS if k in pred[0]])
+    run = load_study(args.study)
+    study, pred, tr, te, label, od = run.root, run.pred, run.tr, run.te, run.label, run.od
+    card = run.column("score")
+    network = run.column("network")
+    ind = np.column_stack([np.nan_to_num(v) for v in run.indicators().values()])
     ind = ind[:, np.ptp(ind, axis=0) > 0]  # an indicator the run never measured has nothing to say
-    feats = pooled_features(study, pred, model_path, args.work / "pooled_features.npz")
-    groups = [g for g, k in zip(ref, tr) if k]
-
-    def evaluate(s):
-        s = np.asarray(s, np.float64)
-        a, b = s[te], label[te]
-        fit = stats.logistic_fit(a, b, kind=LOGISTIC_KIND)
-        acc = (pair_accuracy(s[od], [int(num(orderings[pred[i]["file"]]["rank"])) for i in od],
-                             [orderings[pred[i]["file"]]["group"] for i in od])[0] if od else float("nan"))
-        return stats.srocc(a, b), stats.plcc(fit(a), b), acc
+    feats = pooled_features(study, pred, run.model, args.work / "pooled_features.npz")
+    groups = [g for g, k in zip(run.reference, tr) if k]
+    evaluate = run.evaluate
+    train, test = run.train, run.test
 
     def fitted(estimator, grid, x):
         search = GridSearchCV(estimator, grid, cv=GroupKFold(4), scoring="neg_mean_squared_error")
@@ -128,10 +102,9 @@ def main(argv=None) -> int:
     basic = np.column_stack([logit_score(network), ind])
     table = [("card (bundled TIQA)", "network, indicators", card, "-"),
              ("network alone", "network", network, "-")]
-    fit_row = _tiqa_fitted(study, rows, sorted(train), model_path)
+    fit_row = run.fitted()
     if fit_row is not None:
-        table.append(("card's terms fitted (Table 2)", "network, indicators",
-                      np.array([fit_row["scores"][(r["set"], r["file"])] for r in pred]), "least squares"))
+        table.append(("card's terms fitted (Table 2)", "network, indicators", fit_row, "least squares"))
     trees = {"max_iter": [100, 300], "learning_rate": [0.03, 0.1], "max_leaf_nodes": [7, 15],
              "min_samples_leaf": [10, 30]}
     s, p = fitted(HistGradientBoostingRegressor(random_state=0), trees, basic)
@@ -145,11 +118,9 @@ def main(argv=None) -> int:
     rich = np.column_stack([feats, basic, logit_score(card)])
     s, p = fitted(make_pipeline(StandardScaler(), Ridge()), {"ridge__alpha": [1, 10, 100, 1000, 1e4]}, rich)
     table.append(("ridge", f"{feats.shape[1]} pooled features, network, card, indicators", s, p))
-    brisque_path = study / "predictions" / "brisque.csv"
-    if brisque_path.is_file():
-        b = {(r["set"], r["file"]): num(r["score"]) for r in read_rows(brisque_path)}
-        table.append(("BRISQUE-SVR (Table 2)", "36 BRISQUE features",
-                      np.array([b.get((r["set"], r["file"]), np.nan) for r in pred]), "the study's search"))
+    brisque = run.method("brisque")
+    if brisque is not None:
+        table.append(("BRISQUE-SVR (Table 2)", "36 BRISQUE features", brisque, "the study's search"))
 
     print(f"\nLast stages on the TIQA network of {study}: fitted on {len(train)} train references' labels "
           f"({int(tr.sum())} images), tested on {len(test)} references ({int(te.sum())} images) and "

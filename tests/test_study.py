@@ -396,6 +396,19 @@ def test_tiqa_terms_refitted_on_the_train_split_fit_its_labels_better(study, mod
     refit = np.array([fit["scores"][("phantom", r["file"])] for r in tr])
     assert np.sqrt(np.mean((refit - y) ** 2)) <= np.sqrt(np.mean((card_scores - y) ** 2)) + 1e-9
     assert fit["fit"]["label_rmse"] == pytest.approx(np.sqrt(np.mean((refit - y) ** 2)), rel=1e-6)
+    # another reading of the same images (benchmarks/network_variants.py): the stored one
+    # refits identically, a network that reads every train label exactly is refitted onto
+    # them (offset 0 and slope 1 of its logit, the constant penalty into the offset), and a
+    # reading of the wrong length is refused
+    stored = np.array([float(r["network"]) for r in pred])
+    same = _tiqa_fitted(out, rows, s["split"]["train"], m, network=stored)
+    assert same["scores"] == fit["scores"]
+    by_file = {r["file"]: float(r["label"]) for r in rows}
+    exact = np.array([by_file.get(r["file"], 3.0) if r["set"] == "phantom" else 3.0 for r in pred])
+    perfect = _tiqa_fitted(out, rows, s["split"]["train"], m, network=exact)
+    assert perfect["fit"]["label_rmse"] < 1e-3
+    with pytest.raises(OptionError, match="network scores"):
+        _tiqa_fitted(out, rows, s["split"]["train"], m, network=stored[:-1])
 
 
 # --- a study on a volume of the user's ------------------------------------------------------

@@ -942,11 +942,13 @@ def _predictions(root: Path, method: str) -> dict:
     return {(r["set"], r["file"]): _float(r["score"]) for r in _read_csv(p)}
 
 
-def _tiqa_fitted(root: Path, rows: list[dict], train: list, model) -> dict | None:
+def _tiqa_fitted(root: Path, rows: list[dict], train: list, model, network=None) -> dict | None:
     """TIQA with its card's measured terms refitted to the labels of the train references
     (:func:`tomoqc.models.measured.fit_to_labels`), from the network scores and indicators of
     ``predictions/tiqa.csv``: ``{"scores": {(set, file): score}, "fit": ..., "train_references": n}``,
-    or None for a model without measured terms or predictions without the network's score."""
+    or None for a model without measured terms or predictions without the network's score.
+    ``network`` (one score per row of ``predictions/tiqa.csv``) replaces the stored network
+    scores, to refit the terms on another reading of the same images."""
     from tomoqc.models.measured import INDICATORS, MeasuredTerms, fit_to_labels
     from tomoqc.models.tiqa import default_weights_path
 
@@ -956,7 +958,9 @@ def _tiqa_fitted(root: Path, rows: list[dict], train: list, model) -> dict | Non
         return None
     train_refs = set(train)
     label = {r["file"]: float(r["label"]) for r in rows if r["reference"] in train_refs}
-    net = np.array([_float(r["network"]) for r in pred])
+    net = np.array([_float(r["network"]) for r in pred]) if network is None else np.asarray(network, np.float64)
+    if net.shape != (len(pred),):
+        raise OptionError(f"{len(net)} network scores for the {len(pred)} rows of predictions/tiqa.csv")
     ind = {k: np.array([_float(r.get(k, "")) for r in pred]) for k in INDICATORS if k in pred[0]}
     y = np.array([label.get(r["file"], math.nan) if r["set"] == "phantom" else math.nan for r in pred])
     try:

@@ -1,0 +1,107 @@
+"""A finished ``tomoqc study`` run, read for the benchmarks that re-score its TIQA rows.
+
+Not a benchmark itself (``make bench`` runs ``benchmarks/[!_]*.py``). It lines up, one row
+per image of ``predictions/tiqa.csv``, the stored scores, network scores and indicators with
+the labels of the phantom references, the train/test split and the real series of known
+order, and evaluates any score vector as Table 2 does.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+
+@dataclass
+class StudyRun:
+    root: Path
+    pred: list[dict]  # predictions/tiqa.csv
+    manifest: dict  # file -> manifest row (phantom images)
+    train: list[str]
+    test: list[str]
+    model: str | None  # the run's TIQA weights (None: the bundled model)
+    reference: list  # per row: its phantom reference, or None
+    label: np.ndarray  # per row: the projected label (phantom images), else NaN
+    tr: np.ndarray  # rows of the train references
+    te: np.ndarray  # rows of the test references
+    orderings: dict = field(default_factory=dict)  # file -> real ordering row
+    od: list = field(default_factory=list)  # rows that are real ordering images
+
+    def column(self, name: str) -> np.ndarray:
+        from tomoqc.study import _float
+
+        return np.array([_float(r.get(name)) for r in self.pred])
+
+    def indicators(self) -> dict:
+        from tomoqc.models.measured import INDICATORS
+
+        return {k: self.column(k) for k in INDICATORS if k in self.pred[0]}
+
+    def image(self, i: int) -> np.ndarray:
+        r = self.pred[i]
+        return np.load((self.root / "data" if r["set"] == "phantom" else self.root) / r["file"])
+
+    def method(self, name: str) -> np.ndarray | None:
+        """Another method's stored scores (``predictions/<name>.csv``) in this run's row order."""
+        from tomoqc.study import _float, _read_csv
+
+        path = self.root / "predictions" / f"{name}.csv"
+        if not path.is_file():
+            return None
+        by = {(r["set"], r["file"]): _float(r["score"]) for r in _read_csv(path)}
+        return np.array([by.get((r["set"], r["file"]), np.nan) for r in self.pred])
+
+    def evaluate(self, scores) -> tuple[float, float, float]:
+        """ALL SROCC and PLCC (after the VQEG logistic) on the test references, as Table 2,
+        and the pair accuracy on the real series of known order (NaN without them)."""
+        from tomoqc.metrics import stats
+        from tomoqc.study import LOGISTIC_KIND, _float, pair_accuracy
+
+        s = np.asarray(scores, np.float64)
+        a, b = s[self.te], self.label[self.te]
+        fit = stats.logistic_fit(a, b, kind=LOGISTIC_KIND)
+        acc = float("nan")
+        if self.od:
+            o = [self.orderings[self.pred[i]["file"]] for i in self.od]
+            acc = pair_accuracy(s[self.od], [int(_float(r["rank"])) for r in o], [r["group"] for r in o])[0]
+        return stats.srocc(a, b), stats.plcc(fit(a), b), acc
+
+    def fitted(self, network=None) -> np.ndarray | None:
+        """Table 2's row "TIQA, terms fitted on the train split", on the stored network scores
+        or on ``network`` (one per row); None when the card has no measured terms."""
+        from tomoqc.dataset import read_manifest
+        from tomoqc.study import _tiqa_fitted
+
+        out = _tiqa_fitted(self.root, read_manifest(self.root / "data"), self.train, self.model, network=network)
+        if out is None:
+            return None
+        return np.array([out["scores"][(r["set"], r["file"])] for r in self.pred])
+
+
+def load_study(root: Path) -> StudyRun:
+    """Read a finished study run; ``SystemExit`` with one line naming what is missing."""
+    from tomoqc.dataset import read_manifest
+    from tomoqc.study import _float, _read_csv
+
+    root = Path(root)
+    pred_path = root / "predictions" / "tiqa.csv"
+    if not pred_path.is_file() or not (root / "study.json").is_file():
+        raise SystemExit(f"error: {root}: not a finished tomoqc study run (no predictions/tiqa.csv or study.json)")
+    pred = _read_csv(pred_path)
+    if not pred or "network" not in pred[0]:
+        raise SystemExit(f"error: {pred_path}: no network scores stored (rerun the study with this version)")
+    info = json.loads((root / "study.json").read_text())
+    train, test = list(info["split"]["train"]), list(info["split"]["test"])
+    manifest = {r["file"]: r for r in read_manifest(root / "data")}
+    ref = [manifest[r["file"]]["reference"] if r["set"] == "phantom" else None for r in pred]
+    label = np.array([_float(manifest[r["file"]]["label"]) if g else np.nan for r, g in zip(pred, ref)])
+    ordering_path = root / "real" / "orderings.csv"
+    orderings = {r["file"]: r for r in _read_csv(ordering_path)} if ordering_path.is_file() else {}
+    od = [i for i, r in enumerate(pred) if r["set"] == "ordering" and r["file"] in orderings]
+    return StudyRun(root=root, pred=pred, manifest=manifest, train=train, test=test,
+                    model=info["parameters"].get("model"), reference=ref, label=label,
+                    tr=np.array([g in set(train) for g in ref]), te=np.array([g in set(test) for g in ref]),
+                    orderings=orderings, od=od)

@@ -1,0 +1,170 @@
+#!/usr/bin/env python
+"""What more the TIQA network itself gives Table 2: test-time views, and fine-tuning on the train split.
+
+Usage::
+
+    python benchmarks/network_variants.py --study S [--work DIR] [--views 1 2 4 8]
+                                          [--finetune-epochs N] [--finetune-lr LR]
+
+``S`` is a finished ``tomoqc study --out S`` run. ``benchmarks/last_stage_ceiling.py``
+changes only what follows the network; this benchmark changes the network's reading:
+
+* **test-time views**: each image's network score averaged over the first K of the eight
+  symmetries of the square (:data:`tomoqc.models.tiqa.TTA_VIEWS`, applied to the whole image;
+  the product scores with the first view and uses the others for the uncertainty);
+* **fine-tuned on the train split** (``--finetune-epochs N``): the run's network trained
+  further, as the baselines are trained, on the study's train references only
+  (:func:`tomoqc.train.finetune.train_finetune` with ``references=``; its last two train
+  references validate, the group and rank terms on), then every image scored again.
+
+For each reading it prints the network alone, the card's own measured terms on it and the
+terms refitted on the train references (Table 2's fitted row), scored as Table 2 (ALL SROCC,
+PLCC after the VQEG logistic, on the test references; pair accuracy on the real series),
+beside the trained baselines. A second table shows where the fitted row and BRISQUE-SVR
+err: the mean absolute error after each one's logistic map, per domain and distortion.
+
+Network scores are cached in ``DIR`` (keyed by the weights' SHA-256 and the run's images),
+the fine-tuning in ``DIR/finetune`` (it resumes). Scoring is about 0.15 s per image and view
+on 2 cores; a fine-tuning epoch of a 12-reference split about 3 minutes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+
+def network_readings(run, model_path, views: int, cache: Path) -> np.ndarray:
+    """The network score of every image of ``run`` under views 0..views-1, (n, views), cached."""
+    from tomoqc.models.tiqa import _view, file_sha256, load_model
+
+    model = load_model(model_path)
+    key = f"{file_sha256(model.path)}:{len(run.pred)}:{run.pred[0]['file']}:{run.pred[-1]['file']}"
+    done = np.zeros((len(run.pred), 0))
+    if cache.is_file():
+        with np.load(cache) as z:
+            if str(z["key"]) == key:
+                done = z["scores"]
+    if done.shape[1] >= views:
+        return done[:, :views]
+    out = np.full((len(run.pred), views), np.nan)
+    out[:, : done.shape[1]] = done
+    t0 = time.time()
+    for i in range(len(run.pred)):
+        img = run.image(i)
+        for k in range(done.shape[1], views):
+            v = np.ascontiguousarray(_view(img[None], k)[0])
+            res = model.score_slices(v[None], tta=1, ood=False, measure=False, measured_terms=False)
+            out[i, k] = float(res["network_score"][0])
+        if (i + 1) % 100 == 0 or i + 1 == len(run.pred):
+            print(f"  {cache.stem}: {i + 1}/{len(run.pred)} images ({time.time() - t0:.0f} s)", file=sys.stderr,
+                  flush=True)
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    tmp = cache.with_name(cache.name + ".tmp.npz")
+    np.savez(tmp, scores=out, key=np.array(key))
+    tmp.replace(cache)
+    return out
+
+
+def finetuned_weights(run, work: Path, epochs: int, lr: float) -> Path:
+    """The run's network fine-tuned on the study's train references (resumed when cached)."""
+    from tomoqc.models.tiqa import default_weights_path
+    from tomoqc.train.finetune import train_finetune
+
+    out = work / "finetune"
+    log = out / "log.csv"
+    if (out / "best.keras").is_file() and log.is_file() and len(log.read_text().splitlines()) - 2 >= epochs:
+        return out / "best.keras"  # finished before (the log has a header and epoch 0)
+    size = min(np.load(run.root / "data" / next(iter(run.manifest))).shape)
+    train = sorted(run.train)
+    train_finetune(run.root / "data", out, init=run.model or default_weights_path(), epochs=epochs, batch_size=16,
+                   crop=min(224, size), lr=lr, decay_epochs=3, group_weight=1.0, rank_weight=0.5,
+                   references=train, val_references=train[-2:], patience=epochs, seed=0, progress=True,
+                   resume=(out / "state").exists())
+    return out / "best.keras"
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--study", type=Path, required=True, help="a finished tomoqc study run")
+    ap.add_argument("--work", type=Path, default=Path("bench-out/network_variants"), help="cache folder")
+    ap.add_argument("--views", type=int, nargs="+", default=[1, 2], help="test-time views to average (1-8)")
+    ap.add_argument("--finetune-epochs", type=int, default=0, help="fine-tune on the train split (0: skip)")
+    ap.add_argument("--finetune-lr", type=float, default=2e-5)
+    args = ap.parse_args(argv)
+    if not args.views or min(args.views) < 1 or max(args.views) > 8:
+        raise SystemExit(f"error: --views must lie in 1-8, got {args.views}")
+    if args.finetune_epochs < 0:
+        raise SystemExit(f"error: --finetune-epochs must be >= 0, got {args.finetune_epochs}")
+
+    from tomoqc.metrics import stats
+    from tomoqc.models.measured import MeasuredTerms
+    from tomoqc.models.tiqa import default_weights_path
+    from tomoqc.study import LOGISTIC_KIND, _card_of
+
+    from _study_run import load_study
+
+    run = load_study(args.study)
+    ind = run.indicators()
+    terms = MeasuredTerms.from_card(_card_of(Path(run.model) if run.model else default_weights_path()))
+    readings = network_readings(run, run.model, max(args.views), args.work / "views.npz")
+    if not np.allclose(readings[:, 0], run.column("network"), atol=1e-3, equal_nan=True):
+        print("note: the first view differs from the run's stored network scores (another model or version)",
+              file=sys.stderr)
+    variants = [(f"{k} view{'s' if k > 1 else ''}", readings[:, :k].mean(axis=1), True) for k in args.views]
+    if args.finetune_epochs:
+        tuned = finetuned_weights(run, args.work, args.finetune_epochs, args.finetune_lr)
+        variants.append((f"fine-tuned on the train split ({args.finetune_epochs} epochs)",
+                         network_readings(run, tuned, 1, args.work / "finetuned.npz")[:, 0], False))
+
+    print(f"\nTIQA readings of {run.root}: {len(run.train)} train / {len(run.test)} test references "
+          f"({int(run.te.sum())} test images), {len(run.od)} real ordering images\n")
+    print("| network reading | last stage | ALL SROCC | ALL PLCC | real pairs |")
+    print("|---|---|---|---|---|")
+    for name, net, own_card in variants:
+        stages = [("network alone", net)]
+        if own_card and terms is not None:  # the card's terms were fitted on this network's scale
+            stages.append(("card's terms", terms.combine(net, ind)))
+        fit = run.fitted(net)
+        if fit is not None:
+            stages.append(("terms fitted on the train split", fit))
+        for stage, s in stages:
+            sr, pl, acc = run.evaluate(s)
+            print(f"| {name} | {stage} | {sr:.3f} | {pl:.3f} | {acc:.3f} |")
+    baselines = {m: run.method(m) for m in ("brisque", "rankiqa", "noise")}
+    for m, s in baselines.items():
+        if s is not None:
+            sr, pl, acc = run.evaluate(s)
+            print(f"| {m} (the run's) | - | {sr:.3f} | {pl:.3f} | {acc:.3f} |")
+
+    fit = run.fitted()
+    brisque = baselines["brisque"]
+    if fit is None or brisque is None:
+        return 0
+    te = np.flatnonzero(run.te)
+    y = run.label[te]
+    err = {}
+    for name, s in (("fitted", fit[te]), ("brisque", brisque[te])):
+        err[name] = np.abs(stats.logistic_fit(s, y, kind=LOGISTIC_KIND)(s) - y)
+    kinds = [(run.manifest[run.pred[i]["file"]]["domain"], run.manifest[run.pred[i]["file"]]["distortion"]) for i in te]
+    print("\nMean absolute error after each method's logistic map, test references (label units)\n")
+    print("| domain | distortion | images | mean label | TIQA, terms fitted | BRISQUE-SVR |")
+    print("|---|---|---|---|---|---|")
+    for key in sorted(set(kinds)):
+        m = np.array([k == key for k in kinds])
+        print(f"| {key[0]} | {key[1]} | {int(m.sum())} | {y[m].mean():.2f} | {err['fitted'][m].mean():.3f} "
+              f"| {err['brisque'][m].mean():.3f} |")
+    print(f"| all | all | {len(te)} | {y.mean():.2f} | {err['fitted'].mean():.3f} | {err['brisque'].mean():.3f} |")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
