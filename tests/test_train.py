@@ -95,7 +95,7 @@ def test_finetune_regresses_labels(tiny_labelled, small_tiqa, tmp_path):
         assert not (tmp_path / "bad").exists()
 
 
-def test_finetune_learns_only_from_the_given_references(tiny_labelled, small_tiqa, tmp_path):
+def test_finetune_learns_only_from_the_given_references(tiny_labelled, small_tiqa, tmp_path, capsys):
     """``references=`` (a study's train split) keeps every other reference out of training and
     validation: their images are deleted here, so reading any of them would fail."""
     import csv
@@ -129,6 +129,15 @@ def test_finetune_learns_only_from_the_given_references(tiny_labelled, small_tiq
         train_finetune(data, tmp_path / "bad2", init=small_tiqa, epochs=1, progress=False, references=keep,
                        val_references=[gone[0]])
     assert not (tmp_path / "bad1").exists() and not (tmp_path / "bad2").exists()
+    # the command line passes them comma-separated, and names the manifest when one is unknown
+    from tomoqc.cli import main
+
+    capsys.readouterr()
+    code = main(["train", "finetune", "--data", str(data), "--out", str(tmp_path / "bad3"), "--init", str(small_tiqa),
+                 "--references", f"{keep[0]}, nope", "--no-progress"])
+    err = capsys.readouterr().err
+    assert code == 1 and "manifest.csv" in err and "nope" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "bad3").exists()
 
 
 def test_severity_margin_loss_matches_a_plain_loop():

@@ -78,16 +78,23 @@ def finetune_cmd(
     crop: int = typer.Option(224, "--crop", help="Training crop side in pixels."),
     patience: int = typer.Option(5, "--patience", help="Early stopping patience in epochs."),
     steps_per_epoch: Optional[int] = typer.Option(None, "--steps-per-epoch", help="Cap on batches per epoch."),
+    references: Optional[str] = typer.Option(
+        None, "--references",
+        help="Learn only from these references of the manifest, comma-separated (e.g. a study's train split, "
+             "`train` in STUDY/study.json); validation is drawn from them.",
+    ),
     progress: bool = typer.Option(True, "--progress/--no-progress"),
 ) -> None:
     """Fine-tune to regress 1-5 quality labels and the distortion severities."""
     from tomoqc.train.finetune import train_finetune
 
+    refs = None if references is None else [r.strip() for r in references.split(",") if r.strip()]
     cmd = _command("finetune", data=data, out=out, init=init, epochs=epochs, batch_size=batch_size, seed=seed,
-                   resume=resume, lr=lr, crop=crop, patience=patience, steps_per_epoch=steps_per_epoch)
+                   resume=resume, lr=lr, crop=crop, patience=patience, steps_per_epoch=steps_per_epoch,
+                   references=references)
     res = train_finetune(data, out, init=init, epochs=epochs, batch_size=batch_size, seed=seed, resume=resume,
                          lr=lr, crop=crop, patience=patience, steps_per_epoch=steps_per_epoch, progress=progress,
-                         command=cmd)
+                         references=refs, command=cmd)
     _report(res, out)
 
 
