@@ -31,7 +31,7 @@ test-all: test test-slurm
 ## bench: speed and memory tables (benchmarks/)
 bench: $(STAMP)
 	@for b in benchmarks/[!_]*.py; do \
-	  if grep -q "required=True" $$b; then echo "== $$b: skipped (needs an input; see its --help)"; continue; fi; \
+	  if grep -q "^# make bench: skipped" $$b; then echo "== $$b: skipped (needs inputs; see its --help)"; continue; fi; \
 	  echo "== $$b"; $(BIN)/python $$b || exit 1; done
 
 ## weights: retrain the bundled default model (long; see README)

@@ -55,19 +55,18 @@ class StudyRun:
         return np.array([by.get((r["set"], r["file"]), np.nan) for r in self.pred])
 
     def evaluate(self, scores) -> tuple[float, float, float]:
-        """ALL SROCC and PLCC (after the VQEG logistic) on the test references, as Table 2,
-        and the pair accuracy on the real series of known order (NaN without them)."""
-        from tomoqc.metrics import stats
-        from tomoqc.study import LOGISTIC_KIND, _float, pair_accuracy
+        """ALL SROCC and PLCC (after the VQEG logistic) on the test references, as Table 2
+        (:func:`tomoqc.study._correlate`: images without a finite score left out), and the pair
+        accuracy on the real series of known order (NaN without them)."""
+        from tomoqc.study import _correlate, _float, pair_accuracy
 
         s = np.asarray(scores, np.float64)
-        a, b = s[self.te], self.label[self.te]
-        fit = stats.logistic_fit(a, b, kind=LOGISTIC_KIND)
+        c = _correlate(s[self.te], self.label[self.te], logistic=True)
         acc = float("nan")
         if self.od:
             o = [self.orderings[self.pred[i]["file"]] for i in self.od]
             acc = pair_accuracy(s[self.od], [int(_float(r["rank"])) for r in o], [r["group"] for r in o])[0]
-        return stats.srocc(a, b), stats.plcc(fit(a), b), acc
+        return c["srocc"], c["plcc"], acc
 
     def fitted(self, network=None) -> np.ndarray | None:
         """Table 2's row "TIQA, terms fitted on the train split", on the stored network scores

@@ -1,4 +1,5 @@
 #!/usr/bin/env python
+# make bench: skipped (needs inputs on its command line; see --help)
 """The angular-sampling indicators and the bundled score on real limited-angle and sparse-view
 reconstructions.
 

@@ -1,4 +1,5 @@
 #!/usr/bin/env python
+# make bench: skipped (needs inputs on its command line; see --help)
 """How far any last stage on the TIQA network can go on the study's phantoms.
 
 Usage::

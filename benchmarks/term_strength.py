@@ -1,4 +1,5 @@
 #!/usr/bin/env python
+# make bench: skipped (needs inputs on its command line; see --help)
 """What the measured terms' overall strength does: real orderings against label agreement.
 
 Usage::

@@ -125,6 +125,10 @@ def test_finetune_learns_only_from_the_given_references(tiny_labelled, small_tiq
     # refused before anything is written
     with pytest.raises(InputError, match="manifest"):
         train_finetune(data, tmp_path / "bad1", init=small_tiqa, epochs=1, progress=False, references=["nope"])
+    with pytest.raises(OptionError, match="empty"):
+        train_finetune(data, tmp_path / "bad1", init=small_tiqa, epochs=1, progress=False, references=[])
+    with pytest.raises(OptionError, match="string"):
+        train_finetune(data, tmp_path / "bad1", init=small_tiqa, epochs=1, progress=False, references=keep[0])
     with pytest.raises(OptionError, match=gone[0]):
         train_finetune(data, tmp_path / "bad2", init=small_tiqa, epochs=1, progress=False, references=keep,
                        val_references=[gone[0]])

@@ -960,7 +960,7 @@ def _tiqa_fitted(root: Path, rows: list[dict], train: list, model, network=None)
     label = {r["file"]: float(r["label"]) for r in rows if r["reference"] in train_refs}
     net = np.array([_float(r["network"]) for r in pred]) if network is None else np.asarray(network, np.float64)
     if net.shape != (len(pred),):
-        raise OptionError(f"{len(net)} network scores for the {len(pred)} rows of predictions/tiqa.csv")
+        raise OptionError(f"network scores of shape {net.shape} for the {len(pred)} rows of predictions/tiqa.csv")
     ind = {k: np.array([_float(r.get(k, "")) for r in pred]) for k in INDICATORS if k in pred[0]}
     y = np.array([label.get(r["file"], math.nan) if r["set"] == "phantom" else math.nan for r in pred])
     try:

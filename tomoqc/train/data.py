@@ -198,9 +198,13 @@ def chosen_references(rows, references, data_dir) -> list[str]:
     present = sorted({r["reference"] for r in rows})
     if references is None:
         return present
+    if isinstance(references, (str, bytes)):
+        raise OptionError(f"references must be a list of reference names, got the string {references!r}")
     wanted = sorted({str(r) for r in references})
+    if not wanted:
+        raise OptionError("the list of references to learn from is empty")
     missing = [r for r in wanted if r not in set(present)]
-    if missing or not wanted:
+    if missing:
         raise InputError(Path(data_dir) / "manifest.csv",
                          f"{len(missing)} of the {len(wanted)} given references are not in the manifest"
                          + (f" ({', '.join(missing[:5])}{', ...' if len(missing) > 5 else ''})" if missing else ""))

@@ -322,9 +322,9 @@ def train_finetune(
     refs = chosen_references(rows, references, data_dir)
     if val_references is not None:
         val_refs = sorted(set(val_references))
-        if references is not None and not set(val_refs) <= set(refs):
+        if not set(val_refs) <= set(refs):
             raise OptionError(f"validation references {', '.join(r for r in val_refs if r not in set(refs))} "
-                              "are not among the references to learn from")
+                              "are not among the references of the manifest to learn from")
         train_refs = [r for r in refs if r not in set(val_refs)]
     else:
         train_refs, val_refs = split_references(refs, val_fraction=val_fraction, seed=seed)
