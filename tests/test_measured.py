@@ -61,15 +61,26 @@ def test_formula_with_powers():
     powered=st.booleans(),
 )
 def test_more_of_any_indicator_always_lowers_the_score(name, base, factor, score, powered):
-    # strictly, at every level: no threshold below which an indicator does nothing
+    # strictly, at every level: no threshold below which an indicator does nothing. The
+    # strictness is checked on the logit the terms subtract from; on the 1-5 scale a score
+    # near either end can lose less than float64 resolves there (blur 1e-5 against 1.0001e-5
+    # on a typical 1.0 moves the logit by 2e-14, the score at 5.0 by 1e-16), so there the
+    # score must not rise, and must fall wherever the slope of 1 + 4 sigmoid(z) makes the
+    # change at least 1e-12
     t = _terms(power=POWER if powered else None)
     lo = {k: np.array([TYPICAL[k]]) for k in INDICATORS}
     hi = dict(lo)
     lo[name] = np.array([base])
     hi[name] = np.array([base * factor])
+    p_lo, p_hi = t.penalty(lo)[0], t.penalty(hi)[0]
+    assert p_hi > p_lo
     a = t.combine(np.array([score]), lo)[0]
     b = t.combine(np.array([score]), hi)[0]
-    assert b < a
+    assert b <= a
+    q = min(max((score - 1) / 4, 1e-3), 1 - 1e-3)  # the network score's logit, clipped as the terms clip it
+    sig = 1 / (1 + np.exp(-(np.log(q / (1 - q)) - p_lo)))
+    if 4 * sig * (1 - sig) * (p_hi - p_lo) > 1e-12:
+        assert b < a
     assert 1.0 < b < 5.0 and 1.0 < a < 5.0
 
 
