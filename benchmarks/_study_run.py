@@ -41,8 +41,15 @@ class StudyRun:
         return {k: self.column(k) for k in INDICATORS if k in self.pred[0]}
 
     def image(self, i: int) -> np.ndarray:
-        r = self.pred[i]
-        return np.load((self.root / "data" if r["set"] == "phantom" else self.root) / r["file"])
+        from tomoqc.study import _load
+
+        return _load(self.root, self.pred[i]["set"], self.pred[i]["file"])
+
+    def cache_key(self, model) -> str:
+        """What a cache of per-image readings by ``model`` (a loaded TIQA model) depends on."""
+        from tomoqc.models.tiqa import file_sha256
+
+        return f"{file_sha256(model.path)}:{len(self.pred)}:{self.pred[0]['file']}:{self.pred[-1]['file']}"
 
     def method(self, name: str) -> np.ndarray | None:
         """Another method's stored scores (``predictions/<name>.csv``) in this run's row order."""
@@ -71,10 +78,9 @@ class StudyRun:
     def fitted(self, network=None) -> np.ndarray | None:
         """Table 2's row "TIQA, terms fitted on the train split", on the stored network scores
         or on ``network`` (one per row); None when the card has no measured terms."""
-        from tomoqc.dataset import read_manifest
         from tomoqc.study import _tiqa_fitted
 
-        out = _tiqa_fitted(self.root, read_manifest(self.root / "data"), self.train, self.model, network=network)
+        out = _tiqa_fitted(self.root, list(self.manifest.values()), self.train, self.model, network=network)
         if out is None:
             return None
         return np.array([out["scores"][(r["set"], r["file"])] for r in self.pred])
@@ -94,6 +100,7 @@ def load_study(root: Path) -> StudyRun:
         raise SystemExit(f"error: {pred_path}: no network scores stored (rerun the study with this version)")
     info = json.loads((root / "study.json").read_text())
     train, test = list(info["split"]["train"]), list(info["split"]["test"])
+    train_set, test_set = set(train), set(test)
     manifest = {r["file"]: r for r in read_manifest(root / "data")}
     ref = [manifest[r["file"]]["reference"] if r["set"] == "phantom" else None for r in pred]
     label = np.array([_float(manifest[r["file"]]["label"]) if g else np.nan for r, g in zip(pred, ref)])
@@ -102,5 +109,21 @@ def load_study(root: Path) -> StudyRun:
     od = [i for i, r in enumerate(pred) if r["set"] == "ordering" and r["file"] in orderings]
     return StudyRun(root=root, pred=pred, manifest=manifest, train=train, test=test,
                     model=info["parameters"].get("model"), reference=ref, label=label,
-                    tr=np.array([g in set(train) for g in ref]), te=np.array([g in set(test) for g in ref]),
+                    tr=np.array([g in train_set for g in ref]), te=np.array([g in test_set for g in ref]),
                     orderings=orderings, od=od)
+
+
+def read_cache(path: Path, key: str, name: str) -> np.ndarray | None:
+    """The array ``name`` cached in ``path`` under ``key``, or None (no cache, or another key)."""
+    if not path.is_file():
+        return None
+    with np.load(path) as z:
+        return z[name] if str(z["key"]) == key else None
+
+
+def write_cache(path: Path, key: str, name: str, array) -> None:
+    """Cache ``array`` as ``name`` in ``path`` under ``key``, written whole or not at all."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp.npz")
+    np.savez(tmp, **{name: np.asarray(array)}, key=np.array(key))
+    tmp.replace(path)

@@ -40,30 +40,27 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 
-def pooled_features(study: Path, pred: list[dict], model_path, cache: Path) -> np.ndarray:
-    """Mean pooled backbone feature of every predicted image (one row each), cached."""
-    from tomoqc.models.tiqa import file_sha256, load_model
+def pooled_features(run, cache: Path) -> np.ndarray:
+    """Mean pooled backbone feature of every predicted image of ``run`` (one row each), cached."""
+    from tomoqc.models.tiqa import load_model
 
-    model = load_model(model_path)
-    key = f"{file_sha256(model.path)}:{len(pred)}:{pred[0]['file']}:{pred[-1]['file']}"
-    if cache.is_file():
-        with np.load(cache) as z:
-            if str(z["key"]) == key:
-                return z["features"]
+    from _study_run import read_cache, write_cache
+
+    model = load_model(run.model)
+    key = run.cache_key(model)
+    out = read_cache(cache, key, "features")
+    if out is not None:
+        return out
     feats = []
     t0 = time.time()
-    for i, r in enumerate(pred):
-        base = study / "data" if r["set"] == "phantom" else study
-        img = np.load(base / r["file"])
-        res = model.score_slices(img[None], tta=1, ood=False, measure=False, measured_terms=False, features=True)
+    for i in range(len(run.pred)):
+        res = model.score_slices(run.image(i)[None], tta=1, ood=False, measure=False, measured_terms=False,
+                                 features=True)
         feats.append(np.asarray(res["features"][0]).mean(axis=0))
-        if (i + 1) % 100 == 0 or i + 1 == len(pred):
-            print(f"  pooled features {i + 1}/{len(pred)} ({time.time() - t0:.0f} s)", file=sys.stderr, flush=True)
+        if (i + 1) % 100 == 0 or i + 1 == len(run.pred):
+            print(f"  pooled features {i + 1}/{len(run.pred)} ({time.time() - t0:.0f} s)", file=sys.stderr, flush=True)
     out = np.asarray(feats, np.float32)
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    tmp = cache.with_name(cache.name + ".tmp.npz")
-    np.savez(tmp, features=out, key=np.array(key))
-    tmp.replace(cache)
+    write_cache(cache, key, "features", out)
     return out
 
 
@@ -85,12 +82,12 @@ def main(argv=None) -> int:
     from _study_run import load_study
 
     run = load_study(args.study)
-    study, pred, tr, te, label, od = run.root, run.pred, run.tr, run.te, run.label, run.od
+    study, tr, te, label, od = run.root, run.tr, run.te, run.label, run.od
     card = run.column("score")
     network = run.column("network")
     ind = np.column_stack([np.nan_to_num(v) for v in run.indicators().values()])
     ind = ind[:, np.ptp(ind, axis=0) > 0]  # an indicator the run never measured has nothing to say
-    feats = pooled_features(study, pred, run.model, args.work / "pooled_features.npz")
+    feats = pooled_features(run, args.work / "pooled_features.npz")
     groups = [g for g, k in zip(run.reference, tr) if k]
     evaluate = run.evaluate
     train, test = run.train, run.test

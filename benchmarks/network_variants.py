@@ -49,15 +49,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 def network_readings(run, model_path, views: int, cache: Path) -> np.ndarray:
     """The network score of ``run``'s phantom and real-ordering images under views 0..views-1,
     (n, views) with NaN for its other rows, cached."""
-    from tomoqc.models.tiqa import _view, file_sha256, load_model
+    from tomoqc.models.tiqa import _view, load_model
+
+    from _study_run import read_cache, write_cache
 
     model = load_model(model_path)
-    key = f"{file_sha256(model.path)}:{len(run.pred)}:{run.pred[0]['file']}:{run.pred[-1]['file']}"
-    done = np.zeros((len(run.pred), 0))
-    if cache.is_file():
-        with np.load(cache) as z:
-            if str(z["key"]) == key:
-                done = z["scores"]
+    key = run.cache_key(model)
+    done = read_cache(cache, key, "scores")
+    if done is None:
+        done = np.zeros((len(run.pred), 0))
     if done.shape[1] >= views:
         return done[:, :views]
     out = np.full((len(run.pred), views), np.nan)
@@ -75,10 +75,7 @@ def network_readings(run, model_path, views: int, cache: Path) -> np.ndarray:
         if (i + 1) % 100 == 0 or i + 1 == len(run.pred):
             print(f"  {cache.stem}: {i + 1}/{len(run.pred)} images ({time.time() - t0:.0f} s)", file=sys.stderr,
                   flush=True)
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    tmp = cache.with_name(cache.name + ".tmp.npz")
-    np.savez(tmp, scores=out, key=np.array(key))
-    tmp.replace(cache)
+    write_cache(cache, key, "scores", out)
     return out
 
 

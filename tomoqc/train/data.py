@@ -206,8 +206,8 @@ def chosen_references(rows, references, data_dir) -> list[str]:
     missing = [r for r in wanted if r not in set(present)]
     if missing:
         raise InputError(Path(data_dir) / "manifest.csv",
-                         f"{len(missing)} of the {len(wanted)} given references are not in the manifest"
-                         + (f" ({', '.join(missing[:5])}{', ...' if len(missing) > 5 else ''})" if missing else ""))
+                         f"{len(missing)} of the {len(wanted)} given references are not in the manifest "
+                         f"({', '.join(missing[:5])}{', ...' if len(missing) > 5 else ''})")
     return wanted
 
 
