@@ -109,3 +109,30 @@ def test_ring_options(volumes, model_path, tmp_path, capsys):
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and "--ring-center" in err[0], err
     assert not (tmp_path / "bad").exists()
+
+
+def test_slices_too_small_for_the_patch_are_uncertain_and_say_why(model_path, tmp_path, capsys):
+    # 150 x 150 px slices leave 55 % of the 224 px patch to reflection padding: every slice is
+    # flagged out of distribution, the verdict is uncertain and one line says why; a slice of a
+    # whole patch gets no such line
+    from tomoqc.phantom import electrode_volume
+
+    vol, _ = electrode_volume((8, 224, 224), seed=31)
+    vol = vol[:3]
+    small, whole = tmp_path / "small.npy", tmp_path / "whole.npy"
+    np.save(small, vol[:, 37:187, 37:187].astype(np.float32))
+    np.save(whole, vol.astype(np.float32))
+    base = ["--model", str(model_path), "--out", str(tmp_path / "q"), "--workers", "0", "--json", "--quiet"]
+    assert main(["score", str(small), *base, "--fail-below", "1"]) == 0
+    out, err = capsys.readouterr()
+    line = json.loads(out.splitlines()[0])
+    assert line["ood_fraction"] == 1.0 and line["verdict"] == "uncertain"
+    notes = [x for x in err.splitlines() if x.startswith("note:")]
+    assert len(notes) == 1 and str(small) in notes[0] and "150 x 150 px" in notes[0] and "224 px" in notes[0]
+    import xarray as xr
+
+    ds = xr.open_zarr(line["output"], consolidated=False)
+    assert (ds["flag"].values == 4).all() and (ds["score_uncertainty"].values >= 1.0).all()
+    assert main(["score", str(whole), *base, "--fail-below", "1"]) == 0
+    out, err = capsys.readouterr()
+    assert not [x for x in err.splitlines() if x.startswith("note:")]

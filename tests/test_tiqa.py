@@ -11,10 +11,14 @@ from tomoqc.models import tiqa
 from tomoqc.models.tiqa import (
     FLAG_CONSTANT,
     FLAG_NO_VALID_PATCH,
+    FLAG_OOD,
     FLAG_PADDED,
+    OOD_UNCERTAINTY,
+    PADDED_OOD_SHARE,
     PATCH,
     build_tiqa,
     load_model,
+    padded_share,
     patch_grid,
 )
 
@@ -131,6 +135,35 @@ def test_air_constant_and_small_slices(model):
     r = model.score_slices(small)
     assert r["flags"][0] & FLAG_PADDED
     assert r["patch_score"].shape == (1, 1, 1) and np.isfinite(r["score"][0])
+
+
+def test_padded_share_is_the_area_the_slice_leaves_empty():
+    assert padded_share((PATCH, PATCH)) == 0.0 and padded_share((900, 700)) == 0.0
+    assert padded_share((PATCH // 2, 5 * PATCH)) == pytest.approx(0.5)
+    assert padded_share((PATCH // 2, PATCH // 2)) == pytest.approx(0.75)
+    assert padded_share((3, 10, PATCH)) == pytest.approx(1 - 10 / PATCH)  # the last two axes
+
+
+def test_a_slice_much_smaller_than_a_patch_is_out_of_distribution(model):
+    # the network never saw a reflection-padded patch: where padding fills more than
+    # PADDED_OOD_SHARE of it the score is flagged and its uncertainty carries the
+    # out-of-distribution share; a slice of one patch, or one padded a little, is not flagged
+    rng = np.random.default_rng(3)
+    big = rng.uniform(0, 1, size=(PATCH, PATCH)).astype(np.float32)
+    small = big[:150, :200].copy()  # 40 % padding
+    near = big[: PATCH - 14].copy()  # 6 % padding
+    assert padded_share(small.shape) > PADDED_OOD_SHARE > padded_share(near.shape) > 0
+    whole = model.score_slices(big[None], ood=True)
+    part = model.score_slices(small[None], ood=True)
+    almost = model.score_slices(near[None], ood=True)
+    assert not whole["flags"][0] & FLAG_PADDED and not whole["flags"][0] & FLAG_OOD
+    assert almost["flags"][0] & FLAG_PADDED and not almost["flags"][0] & FLAG_OOD
+    assert part["flags"][0] & FLAG_PADDED and part["flags"][0] & FLAG_OOD
+    assert np.isfinite(part["score"][0]) and part["score_uncertainty"][0] >= OOD_UNCERTAINTY
+    assert almost["score_uncertainty"][0] < OOD_UNCERTAINTY
+    quiet = model.score_slices(small[None], ood=False)
+    assert quiet["flags"][0] & FLAG_PADDED and not quiet["flags"][0] & FLAG_OOD
+    assert quiet["score"][0] == part["score"][0]  # the flag changes the trust, not the score
 
 
 def test_other_sampling_modes(model):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import List, Optional
 
@@ -35,6 +36,21 @@ _FAIL_HELP = ("Exit 3 when a volume's verdict is 'fail' (median score below S). 
               "'uncertain' (median score uncertainty above 0.5, or more than 20% of its slices unlike the "
               "model's training data, or a failure that hinges on reading sharp structure as noise) does not exit 3: "
               "look at it.")
+
+
+def _small_slice_note(ds, path) -> str | None:
+    """A line saying why every slice of ``ds`` is out of distribution when they are all too small
+    for the model's patch (:data:`tomoqc.models.tiqa.PADDED_OOD_SHARE`), else None."""
+    from tomoqc.models.tiqa import PADDED_OOD_SHARE, padded_share
+
+    shape, axis, patch = ds.attrs.get("input_shape"), ds.attrs.get("axis"), ds.attrs.get("patch_size")
+    if not shape or len(shape) != 3 or axis not in ("z", "y", "x") or not patch:
+        return None
+    side = [int(n) for k, n in zip("zyx", shape) if k != axis]
+    if padded_share(side, int(patch)) <= PADDED_OOD_SHARE:
+        return None
+    return (f"note: {path}: slices of {side[0]} x {side[1]} px fill less than three quarters of the model's "
+            f"{int(patch)} px patch; they are scored padded by reflection and flagged out of distribution")
 
 
 def _print_summaries(summaries, as_json: bool) -> None:
@@ -133,7 +149,8 @@ def score(
     """Score every slice of each volume; write <volume>.quality.zarr and print a summary.
 
     Each slice gets a score (1-5), a score uncertainty (about one standard deviation, in score
-    units) and a flag (4: out of distribution, the input is unlike the model's training data).
+    units) and a flag (4: out of distribution, the input is unlike the model's training data or
+    the slice fills less than three quarters of the 224-px patch).
     Verdicts: pass; fail (median score below the threshold, 3 or --fail-below); uncertain (the
     median uncertainty is above 0.5 or more than 20% of the slices are out of distribution: the
     score is not to be trusted, look at the volume); unknown (nothing could be scored).
@@ -179,6 +196,9 @@ def score(
                 ds = score_volume(v, client=client, **kwargs)
             s = summarize(ds, fail_below=fail_below)
             summaries.append(s)
+            note = _small_slice_note(ds, v)
+            if note:
+                print(note, file=sys.stderr, flush=True)
             if as_json:
                 _print_summaries([s], True)
     if not as_json:

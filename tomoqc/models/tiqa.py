@@ -24,7 +24,9 @@ one standard deviation: the spread of the slice score over test-time views of it
 the standard error of the mean over its patches, added in quadrature. A slice unlike the
 model's training data (:mod:`tomoqc.models.trust`: raw score outside the range seen in
 training, or pooled features far from the training features; or, with measured terms, a
-missing wedge or a view spacing wider than its term was fitted on, :data:`ONSET_MARGIN`) is flagged
+missing wedge or a view spacing wider than its term was fitted on, :data:`ONSET_MARGIN`; or a
+slice so much smaller than a patch that its padding fills more than :data:`PADDED_OOD_SHARE`
+of it) is flagged
 ``FLAG_OOD`` and its uncertainty is inflated by :data:`OOD_UNCERTAINTY`.
 
 References
@@ -67,6 +69,8 @@ __all__ = [
     "FLAG_CONSTANT",
     "FLAG_NO_VALID_PATCH",
     "FLAG_PADDED",
+    "PADDED_OOD_SHARE",
+    "padded_share",
     "FLAG_NONFINITE",
     "FLAG_RELAXED",
     "FLAG_OOD",
@@ -103,6 +107,12 @@ SAMPLING_MODES = ("grid", "resize_crop", "random")
 FLAG_CONSTANT = 1  #: the slice has no contrast (constant or no finite value)
 FLAG_NO_VALID_PATCH = 2  #: no patch holds sample; the score is NaN
 FLAG_PADDED = 4  #: the slice is smaller than a patch and was padded by reflection
+#: Share of a patch that reflection padding may fill before the slice is flagged ``FLAG_OOD``
+#: (``benchmarks/small_slices.py``: central crops of nine real slices, padded to the patch, move
+#: their score from the whole patch's by 0.09-0.12 on average at shares up to 0.20, where at most
+#: one of the nine moves by more than twice its stated uncertainty, and by 0.17-0.47 at shares
+#: from 0.27 on, where two to four of them do).
+PADDED_OOD_SHARE = 0.25
 FLAG_NONFINITE = 8  #: the slice held NaN or infinite values (set to 0 before scoring)
 #: no patch passed :func:`tomoqc.preprocess.patch_validity`; scored from the patches with
 #: any structure (:func:`tomoqc.preprocess.patch_has_structure`): saturated, binary, mostly dark
@@ -373,6 +383,13 @@ def patch_grid(shape, patch: int = PATCH):
     yy, xx = np.meshgrid(ys, xs, indexing="ij")
     starts = np.stack([yy.ravel(), xx.ravel()], axis=1)
     return len(ys), len(xs), starts
+
+
+def padded_share(shape, patch: int = PATCH) -> float:
+    """The share of a ``patch`` x ``patch`` patch that reflection padding fills for a slice of
+    ``shape`` (0 when the slice is at least a patch in both directions)."""
+    h, w = (int(v) for v in shape[-2:])
+    return 1.0 - min(h, patch) * min(w, patch) / float(patch * patch)
 
 
 def _pad_to(img: np.ndarray, patch: int) -> tuple[np.ndarray, bool]:
@@ -961,8 +978,10 @@ class TiqaModel:
             spread part of ``score_uncertainty``. Patch scores are the identity view's, so
             scores do not depend on ``tta``.
         ood : bool
-            Run the out-of-distribution tests (:mod:`tomoqc.models.trust`) when the model
-            card holds their statistics.
+            Run the out-of-distribution tests: a slice so much smaller than a patch that
+            reflection padding fills more than :data:`PADDED_OOD_SHARE` of it
+            (:func:`padded_share`) is always out of distribution; the tests of
+            :mod:`tomoqc.models.trust` run when the model card holds their statistics.
         features : bool
             Also return the pooled features of the scored patches (to fit the tests).
         measure : bool
@@ -1171,10 +1190,12 @@ class TiqaModel:
             se = float(np.std(vals, ddof=1) / np.sqrt(m)) if m > 1 else 0.0
             u2 = tta_sd**2 + se**2
             if ood:
-                out = False
+                # a slice much smaller than a patch is scored mostly on a reflection the
+                # network never saw
+                out = bool(flags[i] & FLAG_PADDED) and padded_share(whole[i].shape, self.patch) > PADDED_OOD_SHARE
                 if self.raw_range is not None and not raw:
                     lo, hi = self.raw_range
-                    out = not lo <= raw_score[i] <= hi
+                    out = out or not lo <= raw_score[i] <= hi
                 if self.trust is not None and feats is not None and feats.shape[-1] == self.trust.dim:
                     d = self.trust.slice_distance(feats[:, sel].reshape(-1, feats.shape[-1]))
                     ood_distance[i] = d / self.trust.threshold
