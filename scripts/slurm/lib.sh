@@ -117,9 +117,10 @@ tomoqc_run_requeueable() {
     done
     trap - USR1 TERM
     if [[ "$_tomoqc_signal" == USR1 ]]; then
-        tomoqc_say "the run stopped (exit $rc) after SIGUSR1; requeueing to resume from its state"
+        tomoqc_say "the run stopped (exit $rc) after SIGUSR1; requeueing job ${SLURM_JOB_ID:-?} to resume from its state"
+        # SLURM ends this script as it requeues the job, often before scontrol returns: say
+        # what happens before, not after
         if [[ -n "${SLURM_JOB_ID:-}" ]] && scontrol requeue "$SLURM_JOB_ID"; then
-            tomoqc_say "job $SLURM_JOB_ID requeued"
             exit 0
         fi
         tomoqc_say "could not requeue; resubmit this job (it resumes from its state)"
