@@ -117,3 +117,28 @@ def test_float_offsets_and_tiny_objects():
     img[50, 50:55] = 255
     out, constant = normalize_slice_flagged(img)
     assert not constant and out.max() == 1.0
+
+
+def test_tail_stretch_matches_the_analytic_quantiles():
+    from scipy.stats import norm
+
+    from tomoqc.preprocess import tail_stretch
+
+    rng = np.random.default_rng(4)
+    # uniform: (0.995 - 0.98) / (0.98 - 0.005); normal: from its quantile function
+    assert tail_stretch(rng.uniform(size=(600, 600))) == pytest.approx(0.015 / 0.975, rel=0.05)
+    z = norm.ppf([0.005, 0.98, 0.995])
+    assert tail_stretch(rng.normal(size=(600, 600))) == pytest.approx((z[2] - z[1]) / (z[1] - z[0]), rel=0.03)
+    # 1 % of the pixels at 10: the top half percent is that minority, the 98th percentile the
+    # uniform bulk's 98/99 quantile
+    a = rng.uniform(size=(600, 600))
+    a.flat[rng.choice(a.size, a.size // 100, replace=False)] = 10.0
+    hi, lo = 0.98 / 0.99, 0.005 / 0.99
+    assert tail_stretch(a) == pytest.approx((10 - hi) / (hi - lo), rel=0.02)
+    # gain and offset do not change it; non-finite pixels are left out
+    b = 3.5 * a - 7.0
+    b[:5] = np.nan
+    assert tail_stretch(b) == pytest.approx(tail_stretch(a[5:]), rel=1e-9)
+    assert np.isnan(tail_stretch(np.full((8, 8), np.nan))) and np.isnan(tail_stretch(np.ones((8, 8))))
+    with pytest.raises(InputError):
+        tail_stretch(np.zeros((2, 3, 4)))

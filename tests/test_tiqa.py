@@ -328,3 +328,22 @@ def test_the_model_card_sets_the_patch_side(tmp_path):
         path.with_suffix(".json").write_text(json.dumps({"test_time_sampling": {"patch": bad}}))
         with pytest.raises(InputError, match="test_time_sampling.patch"):
             load_model(path)
+
+
+def test_a_dense_minority_setting_the_range_is_out_of_distribution(model):
+    # a few dense discs hold the top percent of the slice: its intensity range is theirs and
+    # the rest is compressed, which no training image was; the flag leaves the score as it is
+    from tomoqc.preprocess import tail_stretch
+
+    rng = np.random.default_rng(8)
+    base = rng.normal(1.0, 0.1, size=(PATCH, PATCH)).astype(np.float32)
+    dense = base.copy()
+    yy, xx = np.mgrid[:PATCH, :PATCH]
+    for cy, cx in ((60, 60), (150, 90), (100, 170)):
+        dense[np.hypot(yy - cy, xx - cx) <= 7] = 20.0  # 3 x 149 px: 0.9 % of the slice
+    assert tail_stretch(base) < tiqa.TAIL_STRETCH_LIMIT < tail_stretch(dense)
+    plain = model.score_slices(np.stack([base, dense]), ood=False)
+    got = model.score_slices(np.stack([base, dense]), ood=True)
+    assert not got["flags"][0] & FLAG_OOD and got["flags"][1] & FLAG_OOD
+    assert got["score_uncertainty"][1] >= OOD_UNCERTAINTY > got["score_uncertainty"][0]
+    np.testing.assert_array_equal(got["score"], plain["score"])

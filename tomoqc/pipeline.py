@@ -34,7 +34,9 @@ The quality output is an :class:`xarray.Dataset`:
     :func:`tomoqc.preprocess.patch_validity`), 4 out of distribution (the input is
     unlike the model's training data, :mod:`tomoqc.models.trust`, or the slice is so much
     smaller than a patch that reflection padding fills more than a quarter of it,
-    :data:`tomoqc.models.tiqa.PADDED_OOD_SHARE`; its score is not to be trusted), 5 relaxed (no patch passed the usual test; scored from patches with
+    :data:`tomoqc.models.tiqa.PADDED_OOD_SHARE`, or a dense minority of its pixels sets its
+    intensity range, :data:`tomoqc.models.tiqa.TAIL_STRETCH_LIMIT`; its score is not to be
+    trusted), 5 relaxed (no patch passed the usual test; scored from patches with
     any structure: a saturated, binary or mostly dark slice), 6 noise confounded (the
     score would be at least :data:`tomoqc.models.tiqa.NOISE_CONFOUND_GAP` higher with
     the noise read from the flattest wavelet coefficients: structure may be read as

@@ -149,8 +149,9 @@ def score(
     """Score every slice of each volume; write <volume>.quality.zarr and print a summary.
 
     Each slice gets a score (1-5), a score uncertainty (about one standard deviation, in score
-    units) and a flag (4: out of distribution, the input is unlike the model's training data or
-    the slice fills less than three quarters of the 224-px patch).
+    units) and a flag (4: out of distribution, the input is unlike the model's training data, the
+    slice fills less than three quarters of the 224-px patch, or a dense minority of its pixels
+    sets its intensity range).
     Verdicts: pass; fail (median score below the threshold, 3 or --fail-below); uncertain (the
     median uncertainty is above 0.5 or more than 20% of the slices are out of distribution: the
     score is not to be trusted, look at the volume); unknown (nothing could be scored).

@@ -26,7 +26,8 @@ model's training data (:mod:`tomoqc.models.trust`: raw score outside the range s
 training, or pooled features far from the training features; or, with measured terms, a
 missing wedge or a view spacing wider than its term was fitted on, :data:`ONSET_MARGIN`; or a
 slice so much smaller than a patch that its padding fills more than :data:`PADDED_OOD_SHARE`
-of it) is flagged
+of it; or one whose brightest pixels, a dense minority, set its intensity range,
+:data:`TAIL_STRETCH_LIMIT`) is flagged
 ``FLAG_OOD`` and its uncertainty is inflated by :data:`OOD_UNCERTAINTY`.
 
 References
@@ -50,7 +51,7 @@ import numpy as np
 
 from tomoqc.errors import InputError, OptionError
 from tomoqc.models.batching import pad_batch
-from tomoqc.preprocess import normalize_slice_flagged, patch_validity
+from tomoqc.preprocess import normalize_slice_flagged, patch_validity, tail_stretch
 
 __all__ = [
     "severity_baseline",
@@ -70,6 +71,7 @@ __all__ = [
     "FLAG_NO_VALID_PATCH",
     "FLAG_PADDED",
     "PADDED_OOD_SHARE",
+    "TAIL_STRETCH_LIMIT",
     "padded_share",
     "FLAG_NONFINITE",
     "FLAG_RELAXED",
@@ -113,6 +115,10 @@ FLAG_PADDED = 4  #: the slice is smaller than a patch and was padded by reflecti
 #: one of the nine moves by more than twice its stated uncertainty, and by 0.17-0.47 at shares
 #: from 0.27 on, where two to four of them do).
 PADDED_OOD_SHARE = 0.25
+#: :func:`tomoqc.preprocess.tail_stretch` above which a slice is flagged ``FLAG_OOD``: its
+#: brightest 1.5 % of pixels stretch the intensity range more than its whole bulk spans. Every
+#: phantom and HTC2022 image of the study reads at most 0.78 (``benchmarks/bright_inclusions.py``).
+TAIL_STRETCH_LIMIT = 1.0
 FLAG_NONFINITE = 8  #: the slice held NaN or infinite values (set to 0 before scoring)
 #: no patch passed :func:`tomoqc.preprocess.patch_validity`; scored from the patches with
 #: any structure (:func:`tomoqc.preprocess.patch_has_structure`): saturated, binary, mostly dark
@@ -980,7 +986,8 @@ class TiqaModel:
         ood : bool
             Run the out-of-distribution tests: a slice so much smaller than a patch that
             reflection padding fills more than :data:`PADDED_OOD_SHARE` of it
-            (:func:`padded_share`) is always out of distribution; the tests of
+            (:func:`padded_share`), or whose :func:`tomoqc.preprocess.tail_stretch` exceeds
+            :data:`TAIL_STRETCH_LIMIT`, is always out of distribution; the tests of
             :mod:`tomoqc.models.trust` run when the model card holds their statistics.
         features : bool
             Also return the pooled features of the scored patches (to fit the tests).
@@ -1049,10 +1056,13 @@ class TiqaModel:
         flags = np.zeros(n, np.int32)
 
         prepared = []
+        stretch = np.full(n, np.nan)  # tail_stretch of each slice, for the out-of-distribution test
         whole = []  # normalised slices before padding
         measured_on = []  # the slices as given, for the measured indicators (which normalise without clipping)
         for i in range(n):
             sl = arr[i]
+            if ood:
+                stretch[i] = tail_stretch(sl)
             if normalize:
                 if not np.isfinite(sl).all() if np.issubdtype(sl.dtype, np.floating) else False:
                     flags[i] |= FLAG_NONFINITE
@@ -1193,6 +1203,8 @@ class TiqaModel:
                 # a slice much smaller than a patch is scored mostly on a reflection the
                 # network never saw
                 out = bool(flags[i] & FLAG_PADDED) and padded_share(whole[i].shape, self.patch) > PADDED_OOD_SHARE
+                # a dense minority sets the intensity range: the rest of the slice is compressed
+                out = out or bool(stretch[i] > TAIL_STRETCH_LIMIT)
                 if self.raw_range is not None and not raw:
                     lo, hi = self.raw_range
                     out = out or not lo <= raw_score[i] <= hi
