@@ -100,10 +100,11 @@ def tail_stretch(img, *, low: float = 0.5, mid: float = 98.0, high: float = 99.5
 
     ``(p_high - p_mid) / (p_mid - p_low)`` of the finite values: about 0.05-0.3 for a
     reconstruction whose brightest pixels belong to its main phases (every phantom of the
-    study and every HTC2022 disc stays below 0.8), several units where a dense minority (a
-    metal particle, a current collector's fragment, a few hot pixels) holds the top percent
-    and so sets the upper end of :func:`normalize_slice`'s range. NaN for a slice with no
-    finite values or no spread below ``p_mid``. Invariant to gain and offset.
+    study and every HTC2022 disc stays below 0.8), 1-3 for a sparse sample in much air, and
+    more where a dense minority (a metal particle, a current collector's fragment, a few hot
+    pixels) holds the top percent and so sets the upper end of :func:`normalize_slice`'s
+    range (Savu rows with a small dense particle 4-11). NaN for a slice with no finite values
+    or no spread below ``p_mid``. Invariant to gain and offset.
     """
     a = np.asarray(img)
     if a.ndim != 2:
