@@ -109,6 +109,9 @@ def main(argv=None) -> int:
     print("|---|---|---|---|---|---|---|" + "---|" * len(SHOWN))
     for count, radius, level in SETTINGS:
         got = {n: read(with_inclusions(img, count, radius, level, a.seed)) for n, img in slices}
+        print(f"  {count} x r{radius} at {level:g}: " + ", ".join(
+            f"{n} {got[n]['score'] - clean[n]['score']:+.2f}{' flagged' if got[n]['flagged'] else ''}" for n in got),
+            file=sys.stderr, flush=True)
         cells = []
         for k in ("score", "network", *SHOWN):
             d = np.array([got[n][k] - clean[n][k] for n in got])
