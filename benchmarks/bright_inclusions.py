@@ -32,6 +32,7 @@ import numpy as np
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 #: (count, radius px, level in robust ranges)
 SETTINGS = ((5, 2, 3.0), (5, 2, 10.0), (10, 3, 10.0), (10, 3, 30.0), (5, 4, 5.0), (20, 2, 3.0), (3, 6, 20.0))
@@ -40,15 +41,9 @@ SHOWN = ("noise", "blur", "ring", "streak", "spacing")
 
 
 def real_slices(realdata: Path | None) -> list[tuple[str, np.ndarray]]:
-    from tomoqc.train.measured import read_image
+    from _real_slices import real_slices as test_and_named
 
-    out = [(p.name, np.load(p)) for p in sorted((REPO / "tests" / "data" / "real").glob("*.npy"))]
-    for rel, _ in EXTRA if realdata is not None else ():
-        p = realdata / rel
-        if p.is_file():
-            a = np.asarray(read_image(p))
-            out.append((rel, a[..., 0] if a.ndim == 3 and a.shape[-1] in (3, 4) else a))
-    return [(n, np.asarray(a, np.float64)) for n, a in out]
+    return test_and_named(realdata, EXTRA, dtype=np.float64)
 
 
 def with_inclusions(img: np.ndarray, count: int, radius: float, level: float, seed: int) -> np.ndarray:

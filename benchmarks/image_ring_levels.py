@@ -12,7 +12,7 @@ by level and the share of the 15 ordered pairs the network orders (a tie counts 
 
 * pydicom's ``CT_small`` (the slice of ``tests/test_bundled_model.py``), when pydicom is
   installed;
-* the three real slices of ``tests/data/real``;
+* the real slices of ``tests/data/real``;
 * with ``--realdata``: the middle slice of the qim3d ``bone`` and ``cement`` volumes (in no
   training set) and slices of the ``NT``, ``fibers`` and ``shell`` volumes that
   :data:`tomoqc.train.measured.TRAIN_SAMPLES` does not take (other z of volumes that are).
@@ -31,6 +31,7 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 #: qim3d volumes and the z of the slice taken (see the module text).
 QIM3D_SLICES = (("bone_128x128x128.tif", 64), ("cement_128x128x128.tif", 64), ("NT_128x128x128.tif", 110),
@@ -39,7 +40,7 @@ LEVELS = (1, 2, 3, 4, 5)
 
 
 def real_slices(realdata: Path | None) -> list[tuple[str, np.ndarray]]:
-    from tomoqc.train.measured import read_image
+    from _real_slices import real_slices as test_and_named
 
     out = []
     try:
@@ -50,16 +51,8 @@ def real_slices(realdata: Path | None) -> list[tuple[str, np.ndarray]]:
         out.append(("CT_small", ds.pixel_array.astype(np.float32) * float(ds.RescaleSlope)))
     except ImportError:
         print("pydicom not installed: CT_small left out")
-    for p in sorted((REPO / "tests" / "data" / "real").glob("*.npy")):
-        out.append((p.stem, np.load(p).astype(np.float32)))
-    if realdata is not None:
-        for name, z in QIM3D_SLICES:
-            p = realdata / "qim3d" / name
-            if p.is_file():
-                out.append((f"qim3d/{name.split('_')[0]} z{z}", np.asarray(read_image(p)[z], np.float32)))
-            else:
-                print(f"{p}: not found, left out")
-    return out
+    named = [(f"qim3d/{name}", z, f"qim3d/{name.split('_')[0]} z{z}") for name, z in QIM3D_SLICES]
+    return out + test_and_named(realdata, named)
 
 
 def ring_series(img: np.ndarray) -> np.ndarray:

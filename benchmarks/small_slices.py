@@ -29,6 +29,7 @@ import numpy as np
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 #: Real reconstructions of ``../shared/realdata`` read at their own resolution (path, slice index
 #: of a volume or None).
@@ -42,27 +43,13 @@ REALDATA_SLICES = (
     ("imars3d/expected_slice_300.npy", None),
     ("psi_shell/shellX.npy", None),
 )
-WINDOW = 224
 
 
 def real_slices(realdata: Path | None) -> list[tuple[str, np.ndarray]]:
     """``[(name, 2-D float slice)]`` of at least 256 px a side."""
-    from tomoqc.train.measured import read_image
+    from _real_slices import real_slices as test_and_named
 
-    out = [(p.name, np.load(p)) for p in sorted((REPO / "tests" / "data" / "real").glob("*.npy"))]
-    if realdata is not None:
-        for rel, z in REALDATA_SLICES:
-            p = realdata / rel
-            if not p.is_file():
-                print(f"skipping missing {p}", file=sys.stderr)
-                continue
-            a = np.asarray(read_image(p))
-            if a.ndim == 3 and a.shape[-1] in (3, 4):
-                a = a[..., 0]
-            if a.ndim == 3:
-                a = a[a.shape[0] // 2 if z is None else z]
-            out.append((rel, a))
-    return [(n, np.asarray(a, np.float32)) for n, a in out if a.ndim == 2 and min(a.shape) >= 256]
+    return [(n, a) for n, a in test_and_named(realdata, REALDATA_SLICES) if a.ndim == 2 and min(a.shape) >= 256]
 
 
 def centre(img: np.ndarray, side: int) -> np.ndarray:
@@ -76,18 +63,19 @@ def main(argv=None) -> int:
     ap.add_argument("--sides", type=int, nargs="+", default=[200, 160, 128, 96])
     ap.add_argument("--model", type=Path, default=None, help="TIQA model (default: the bundled one)")
     a = ap.parse_args(argv)
-    if not a.sides or min(a.sides) < 32 or max(a.sides) >= WINDOW:
-        raise SystemExit(f"error: --sides must lie in 32-{WINDOW - 1}, got {a.sides}")
 
     from tomoqc.logs import quiet_native_logs
-    from tomoqc.models.tiqa import FLAG_PADDED, load_model
+    from tomoqc.models.tiqa import FLAG_PADDED, load_model, padded_share
 
     quiet_native_logs()
     model = load_model(a.model)
+    window = model.patch
+    if not a.sides or min(a.sides) < 32 or max(a.sides) >= window:
+        raise SystemExit(f"error: --sides must lie in 32-{window - 1}, got {a.sides}")
     slices = real_slices(a.realdata)
     rows = {s: [] for s in a.sides}
     for name, img in slices:
-        win = centre(img, WINDOW)
+        win = centre(img, window)
         ref = model.score_slices(win[None], ood=False)
         for s in a.sides:
             got = model.score_slices(centre(win, s)[None], ood=False)
@@ -99,15 +87,14 @@ def main(argv=None) -> int:
               + ", ".join(f"{s} px {ref['score'][0] + rows[s][-1][0]:.2f}" for s in a.sides), file=sys.stderr,
               flush=True)
 
-    print(f"\nCentral crops of the central {WINDOW} px window of {len(slices)} real slices, padded by reflection "
+    print(f"\nCentral crops of the central {window} px window of {len(slices)} real slices, padded by reflection "
           f"(bundled model unless --model)\n")
     print("| crop side | padded share | mean abs. change of the score | largest | network alone: mean | largest "
           "| stated uncertainty (mean) | change > 2 x uncertainty |")
     print("|---|---|---|---|---|---|---|---|")
     for s in a.sides:
         d = np.array(rows[s])
-        share = 1 - (s / WINDOW) ** 2
-        print(f"| {s} | {share:.2f} | {np.mean(np.abs(d[:, 0])):.2f} | {np.max(np.abs(d[:, 0])):.2f} "
+        print(f"| {s} | {padded_share((s, s), window):.2f} | {np.mean(np.abs(d[:, 0])):.2f} | {np.max(np.abs(d[:, 0])):.2f} "
               f"| {np.mean(np.abs(d[:, 1])):.2f} | {np.max(np.abs(d[:, 1])):.2f} | {np.mean(d[:, 2]):.2f} "
               f"| {np.mean(np.abs(d[:, 0]) > 2 * d[:, 2]):.2f} |")
     return 0

@@ -70,12 +70,12 @@ __all__ = [
     "FLAG_CONSTANT",
     "FLAG_NO_VALID_PATCH",
     "FLAG_PADDED",
-    "PADDED_OOD_SHARE",
-    "TAIL_STRETCH_LIMIT",
-    "padded_share",
     "FLAG_NONFINITE",
     "FLAG_RELAXED",
     "FLAG_OOD",
+    "PADDED_OOD_SHARE",
+    "TAIL_STRETCH_LIMIT",
+    "padded_share",
     "FLAG_NOISE_CONFOUNDED",
     "NOISE_CONFOUND_GAP",
     "FLAG_NAMES",
@@ -109,6 +109,15 @@ SAMPLING_MODES = ("grid", "resize_crop", "random")
 FLAG_CONSTANT = 1  #: the slice has no contrast (constant or no finite value)
 FLAG_NO_VALID_PATCH = 2  #: no patch holds sample; the score is NaN
 FLAG_PADDED = 4  #: the slice is smaller than a patch and was padded by reflection
+FLAG_NONFINITE = 8  #: the slice held NaN or infinite values (set to 0 before scoring)
+#: no patch passed :func:`tomoqc.preprocess.patch_validity`; scored from the patches with
+#: any structure (:func:`tomoqc.preprocess.patch_has_structure`): saturated, binary, mostly dark
+FLAG_RELAXED = 16
+#: out of distribution (:mod:`tomoqc.models.trust`): the score is not to be trusted
+FLAG_OOD = 32
+#: Degrees of an onset indicator (missing wedge, view spacing) beyond the widest its term was
+#: fitted on (``measured_terms.<name>_fit.max_reading``) after which a slice is flagged ``FLAG_OOD``.
+ONSET_MARGIN = 5.0
 #: Share of a patch that reflection padding may fill before the slice is flagged ``FLAG_OOD``
 #: (``benchmarks/small_slices.py``: central crops of nine real slices, padded to the patch, move
 #: their score from the whole patch's by 0.09-0.12 on average at shares up to 0.20, where at most
@@ -122,15 +131,6 @@ PADDED_OOD_SHARE = 0.25
 #: 96 of the series refine and the measured terms' fit, which hold a small dense particle, 4.2-4.3
 #: (``benchmarks/bright_inclusions.py``).
 TAIL_STRETCH_LIMIT = 5.0
-FLAG_NONFINITE = 8  #: the slice held NaN or infinite values (set to 0 before scoring)
-#: no patch passed :func:`tomoqc.preprocess.patch_validity`; scored from the patches with
-#: any structure (:func:`tomoqc.preprocess.patch_has_structure`): saturated, binary, mostly dark
-FLAG_RELAXED = 16
-#: out of distribution (:mod:`tomoqc.models.trust`): the score is not to be trusted
-FLAG_OOD = 32
-#: Degrees of an onset indicator (missing wedge, view spacing) beyond the widest its term was
-#: fitted on (``measured_terms.<name>_fit.max_reading``) after which a slice is flagged ``FLAG_OOD``.
-ONSET_MARGIN = 5.0
 #: the measured noise term may read structure as noise: the score would be at least
 #: :data:`NOISE_CONFOUND_GAP` higher with the noise read from the flattest wavelet
 #: coefficients (``noise_confound_gap``; :func:`tomoqc.metrics.nr.noise_index`, ``"low_quantiles"``)
