@@ -203,7 +203,8 @@ def chosen_references(rows, references, data_dir) -> list[str]:
     wanted = sorted({str(r) for r in references})
     if not wanted:
         raise OptionError("the list of references to learn from is empty")
-    missing = [r for r in wanted if r not in set(present)]
+    have = set(present)
+    missing = [r for r in wanted if r not in have]
     if missing:
         raise InputError(Path(data_dir) / "manifest.csv",
                          f"{len(missing)} of the {len(wanted)} given references are not in the manifest "

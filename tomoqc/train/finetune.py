@@ -322,10 +322,13 @@ def train_finetune(
     refs = chosen_references(rows, references, data_dir)
     if val_references is not None:
         val_refs = sorted(set(val_references))
-        if not set(val_refs) <= set(refs):
-            raise OptionError(f"validation references {', '.join(r for r in val_refs if r not in set(refs))} "
+        have = set(refs)
+        outside = [r for r in val_refs if r not in have]
+        if outside:
+            raise OptionError(f"validation references {', '.join(outside)} "
                               "are not among the references of the manifest to learn from")
-        train_refs = [r for r in refs if r not in set(val_refs)]
+        val_set = set(val_refs)
+        train_refs = [r for r in refs if r not in val_set]
     else:
         train_refs, val_refs = split_references(refs, val_fraction=val_fraction, seed=seed)
     train = finetune_samples(rows, references=train_refs)
