@@ -6,6 +6,7 @@ Usage::
 
     python benchmarks/network_variants.py --study S [--work DIR] [--views 1 2 4 8]
                                           [--finetune-epochs N] [--finetune-lr LR]
+                                          [--network M.keras ...]
 
 ``S`` is a finished ``tomoqc study --out S`` run. ``benchmarks/last_stage_ceiling.py``
 changes only what follows the network; this benchmark changes the network's reading:
@@ -20,6 +21,12 @@ changes only what follows the network; this benchmark changes the network's read
   reading is its own score head's, which ``train_finetune`` first maps linearly onto the train
   labels; the bundled card's score calibration does not apply to it, so only the network
   alone and the refitted terms are shown for it.
+* **another network** (``--network M.keras``, each with its card beside it): e.g. the bundled
+  network with its score head refitted on more labelled phantoms
+  (``scripts/refit_score_head.py --references 48 --label-seed 5151 --install DIR``, then
+  ``--network DIR/tiqa_default.keras``). Its card's calibration applies; the bundled card's
+  measured terms were fitted on another reading, so again only the network alone and the
+  refitted terms are shown.
 
 For each reading it prints the network alone, the card's own measured terms on it and the
 terms refitted on the train references (Table 2's fitted row), scored as Table 2 (ALL SROCC,
@@ -122,11 +129,16 @@ def main(argv=None) -> int:
     ap.add_argument("--views", type=int, nargs="+", default=[1, 2], help="test-time views to average (1-8)")
     ap.add_argument("--finetune-epochs", type=int, default=0, help="fine-tune on the train split (0: skip)")
     ap.add_argument("--finetune-lr", type=float, default=2e-5)
+    ap.add_argument("--network", type=Path, nargs="*", default=[],
+                    help="other TIQA networks (.keras with their .json card) to read the run's images with")
     args = ap.parse_args(argv)
     if not args.views or min(args.views) < 1 or max(args.views) > 8:
         raise SystemExit(f"error: --views must lie in 1-8, got {args.views}")
     if args.finetune_epochs < 0:
         raise SystemExit(f"error: --finetune-epochs must be >= 0, got {args.finetune_epochs}")
+    for path in args.network:
+        if not path.is_file() or not path.with_suffix(".json").is_file():
+            raise SystemExit(f"error: {path}: not a TIQA network with its card (.keras and .json)")
 
     from tomoqc.metrics import stats
     from tomoqc.models.measured import MeasuredTerms
@@ -147,6 +159,8 @@ def main(argv=None) -> int:
         tuned = finetuned_weights(run, args.work, args.finetune_epochs, args.finetune_lr)
         variants.append((f"fine-tuned on the train split ({args.finetune_epochs} epochs)",
                          network_readings(run, tuned, 1, args.work / "finetuned.npz")[:, 0], False))
+    for k, path in enumerate(args.network):
+        variants.append((f"{path}", network_readings(run, path, 1, args.work / f"network{k}.npz")[:, 0], False))
 
     print(f"\nTIQA readings of {run.root}: {len(run.train)} train / {len(run.test)} test references "
           f"({int(run.te.sum())} test images), {len(run.od)} real ordering images\n")

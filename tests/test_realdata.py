@@ -130,6 +130,52 @@ def test_detector_blur_keeps_row_mean_of_transmission(sino_scan):
     assert np.array_equal(rd.detector_blur(p, 0), p)
 
 
+def test_zingers_raise_the_transmission_of_their_share_of_readings_only():
+    p = np.random.default_rng(0).uniform(0.2, 3.0, (400, 500))
+    out = rd.zingers(p, 0.01, 7)
+    hit = out != p
+    # binomial: 2000 expected hits, sd 44.5
+    assert abs(hit.sum() - 2000) < 5 * 44.5
+    gain = np.exp(-out[hit]) - np.exp(-p[hit])  # what each hit added to the transmission
+    assert gain.min() >= 0.5 - 1e-9 and gain.max() <= 1.5 + 1e-9
+    assert np.array_equal(rd.zingers(p, 0.0, 7), p)
+    with pytest.raises(OptionError):
+        rd.zingers(p, 1.5, 7)
+
+
+def _bumps(rows: int, n: int = 200, centre: float = 100.0) -> np.ndarray:
+    """A sinogram whose every row is one Gaussian bump of transmission loss at ``centre``."""
+    x = np.arange(n)
+    return np.tile(0.8 * np.exp(-0.5 * ((x - centre) / 6.0) ** 2), (rows, 1))
+
+
+def _centroids(p: np.ndarray) -> np.ndarray:
+    x = np.arange(p.shape[1])
+    return (p * x).sum(axis=1) / p.sum(axis=1)
+
+
+def test_projection_jitter_moves_each_projection_by_a_normal_shift():
+    p = _bumps(2000)
+    moved = _centroids(rd.projection_jitter(p, 2.0, 3)) - _centroids(p)
+    # the sample standard deviation of 2000 normal draws lies within 5 % of sigma (sd 1.6 %)
+    assert abs(moved.std() - 2.0) < 0.1 and abs(moved.mean()) < 0.2
+    assert np.array_equal(rd.projection_jitter(p, 0.0, 3), p)
+    with pytest.raises(OptionError):
+        rd.projection_jitter(p, -1.0, 3)
+
+
+def test_sample_motion_moves_the_projections_after_the_slip_only():
+    p = _bumps(100)
+    out = rd.sample_motion(p, 3.0, start=0.4)
+    np.testing.assert_array_equal(out[:40], p[:40])
+    # a whole-pixel move of a bump far from the border is exact
+    np.testing.assert_allclose(out[40:, 3:], p[40:, :-3], atol=1e-12)
+    np.testing.assert_allclose(_centroids(out[40:]) - _centroids(p[40:]), 3.0, atol=1e-6)
+    assert np.array_equal(rd.sample_motion(p, 0.0), p)
+    with pytest.raises(OptionError):
+        rd.sample_motion(p, 1.0, start=1.5)
+
+
 def test_remove_stripes(sino_scan):
     _, p = sino_scan
     p = p / N  # a path of N pixels of value 1 attenuates by exp(-1)

@@ -61,6 +61,9 @@ __all__ = [
     "subsample_angles",
     "limit_angles",
     "detector_blur",
+    "zingers",
+    "projection_jitter",
+    "sample_motion",
     "gain_mismatch",
     "own_stripes",
     "remove_stripes",
@@ -598,6 +601,61 @@ def detector_blur(sino_log, sigma: float) -> np.ndarray:
         return p.copy()
     t = ndi.gaussian_filter1d(np.exp(-p), s, axis=-1, mode="nearest")
     return -np.log(np.maximum(t, 1e-12))
+
+
+def zingers(sino_log, fraction: float, rng=None) -> np.ndarray:
+    """Direct hits on the detector: a share ``fraction`` of the readings gains counts.
+
+    A photon or particle hitting the scintillator directly adds light to one reading, so its
+    transmission rises: ``exp(-p) + a`` with ``a`` uniform in [0.5, 1.5] of the open beam,
+    and ``-log`` of that. Every other reading is unchanged. Filtered back-projection turns each
+    hit into a thin line across the slice along its view.
+    """
+    f = float(fraction)
+    if not 0.0 <= f <= 1.0:
+        raise OptionError(f"fraction must be in [0, 1], got {fraction}")
+    p = _sinogram(sino_log).copy()
+    if f == 0:
+        return p
+    g = np.random.default_rng(rng)
+    hit = g.random(p.shape) < f
+    p[hit] = -np.log(np.exp(-p[hit]) + g.uniform(0.5, 1.5, int(hit.sum())))
+    return p
+
+
+def _shift_rows(t: np.ndarray, shifts: np.ndarray) -> np.ndarray:
+    """Each row of the transmission ``t`` moved by its shift (px, linear interpolation, the
+    border reading repeated)."""
+    x = np.arange(t.shape[1], dtype=np.float64)
+    return np.stack([np.interp(x - d, x, row) for row, d in zip(t, shifts)])
+
+
+def projection_jitter(sino_log, sigma: float, rng=None) -> np.ndarray:
+    """A wobbling stage: each projection moved across the detector by its own normal shift of
+    standard deviation ``sigma`` pixels (on the transmission, linear interpolation)."""
+    s = float(sigma)
+    if s < 0:
+        raise OptionError(f"sigma must be >= 0, got {sigma}")
+    p = _sinogram(sino_log)
+    if s == 0:
+        return p.copy()
+    d = np.random.default_rng(rng).normal(0.0, s, p.shape[0])
+    return -np.log(np.maximum(_shift_rows(np.exp(-p), d), 1e-12))
+
+
+def sample_motion(sino_log, shift: float, *, start: float = 0.5) -> np.ndarray:
+    """The sample slips once: from the projection at ``start`` (a share of the scan) onward,
+    every projection is moved across the detector by ``shift`` pixels (on the transmission)."""
+    if not 0.0 <= float(start) <= 1.0:
+        raise OptionError(f"start must be in [0, 1], got {start}")
+    p = _sinogram(sino_log)
+    out = p.copy()
+    k = int(round(float(start) * p.shape[0]))
+    if shift == 0 or k >= p.shape[0]:
+        return out
+    t = np.exp(-p[k:])
+    out[k:] = -np.log(np.maximum(_shift_rows(t, np.full(len(t), float(shift))), 1e-12))
+    return out
 
 
 #: Defect pattern of :func:`gain_mismatch` per unit level, by kind.
