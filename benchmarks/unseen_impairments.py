@@ -29,7 +29,9 @@ it (each image on its own, with the card's relative term for the rotation-axis e
 the network alone, and by the noise
 estimator (minus the robust sigma of the finest wavelet band), and the share of images the
 scorer flags; then every series' scores. ``--plot`` draws score against level per sample.
-About 3 minutes on 2 cores.
+``--formats float png jpeg`` also scores 8-bit exports (quality 90 for JPEG) windowed at the
+0.5/99.5 percentiles of each series' best image, as ``benchmarks/real_orderings.py`` does.
+About 2 minutes per format on 2 cores.
 
 Sources: Savu test data ``savu_24737`` (Diamond Light Source, Apache-2.0/GPL-3.0) and
 HTC2022 (Finnish Inverse Problems Society, CC-BY-4.0); see ``../shared/realdata/README.md``.
@@ -84,7 +86,9 @@ def main(argv=None) -> int:
     ap.add_argument("--realdata", type=Path, required=True, help="the real-data folder (../shared/realdata)")
     ap.add_argument("--model", type=Path, default=None, help="TIQA model (.keras); default the bundled one")
     ap.add_argument("--seed", type=int, default=11)
-    ap.add_argument("--plot", type=Path, default=None, help="PNG of score against level per sample")
+    ap.add_argument("--plot", type=Path, default=None, help="PNG of score against level per sample (float images)")
+    ap.add_argument("--formats", nargs="+", default=["float"], choices=["float", "png", "jpeg"],
+                    help="also score 8-bit PNG / JPEG (quality 90) exports, windowed on each series' best image")
     args = ap.parse_args(argv)
     if not args.realdata.is_dir():
         raise SystemExit(f"error: {args.realdata}: real-data folder not found")
@@ -94,34 +98,42 @@ def main(argv=None) -> int:
     from tomoqc.models.tiqa import load_model
     from tomoqc.realdata import RealSources
     from tomoqc.study import pair_accuracy
+    from tomoqc.train.measured import export_roundtrip
 
     quiet_native_logs()
     model = load_model(args.model)
     src = RealSources(args.realdata)
-    rows = []  # (kind, sample, rank, score, network, noise estimator, flagged)
+    rows = []  # (kind, sample, rank, score, network, noise estimator, flagged, compare score, format)
     for sample in SAMPLES:
         for kind in LEVELS:
-            imgs = series(src, sample, kind, args.seed)
-            res = model.score_slices(np.stack(imgs), tta=1, ood=True)
-            for r, img in enumerate(imgs):
-                # as tomoqc compare scores each variant: its own axis error, the relative term on
-                rel = model.score_slices(img[None], tta=1, ood=False, relative_terms=True)
-                rows.append((kind, sample, r, float(res["score"][r]), float(res["network_score"][r]),
-                             noise_estimator_score(img), int(res["flags"][r]) != 0, float(rel["score"][0])))
+            floats = series(src, sample, kind, args.seed)
+            window = tuple(float(v) for v in np.percentile(floats[0], [0.5, 99.5]))
+            for fmt in args.formats:
+                imgs = floats if fmt == "float" else [export_roundtrip(a, window, fmt) for a in floats]
+                res = model.score_slices(np.stack(imgs), tta=1, ood=True)
+                for r, img in enumerate(imgs):
+                    # as tomoqc compare scores each variant: its own axis error, the relative term on
+                    rel = model.score_slices(img[None], tta=1, ood=False, relative_terms=True)
+                    rows.append((kind, sample, r, float(res["score"][r]), float(res["network_score"][r]),
+                                 noise_estimator_score(img), int(res["flags"][r]) != 0, float(rel["score"][0]), fmt))
         print(f"  {sample} done", file=sys.stderr, flush=True)
 
     print(f"\nReal scans under impairments the model never saw ({model.model_id}; {len(SAMPLES)} samples x 4 levels; "
           "pair accuracy within each series, ties half)\n")
-    print("| impairment | levels | TIQA | TIQA with the axis term (compare) | network alone | noise estimator | flagged |")
-    print("|---|---|---|---|---|---|---|")
+    print("| impairment | levels | format | TIQA | TIQA with the axis term (compare) | network alone | noise estimator "
+          "| flagged |")
+    print("|---|---|---|---|---|---|---|---|")
     for kind, levels in LEVELS.items():
-        sub = [r for r in rows if r[0] == kind]
-        ranks, groups = [r[2] for r in sub], [r[1] for r in sub]
-        acc = [pair_accuracy([r[i] for r in sub], ranks, groups)[0] for i in (3, 7, 4, 5)]
-        flagged = np.mean([r[6] for r in sub])
-        print(f"| {kind} | {', '.join(f'{v:g}' for v in levels)} | "
-              + " | ".join(f"{a:.3f}" for a in acc) + f" | {flagged:.2f} |")
-    print("\n| impairment | sample | TIQA by level | network alone by level |")
+        for fmt in args.formats:
+            sub = [r for r in rows if r[0] == kind and r[8] == fmt]
+            ranks, groups = [r[2] for r in sub], [r[1] for r in sub]
+            acc = [pair_accuracy([r[i] for r in sub], ranks, groups)[0] for i in (3, 7, 4, 5)]
+            flagged = np.mean([r[6] for r in sub])
+            print(f"| {kind} | {', '.join(f'{v:g}' for v in levels)} | {fmt} | "
+                  + " | ".join(f"{a:.3f}" for a in acc) + f" | {flagged:.2f} |")
+    rows = [r for r in rows if r[8] == args.formats[0]]  # the per-series table and the plot: the first format
+    print(f"\n{args.formats[0]} images\n")
+    print("| impairment | sample | TIQA by level | network alone by level |")
     print("|---|---|---|---|")
     for kind in LEVELS:
         for sample in SAMPLES:
