@@ -189,6 +189,32 @@ def test_score_falls_as_the_rotation_axis_moves_off_on_a_real_slice(bundled):
     assert np.all(np.diff(scores) <= 1e-4) and scores[0] > scores[1], np.round(scores, 3)
 
 
+def test_a_sample_slipping_mid_scan_reads_as_an_axis_error_on_a_real_slice(bundled):
+    """The same real slice scanned again, the sample slipping 0, 2, 4 and 8 px across the
+    detector half-way through the scan (:func:`tomoqc.realdata.sample_motion`), reconstructed
+    about the right axis: the two halves of the scan disagree as they do when the axis is off,
+    so the axis estimate grows with the slip and the score as compare reports it falls
+    (README, "Impairments no stage saw")."""
+    from scipy import ndimage as ndi
+
+    from tomoqc import realdata as rd
+
+    img = np.load(REAL / "htc2022_ta_fbp256.npy").astype(np.float64)[::2, ::2]
+    n = img.shape[0]
+    yy, xx = np.mgrid[:n, :n]
+    img[np.hypot(yy - (n - 1) / 2, xx - (n - 1) / 2) > n / 2 - 3] = 0.0
+    th = np.linspace(0.0, np.pi, 200, endpoint=False)
+    sino = np.stack([ndi.rotate(img, -np.degrees(t), reshape=False, order=1).sum(axis=0) for t in th]) / n
+    scores, axis = [], []
+    for slip in (0.0, 2.0, 4.0, 8.0):
+        rec = rd.fbp(rd.sample_motion(sino, slip), th, center=(n - 1) / 2, size=n).astype(np.float32)
+        res = bundled.score_slices(rec[None], relative_terms=True)
+        scores.append(float(res["score"][0]))
+        axis.append(float(res["indicators"]["axis"][0]))
+    assert np.all(np.diff(axis) > 0) and axis[0] < 1.0, np.round(axis, 2)
+    assert np.all(np.diff(scores) <= 1e-4) and scores[0] > scores[-1], np.round(scores, 3)
+
+
 def test_structure_read_as_noise_is_flagged_and_white_noise_is_not(bundled, dense_particles):
     """Dense sharp discs 5 px across, almost noise-free: the median of the coarser Haar band
     reads their edges as strong noise and the terms push the score down; the low-quantile
