@@ -10,7 +10,7 @@ Every training stage, measured term and benchmark of the bundled model degrades 
 fewer or fewer-than-half-turn views, detector blur, detector gain and rings, the axis. Real
 scans suffer more. This benchmark degrades the *measured* sinograms of the real-orderings
 samples (Savu 24737 rows 72, 88, 104, 120, reconstructed about the scan's axis; HTC2022 discs
-ta, 01a, 03b, 05c, rebinned to parallel beam; none used in training) by three impairments
+ta, 01a, 03b, 05c, rebinned to parallel beam; none used in training) by four impairments
 the model never saw, each at four levels (best first), reconstructs them by filtered
 back-projection and scores them in-process:
 
@@ -21,6 +21,8 @@ jitter         a wobbling stage (:func:`tomoqc.realdata.projection_jitter`): eac
                moved by a normal shift of sd 0, 0.5, 1, 2 px
 motion         the sample slips once, half-way through the scan
                (:func:`tomoqc.realdata.sample_motion`): 0, 1, 2, 4 px
+lag            scintillator afterglow (:func:`tomoqc.realdata.detector_lag`): each reading
+               keeps 0, 20, 40, 70 % of the one before it in time
 =============  ================================================================================
 
 It prints, per impairment, the share of within-series pairs ordered right (ties half) by the
@@ -49,7 +51,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 SAMPLES = ("savu:72", "savu:88", "savu:104", "savu:120", "htc:ta", "htc:01a", "htc:03b", "htc:05c")
-LEVELS = {"zingers": (0.0, 3e-4, 1e-3, 3e-3), "jitter": (0.0, 0.5, 1.0, 2.0), "motion": (0.0, 1.0, 2.0, 4.0)}
+LEVELS = {"zingers": (0.0, 3e-4, 1e-3, 3e-3), "jitter": (0.0, 0.5, 1.0, 2.0), "motion": (0.0, 1.0, 2.0, 4.0),
+          "lag": (0.0, 0.2, 0.4, 0.7)}
 
 
 def impaired(kind: str, sino, level: float, seed: int):
@@ -59,6 +62,8 @@ def impaired(kind: str, sino, level: float, seed: int):
         return rd.zingers(sino, level, seed)
     if kind == "jitter":
         return rd.projection_jitter(sino, level, seed)
+    if kind == "lag":
+        return rd.detector_lag(sino, level)
     return rd.sample_motion(sino, level)
 
 

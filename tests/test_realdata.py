@@ -176,6 +176,21 @@ def test_sample_motion_moves_the_projections_after_the_slip_only():
         rd.sample_motion(p, 1.0, start=1.5)
 
 
+def test_detector_lag_keeps_a_static_signal_and_decays_a_change_geometrically():
+    static = np.tile(np.linspace(0.1, 2.0, 50), (30, 1))
+    np.testing.assert_allclose(rd.detector_lag(static, 0.3), static, atol=1e-12)
+    # one projection darker than the rest: its transmission loss decays by carry per projection
+    t = np.ones((30, 4))
+    t[10] = 0.5
+    out = np.exp(-rd.detector_lag(-np.log(t), 0.3))
+    loss = 1.0 - out[:, 0]
+    np.testing.assert_allclose(loss[:10], 0.0, atol=1e-12)
+    np.testing.assert_allclose(loss[10:15], 0.5 * 0.7 * 0.3 ** np.arange(5), rtol=1e-9)
+    assert np.array_equal(rd.detector_lag(static, 0.0), static)
+    with pytest.raises(OptionError):
+        rd.detector_lag(static, 1.0)
+
+
 def test_remove_stripes(sino_scan):
     _, p = sino_scan
     p = p / N  # a path of N pixels of value 1 attenuates by exp(-1)

@@ -64,6 +64,7 @@ __all__ = [
     "zingers",
     "projection_jitter",
     "sample_motion",
+    "detector_lag",
     "gain_mismatch",
     "own_stripes",
     "remove_stripes",
@@ -656,6 +657,28 @@ def sample_motion(sino_log, shift: float, *, start: float = 0.5) -> np.ndarray:
     t = np.exp(-p[k:])
     out[k:] = -np.log(np.maximum(_shift_rows(t, np.full(len(t), float(shift))), 1e-12))
     return out
+
+
+def detector_lag(sino_log, carry: float) -> np.ndarray:
+    """Scintillator afterglow: each reading keeps a share ``carry`` of the one before it in time.
+
+    On the transmission, in acquisition order (the rows), ``t'_i = (1 - carry) t_i + carry t'_(i-1)``
+    (``t'_0 = t_0``): a signal that does not change between projections is kept, a change decays
+    by ``carry`` per projection, and the slice is smeared along the direction of rotation, more
+    the farther from the axis.
+    """
+    a = float(carry)
+    if not 0.0 <= a < 1.0:
+        raise OptionError(f"carry must be in [0, 1), got {carry}")
+    p = _sinogram(sino_log)
+    if a == 0:
+        return p.copy()
+    t = np.exp(-p)
+    out = np.empty_like(t)
+    out[0] = t[0]
+    for i in range(1, len(t)):
+        out[i] = (1.0 - a) * t[i] + a * out[i - 1]
+    return -np.log(np.maximum(out, 1e-12))
 
 
 #: Defect pattern of :func:`gain_mismatch` per unit level, by kind.
