@@ -33,7 +33,7 @@ estimator (minus the robust sigma of the finest wavelet band), and the share of 
 scorer flags; then every series' scores. ``--plot`` draws score against level per sample.
 ``--formats float png jpeg`` also scores 8-bit exports (quality 90 for JPEG) windowed at the
 0.5/99.5 percentiles of each series' best image, as ``benchmarks/real_orderings.py`` does.
-About 2 minutes per format on 2 cores.
+About 2.5 minutes per format on 2 cores.
 
 Sources: Savu test data ``savu_24737`` (Diamond Light Source, Apache-2.0/GPL-3.0) and
 HTC2022 (Finnish Inverse Problems Society, CC-BY-4.0); see ``../shared/realdata/README.md``.
