@@ -588,6 +588,11 @@ def limit_angles(sino, angles, span: float, *, start=None):
     return np.asarray(sino)[keep], th[keep]
 
 
+def _attenuation(t: np.ndarray) -> np.ndarray:
+    """``-log`` of a transmission, floored at 1e-12 so that no reading turns infinite."""
+    return -np.log(np.maximum(t, 1e-12))
+
+
 def detector_blur(sino_log, sigma: float) -> np.ndarray:
     """Gaussian detector PSF of ``sigma`` pixels on the transmission along each row.
 
@@ -600,8 +605,7 @@ def detector_blur(sino_log, sigma: float) -> np.ndarray:
     p = np.asarray(sino_log, np.float64)
     if s == 0:
         return p.copy()
-    t = ndi.gaussian_filter1d(np.exp(-p), s, axis=-1, mode="nearest")
-    return -np.log(np.maximum(t, 1e-12))
+    return _attenuation(ndi.gaussian_filter1d(np.exp(-p), s, axis=-1, mode="nearest"))
 
 
 def zingers(sino_log, fraction: float, rng=None) -> np.ndarray:
@@ -624,11 +628,11 @@ def zingers(sino_log, fraction: float, rng=None) -> np.ndarray:
     return p
 
 
-def _shift_rows(t: np.ndarray, shifts: np.ndarray) -> np.ndarray:
-    """Each row of the transmission ``t`` moved by its shift (px, linear interpolation, the
-    border reading repeated)."""
-    x = np.arange(t.shape[1], dtype=np.float64)
-    return np.stack([np.interp(x - d, x, row) for row, d in zip(t, shifts)])
+def _shift_rows(p: np.ndarray, shifts) -> np.ndarray:
+    """Each row of the ``-log`` sinogram ``p`` moved across the detector by its shift (px),
+    on the transmission (linear interpolation, the border reading repeated)."""
+    x = np.arange(p.shape[1], dtype=np.float64)
+    return _attenuation(np.stack([np.interp(x - d, x, row) for row, d in zip(np.exp(-p), shifts)]))
 
 
 def projection_jitter(sino_log, sigma: float, rng=None) -> np.ndarray:
@@ -641,7 +645,7 @@ def projection_jitter(sino_log, sigma: float, rng=None) -> np.ndarray:
     if s == 0:
         return p.copy()
     d = np.random.default_rng(rng).normal(0.0, s, p.shape[0])
-    return -np.log(np.maximum(_shift_rows(np.exp(-p), d), 1e-12))
+    return _shift_rows(p, d)
 
 
 def sample_motion(sino_log, shift: float, *, start: float = 0.5) -> np.ndarray:
@@ -654,8 +658,7 @@ def sample_motion(sino_log, shift: float, *, start: float = 0.5) -> np.ndarray:
     k = int(round(float(start) * p.shape[0]))
     if shift == 0 or k >= p.shape[0]:
         return out
-    t = np.exp(-p[k:])
-    out[k:] = -np.log(np.maximum(_shift_rows(t, np.full(len(t), float(shift))), 1e-12))
+    out[k:] = _shift_rows(p[k:], np.full(p.shape[0] - k, float(shift)))
     return out
 
 
@@ -678,7 +681,7 @@ def detector_lag(sino_log, carry: float) -> np.ndarray:
     out[0] = t[0]
     for i in range(1, len(t)):
         out[i] = (1.0 - a) * t[i] + a * out[i - 1]
-    return -np.log(np.maximum(out, 1e-12))
+    return _attenuation(out)
 
 
 #: Defect pattern of :func:`gain_mismatch` per unit level, by kind.
