@@ -66,3 +66,27 @@ def test_errors():
         seg.confusion_matrix(PRED + 0.5, TRUTH)
     with pytest.raises(ValueError, match="n_classes"):
         seg.confusion_matrix(PRED, TRUTH, n_classes=2)
+
+
+def test_matthews_by_hand_and_against_scikit_learn():
+    # confusion above: n 12, trace 9, truth counts (4, 6, 2), prediction counts (4, 7, 1)
+    want = (12 * 9 - (16 + 42 + 2)) / math.sqrt((144 - (16 + 49 + 1)) * (144 - (16 + 36 + 4)))
+    assert seg.matthews_corrcoef(PRED, TRUTH) == pytest.approx(want)
+    from sklearn.metrics import matthews_corrcoef
+
+    rng = np.random.default_rng(3)
+    for k in (2, 3, 5):
+        t = rng.integers(0, k, (40, 30))
+        p = np.where(rng.random(t.shape) < 0.7, t, rng.integers(0, k, t.shape))
+        assert seg.matthews_corrcoef(p, t) == pytest.approx(matthews_corrcoef(t.ravel(), p.ravel()), abs=1e-12)
+
+
+def test_matthews_binary_is_the_correlation_of_the_maps():
+    rng = np.random.default_rng(4)
+    t = rng.random((50, 50)) < 0.3
+    p = t ^ (rng.random(t.shape) < 0.1)  # a tenth of the pixels flipped
+    assert seg.matthews_corrcoef(p, t) == pytest.approx(np.corrcoef(p.ravel(), t.ravel())[0, 1])
+    assert seg.matthews_corrcoef(t, t) == pytest.approx(1.0)
+    assert seg.matthews_corrcoef(~t, t) == pytest.approx(-1.0)
+    # a constant map is no better than chance, however many pixels it gets right
+    assert seg.matthews_corrcoef(np.zeros_like(t), t) == 0.0

@@ -9,6 +9,16 @@ labelled ``c`` only in the prediction and ``FN`` only in the truth:
 
 A class absent from both maps has no defined score (``nan``); means skip such classes.
 
+The Matthews correlation coefficient (Matthews 1975; Gorodkin 2004 for more than two
+classes) scores the whole map at once from the confusion matrix ``C`` (rows truth, columns
+prediction, ``n`` pixels, ``t_k``/``p_k`` the truth's/prediction's count of class ``k``)::
+
+    MCC = (n * trace(C) - sum_k t_k p_k) / sqrt((n^2 - sum_k p_k^2) (n^2 - sum_k t_k^2))
+
+For two classes it is the correlation of the two binary maps. It is 1 for a perfect map, 0
+for one no better than chance, and (unlike F1) it counts the background's agreement too:
+HTC2022 ranked its entries' segmentations by it.
+
 The IoU map (the report's IV.6, Figure 5) colours, for one class, the pixels correctly
 predicted green, the missed ones (class in the truth, not in the prediction) blue and the
 wrongly predicted ones (class in the prediction, not in the truth) red.
@@ -20,6 +30,14 @@ P. Jaccard, "The distribution of the flora in the alpine zone", New Phytologist 
 
 L. R. Dice, "Measures of the amount of ecologic association between species", Ecology
 26(3), 297-302, 1945. https://doi.org/10.2307/1932409
+
+B. W. Matthews, "Comparison of the predicted and observed secondary structure of T4 phage
+lysozyme", Biochim. Biophys. Acta 405(2), 442-451, 1975.
+https://doi.org/10.1016/0005-2795(75)90109-9
+
+J. Gorodkin, "Comparing two K-category assignments by a K-category correlation
+coefficient", Comput. Biol. Chem. 28(5-6), 367-374, 2004.
+https://doi.org/10.1016/j.compbiolchem.2004.09.006
 """
 
 from __future__ import annotations
@@ -28,8 +46,8 @@ import numpy as np
 
 from tomoqc.metrics.fr import MetricInputError
 
-__all__ = ["confusion_matrix", "f1_per_class", "iou_per_class", "segmentation_scores", "iou_map",
-           "COLORS"]
+__all__ = ["confusion_matrix", "f1_per_class", "iou_per_class", "matthews_corrcoef", "segmentation_scores",
+           "iou_map", "COLORS"]
 
 #: Colours of the IoU map (RGB, uint8).
 COLORS = {"correct": (0, 200, 0), "missed": (0, 0, 255), "wrong": (255, 0, 0)}
@@ -85,6 +103,19 @@ def iou_per_class(pred, truth, n_classes: int | None = None) -> np.ndarray:
     den = tp + fp + fn
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.where(den > 0, tp / den, np.nan)
+
+
+def matthews_corrcoef(pred, truth, n_classes: int | None = None) -> float:
+    """Matthews correlation coefficient of a label map against the truth (module doc).
+
+    0 where it is undefined: both maps hold a single class, or one of them does (a constant
+    map is no better than chance, whatever it gets right).
+    """
+    m = confusion_matrix(pred, truth, n_classes).astype(np.float64)
+    n = m.sum()
+    t, p = m.sum(axis=1), m.sum(axis=0)
+    den = (n * n - float(p @ p)) * (n * n - float(t @ t))
+    return float((n * np.trace(m) - float(t @ p)) / np.sqrt(den)) if den > 0 else 0.0
 
 
 def segmentation_scores(pred, truth, n_classes: int | None = None) -> dict:

@@ -359,7 +359,7 @@ def htc2022_ground_truth(path, *, bin: int = 1) -> np.ndarray:
 
 
 def htc2022_recon(path, *, dose: float = 1.0, angles: int = 1, blur: float = 0.0, bin: int = 1,
-                  size: int | None = None, rng=None, arc: float | None = None) -> np.ndarray:
+                  size: int | None = None, rng=None, arc: float | None = None, filter: str = "ramp") -> np.ndarray:
     """FBP of an HTC2022 disc in the orientation of the organisers' segmentation.
 
     The measured fan-beam sinogram is degraded (``dose`` < 1: the noise of a lower dose,
@@ -368,8 +368,8 @@ def htc2022_recon(path, *, dose: float = 1.0, angles: int = 1, blur: float = 0.0
     projections (:func:`tomoqc.realdata.htc2022_parallel`, ``560 / bin`` samples), thinned
     to every ``angles``-th projection, limited to the first ``arc`` degrees of the half
     turn when ``arc`` is given (limited angle, :func:`tomoqc.realdata.limit_angles`) and
-    reconstructed (:func:`tomoqc.realdata.fbp`) on a ``size`` grid (default ``512 / bin``,
-    the segmentation's grid).
+    reconstructed (:func:`tomoqc.realdata.fbp`, with its ``filter``) on a ``size`` grid
+    (default ``512 / bin``, the segmentation's grid).
 
     Notes
     -----
@@ -399,7 +399,7 @@ def htc2022_recon(path, *, dose: float = 1.0, angles: int = 1, blur: float = 0.0
     if arc is not None:
         par, theta = rd.limit_angles(par, theta, np.deg2rad(float(arc)))
     side = HTC2022_SIDE // b if size is None else int(size)
-    rec = rd.fbp(par, theta, center=center, size=side)
+    rec = rd.fbp(par, theta, center=center, size=side, filter=filter)
     return np.ascontiguousarray(np.flipud(rec)).astype(np.float32)
 
 
