@@ -486,3 +486,24 @@ def test_source_crop_side_and_dataset_are_checked(tmp_path, model_path, volume_s
     with pytest.raises(OptionError, match="source"):
         run_study(tmp_path / "b", source_dataset="/data", model=model_path, progress=False)
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+@pytest.mark.skipif(REAL is None, reason="no ../shared/realdata")
+def test_real_images_are_labelled_against_their_full_data_reconstruction(study):
+    out, _ = study
+    htc = {r["file"]: r for r in _rows(out / "real" / "htc.csv")}
+    labels = {r["file"]: float(r["label"]) for r in _rows(out / "real" / "htc_labels.csv")}
+    assert set(labels) == set(htc)
+    for f, lab in labels.items():
+        if htc[f]["impairment"] == "none":
+            assert lab == 5.0  # the reference of its own projection
+        else:
+            assert 1.0 <= lab < 5.0  # any impairment costs something
+    # along each impairment's series the projected label falls as the level rises
+    for kind in ("angles", "dose", "blur", "limited angle"):
+        series = sorted((int(r["level"]), labels[f]) for f, r in htc.items() if r["impairment"] in (kind, "none"))
+        assert [lab for _, lab in series] == sorted((lab for _, lab in series), reverse=True), (kind, series)
+    t1 = [r for r in _rows(out / "table1_label_projection.csv") if r["set"] == "real"]
+    assert {r["distortion"] for r in t1} == {"angles", "limited angle", "dose", "blur", "ALL"}
+    assert {r["truth"] for r in t1} == {"distortion level", "segmentation F1", "segmentation F1 loss"}
+    assert "Real: HTC2022" in (out / "table1_label_projection.md").read_text()

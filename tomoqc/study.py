@@ -7,7 +7,10 @@ CSV) into one folder:
 * **Table 1** (label projection, report II.1): the projected label of every phantom
   image against the best truth there is, per distortion: the distortion level (exact),
   the segmentation F1 of the phases segmenter against the phantom's exact phase map,
-  and the human mean opinion score when an annotation file is given.
+  and the human mean opinion score when an annotation file is given. With real data,
+  also the HTC2022 reconstructions of Table 3, each labelled by projection against its
+  disc's full-data reconstruction (the same observers and anchors as the phantoms), against
+  the impairment level and the binary segmenter's F1 against the organisers' ground truth.
 * **Table 2** (methods, report II.2): TIQA against BRISQUE-SVR, RankIQA and the
   noise estimator, per distortion and over all images of the test references: SROCC and
   PLCC (after a logistic map, as in the report; the VQEG's monotone four-parameter
@@ -66,7 +69,8 @@ stage before it ran again.
 
 ==============================  =========================================================
 ``data/``                       the phantom (or ``source``) dataset (``manifest.csv`` with ``label``)
-``real/``                       real images (``orderings.csv``, ``htc.csv`` and ``.npy``)
+``real/``                       real images (``orderings.csv``, ``htc.csv`` and ``.npy``;
+                                ``htc_labels.csv``: the HTC2022 images' projected labels)
 ``predictions/<method>.csv``    scores: ``set`` (phantom, ordering, htc), ``file``, ``score``
                                 (TIQA also ``network`` and the measured indicators)
 ``segmentation/``               F1 per image, two-point correlations (with ``source``: the
@@ -120,7 +124,8 @@ METHOD_NAMES = {"tiqa": "TIQA", "brisque": "BRISQUE-SVR", "rankiqa": "RankIQA", 
 #: references as the baselines are trained on them: :func:`_tiqa_fitted`).
 TIQA_ROWS = ("tiqa", "tiqa_fitted")
 #: Stages in the order they run (``real`` and ``segment_real`` only with real data).
-STAGES = ("dataset", "real", "tiqa", "noise", "brisque", "rankiqa", "segment_phantom", "segment_real", "report")
+STAGES = ("dataset", "real", "label_real", "tiqa", "noise", "brisque", "rankiqa", "segment_phantom", "segment_real",
+          "report")
 #: Default study seed (issue 18); the dataset seeds of the bundled models are 2026, 2028, 9001 and
 #: 20261130 (TIQA) and 0, 7919 (segmenters), and every one a card names is checked anyway.
 STUDY_SEED = 1818
@@ -685,6 +690,42 @@ def _stage_real(root: Path, p: StudyParams, prog: _Progress) -> dict:
             "htc_images": len(hrows), "segmenter_training_discs": train_discs, "segmenter_held_out": held}
 
 
+def _stage_label_real(root: Path, p: StudyParams, prog: _Progress, anchors: dict, intensity: str) -> dict:
+    """Projected labels of the HTC2022 images (Table 1's real rows): every reconstruction of a
+    disc against its full-data one (level 0, which labels ``5``), by the observers and worst
+    anchors that labelled the phantoms (``anchors``: ``{observer: {"worst": goodness}}``, the
+    dataset stage's) in the same intensity mode. In absolute units the data range is the full-data
+    reconstruction's ``max - min``: attenuation values lie inside [0, 1] without that being
+    their range, which is what :func:`tomoqc.labels.data_range_of` would take."""
+    from tomoqc.labels import _unit_map, observe, project
+    from tomoqc.metrics import fr
+
+    rows = _read_csv(root / "real" / "htc.csv")
+    by_disc: dict[str, list[dict]] = {}
+    for r in rows:
+        by_disc.setdefault(r["disc"], []).append(r)
+    names = [n for n in anchors if n in fr.OBSERVERS]
+    out = []
+    tick = prog.task("labels: HTC2022", len(rows))
+    for disc, members in by_disc.items():
+        ref_row = next(r for r in members if r["impairment"] == "none")
+        ref = np.load(root / ref_row["file"]).astype(np.float64)
+        active = [n for n in names if min(ref.shape) >= fr.OBSERVERS[n].min_side]
+        span = float(np.ptp(ref)) or 1.0
+        to_units, dr = _unit_map(ref, intensity, data_range=span if intensity == "absolute" else None)
+        others = [r for r in members if r is not ref_row]
+        stack = np.stack([to_units(np.load(root / r["file"]).astype(np.float64)) for r in others])
+        values = observe(to_units(ref), stack, data_range=dr, observers=active)
+        proj = {n: project(n, values[n], 5.0, worst=float(anchors[n]["worst"]), data_range=dr) for n in active}
+        out.append({"file": ref_row["file"], "label": 5.0, "observers": "+".join(active)})
+        for k, r in enumerate(others):
+            out.append({"file": r["file"], "label": float(np.mean([proj[n][k] for n in active])),
+                        "observers": "+".join(active)})
+        tick(len(members))
+    _write_csv(root / "real" / "htc_labels.csv", out, ["file", "label", "observers"])
+    return {"images": len(out), "intensity": intensity, "observers": names}
+
+
 def _images_to_score(root: Path, p: StudyParams, method: str, test_refs: set) -> list[tuple[str, str]]:
     """``(set, file)`` of every image ``method`` scores: all phantoms (TIQA, noise) or the test
     references' (trained baselines); the real ordering images; TIQA also the HTC2022 ones."""
@@ -983,7 +1024,8 @@ def _annotation_truth(annotations: str | None, rows: list[dict]) -> tuple[dict, 
     return {f: m.mos for f, m in matched.items()}, len(table)
 
 
-def _table1(rows, f1, mos, kinds, what: str = "phantom") -> tuple[list[dict], str]:
+def _table1(rows, f1, mos, kinds, what: str = "phantom", htc_rows=(), htc_labels=None,
+            htc_f1=None) -> tuple[list[dict], str]:
     out = []
     truths = [("distortion level", lambda r: -float(r["level"])), ("segmentation F1", lambda r: f1.get(r["file"]))]
     if mos:
@@ -995,7 +1037,7 @@ def _table1(rows, f1, mos, kinds, what: str = "phantom") -> tuple[list[dict], st
             keep = [i for i, v in enumerate(t) if v is not None]
             c = _correlate([float(sub[i]["label"]) for i in keep], [float(t[i]) for i in keep])
             rep = REPORT["table1"].get(kind) if name == "human MOS" else None
-            out.append({"distortion": kind, "truth": name, **c,
+            out.append({"set": "phantom", "distortion": kind, "truth": name, **c,
                         "report_srocc": rep[0] if rep else None, "report_plcc": rep[1] if rep else None})
     names = [n for n, _ in truths]
     header = ["distortion"] + [f"{n} SROCC / PLCC (n)" for n in names] + ["report (vs human) SROCC / PLCC"]
@@ -1012,6 +1054,35 @@ def _table1(rows, f1, mos, kinds, what: str = "phantom") -> tuple[list[dict], st
           f"Projected label of every {what} image against each truth (SROCC; PLCC without fitting); the level enters "
           "as minus the level. Each distortion's set holds levels 1-5 and the references they came from.\n\n"
           + _md(header, body))
+    labels = htc_labels or {}
+    real = [r for r in htc_rows if math.isfinite(labels.get(r["file"], math.nan))]
+    if real:
+        imps = [k for k in HTC_IMPAIRMENTS if any(r["impairment"] == k for r in real)]
+        f1_of = htc_f1 or {}
+        loss = dict(zip([r["file"] for r in real], _f1_loss(real, [f1_of.get(r["file"], math.nan) for r in real],
+                                                            lambda r: r["disc"], lambda r: r["impairment"] == "none")))
+        real_truths = [("distortion level", lambda r: -float(r["level"])),
+                       ("segmentation F1", lambda r: f1_of.get(r["file"])),
+                       ("segmentation F1 loss", lambda r: loss.get(r["file"]))]
+        body = []
+        for kind in imps + ["ALL"]:
+            sub = [r for r in real if kind == "ALL" or r["impairment"] in (kind, "none")]
+            cells = [kind]
+            for name, get in real_truths:
+                t = [get(r) for r in sub]
+                keep = [i for i, v in enumerate(t) if v is not None and math.isfinite(v)]
+                c = _correlate([labels[sub[i]["file"]] for i in keep], [float(t[i]) for i in keep])
+                out.append({"set": "real", "distortion": kind, "truth": name, **c,
+                            "report_srocc": None, "report_plcc": None})
+                cells.append(f"{_fmt(c['srocc'])} / {_fmt(c['plcc'])} ({c['n']})")
+            body.append(cells)
+        md += ("\nReal: HTC2022 discs reconstructed from degraded measured sinograms (Table 3's images), each "
+               "labelled by projection against its disc's full-data reconstruction with the phantoms' observers and "
+               "anchors; truths: minus the impairment level, the bundled binary segmenter's material F1 against "
+               "the organisers' ground truth, and that F1 minus the same disc's full-data F1 (the accuracy the "
+               "impairment cost, which a label relative to the disc's own reconstruction measures). Each impairment's "
+               "set holds its levels and the full-data images.\n\n"
+               + _md(["impairment"] + [f"{n} SROCC / PLCC (n)" for n, _ in real_truths], body))
     return out, md
 
 
@@ -1369,14 +1440,16 @@ def _stage_report(root: Path, p: StudyParams, annotations: str | None, train: li
     htc_f1 = {r["file"]: _float(r["f1"]) for r in _read_csv(root / "segmentation" / "htc.csv")} if p.real else {}
 
     what = "phantom" if not p.source else f"{Path(p.source).name} slice"  # what the generated images are made of
-    t1, md1 = _table1(rows, f1, mos, kinds, what)
+    htc_labels = ({r["file"]: _float(r["label"]) for r in _read_csv(root / "real" / "htc_labels.csv")}
+                  if p.real and (root / "real" / "htc_labels.csv").is_file() else {})
+    t1, md1 = _table1(rows, f1, mos, kinds, what, htc_rows, htc_labels, htc_f1)
     t2, md2, checks2 = _table2(rows, set(test), preds, methods, kinds, p.bootstrap, p.seed, real_rows, what)
     t2d, md2d = _table2_differences(rows, set(test), preds, methods, p.bootstrap, p.seed, real_rows)
     md2 += md2d
     t3, md3, checks3 = _table3(rows, preds["tiqa"], f1, htc_rows, htc_f1, p.source)
     s2rows = _read_csv(root / "segmentation" / "s2_phantom.csv")
 
-    c1 = ["distortion", "truth", "n", "srocc", "plcc", "report_srocc", "report_plcc"]
+    c1 = ["set", "distortion", "truth", "n", "srocc", "plcc", "report_srocc", "report_plcc"]
     _write_csv(root / "table1_label_projection.csv", t1, c1)
     _write_text(root / "table1_label_projection.md", md1)
     c2 = ["set", "method", "group", "n", "srocc", "srocc_ci_low", "srocc_ci_high", "plcc", "plcc_ci_low",
@@ -1657,6 +1730,9 @@ def run_study(
             train, test = _split(rows, p)
             if p.real:
                 run("real", lambda: _stage_real(root, p, prog))
+                lab = stages.info("dataset").get("labels") or {}
+                run("label_real", lambda: _stage_label_real(root, p, prog, lab.get("anchors") or {},
+                                                            lab.get("intensity", "absolute")))
             for m in p.methods:
                 run(m, lambda m=m: _stage_scores(root, p, m, prog, set(test), train))
             run("segment_phantom", lambda: _stage_segment_phantom(root, p, prog))
