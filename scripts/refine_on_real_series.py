@@ -74,6 +74,12 @@ def main(argv=None) -> int:
     ap.add_argument("--image-rings", action="store_true",
                     help="also learn from image-domain ring series of the real reference slices "
                          "(cached in WORK/image_rings.npz)")
+    ap.add_argument("--labelled", type=Path, default=None,
+                    help="a labelled phantom dataset (tomoqc dataset build + tomoqc label) whose images, ordered by "
+                         "label across impairments, join as a fourth source (tomoqc.train.series_refine.labelled_series)")
+    ap.add_argument("--labelled-spacing", type=float, default=0.15, help="least label difference within such a series")
+    ap.add_argument("--labelled-val-references", type=int, default=6,
+                    help="references of --labelled held out for validation")
     ap.add_argument("--val-extra", nargs="*", default=[],
                     help="more reference names to hold out for validation (besides VAL_SAMPLES)")
     ap.add_argument("--resume", action="store_true")
@@ -83,7 +89,8 @@ def main(argv=None) -> int:
     a = ap.parse_args(argv)
 
     from tomoqc.logs import quiet_native_logs
-    from tomoqc.train.series_refine import VAL_SAMPLES, cached_series, cached_training_series, refine_on_series
+    from tomoqc.train.series_refine import (VAL_SAMPLES, cached_series, cached_training_series, labelled_series,
+                                            refine_on_series)
 
     quiet_native_logs()
     a.work.mkdir(parents=True, exist_ok=True)
@@ -93,9 +100,17 @@ def main(argv=None) -> int:
 
         series = series + cached_series(a.work / "image_rings.npz",
                                         lambda: image_ring_series(a.realdata, seed=a.seed, log=log), log=log)
+    val_labelled = []
+    if a.labelled is not None:
+        lab = labelled_series(a.labelled, spacing=a.labelled_spacing, seed=a.seed,
+                              val_references=a.labelled_val_references)
+        val_labelled = [s.name for s in lab if s.name.startswith("labelled-val:")]
+        log(f"labelled series: {len(lab) - len(val_labelled)} to train on, {len(val_labelled)} held out "
+            f"({a.labelled})")
+        series = series + lab
     command = "python scripts/refine_on_real_series.py " + " ".join(sys.argv[1:] if argv is None else argv)
     rec = refine_on_series(a.init, series, a.work / "refine", epochs=a.epochs, steps_per_epoch=a.steps,
-                           crop=a.crop, margin=a.margin, val_samples=(*VAL_SAMPLES, *a.val_extra),
+                           crop=a.crop, margin=a.margin, val_samples=(*VAL_SAMPLES, *a.val_extra, *val_labelled),
                            anchor_weight=a.anchor_weight, lr=a.lr, seed=a.seed,
                            resume=a.resume, time_limit_s=a.minutes * 60, log=log, command=command)
     log(f"best validation pair accuracy {rec['best_val_accuracy']:.3f}: {rec['best']}")

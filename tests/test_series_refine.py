@@ -115,3 +115,32 @@ def test_refine_runs_checkpoints_and_resumes(tmp_path):
     a = load_model(model_path).model.get_weights()
     b = m.model.get_weights()
     assert any(not np.array_equal(u, v) for u, v in zip(a, b))  # it did learn something
+
+
+def test_labelled_series_order_one_reference_across_impairments_by_label(tiny_labelled, tiny):
+    from tomoqc.dataset import read_manifest
+    from tomoqc.errors import InputError
+    from tomoqc.preprocess import normalize_slice
+    from tomoqc.train.series_refine import labelled_series
+
+    rows = read_manifest(tiny_labelled)
+    series = labelled_series(tiny_labelled, spacing=0.5, per_reference=3, length=8, seed=0, val_references=2)
+    refs = sorted({r["reference"] for r in rows})
+    assert len(series) == 3 * len(refs)
+    assert sum(s.name.startswith("labelled-val:") for s in series) == 3 * 2
+    assert {s.name.split(":")[1].split("#")[0] for s in series if s.name.startswith("labelled-val:")} == set(refs[-2:])
+    for s in series:
+        assert s.source == "labelled" and len(s.images) >= 2
+        ref = s.name.split(":")[1].split("#")[0]
+        # every image is one of its reference's, as the scorer normalises it; labels fall by >= the spacing
+        mine = [r for r in rows if r["reference"] == ref]
+        labels = []
+        for img in s.images:
+            hit = [r for r in mine if np.array_equal(normalize_slice(np.load(tiny_labelled / r["file"])), img)]
+            assert hit
+            labels.append(hit[0]["label"])
+        assert all(a - b >= 0.5 - 1e-9 for a, b in zip(labels, labels[1:]))
+    # the six label values of the fixture (levels 0-5) are 0.8 apart: a series takes at most six images
+    assert max(len(s.images) for s in series) <= 6
+    with pytest.raises(InputError, match="label"):
+        labelled_series(tiny)

@@ -17,6 +17,11 @@ on learning from **series whose order physics fixes**:
   (:func:`tomoqc.train.score_head.image_ring_series`, source ``"image"``): the network's
   score head alone could not learn to read heavy rings on real slices it had not seen, so
   the backbone learns it here.
+* optionally, **labelled phantoms** (:func:`labelled_series`, source ``"labelled"``): the
+  images of one reference, every impairment and domain together, ordered by their projected
+  labels, with labels at least ``spacing`` apart. The other series only ever order one
+  impairment against itself; these order a ring against a noise against a blur of the same
+  reference, which is where a pooled ranking over impairments loses order.
 
 None of them comes from a sample of ``benchmarks/real_orderings.py`` (see
 :mod:`tomoqc.train.measured`).
@@ -56,7 +61,7 @@ from tomoqc.train import common
 from tomoqc.train.data import _augment, choose_crop
 
 __all__ = ["OrderedSeries", "build_training_series", "cached_series", "cached_training_series", "write_series", "read_series",
-           "series_block_batch", "refine_on_series", "VAL_SAMPLES", "series_pair_accuracy"]
+           "series_block_batch", "refine_on_series", "VAL_SAMPLES", "series_pair_accuracy", "labelled_series"]
 
 #: Samples whose series are held out for validation (real: ``kind/sample``; simulated:
 #: the reference name of :func:`tomoqc.train.measured.reference_slices`).
@@ -66,7 +71,7 @@ REAL_KINDS = ("dose", "angles", "stripes", "blur", "gain")
 #: Sources of series: real measured data degraded directly, re-projected slices and phantoms
 #: scanned again, and image-domain recipes drawn into real slices
 #: (:func:`tomoqc.train.score_head.image_ring_series`).
-SOURCES = ("real", "simulated", "image")
+SOURCES = ("real", "simulated", "image", "labelled")
 REFINE_FIELDS = ["epoch", "steps", "loss", "rank_loss", "anchor_loss", "lr", "val_accuracy",
                  *(f"val_{k}" for k in SOURCES), "seconds"]
 
@@ -117,6 +122,56 @@ def build_training_series(realdata, *, phantoms: int = 6, seed: int = 20261130, 
             stack = imgs if fmt == "float" else [export_roundtrip(a, window, fmt) for a in imgs]
             out.append(OrderedSeries(f"{kind}/{sample}", f"real_{kind}", "real", [_normalised(a) for a in stack]))
     log(f"all series: {len(out)} ({time.monotonic() - t0:.0f} s)")
+    return out
+
+
+def labelled_series(dataset, *, spacing: float = 0.15, per_reference: int = 6, length: int = 8, seed: int = 0,
+                    val_references: int = 0) -> list[OrderedSeries]:
+    """Series of a labelled dataset's images (``tomoqc dataset build`` + ``tomoqc label``), ordered by label.
+
+    Per reference, ``per_reference`` series, each drawn from all its images (both domains,
+    every impairment and level, the references themselves) in random order and kept only
+    where its label is at least ``spacing`` below every image kept before it, up to ``length``
+    images, best first: label differences smaller than that are within what the observers'
+    projection resolves. Named ``labelled:<reference>#<k>``; the last ``val_references``
+    references (in sorted order) are named ``labelled-val:...`` for :data:`VAL_SAMPLES`-style
+    holding out (pass their names as ``val_samples``).
+    """
+    from tomoqc.dataset import read_manifest
+
+    if spacing <= 0 or per_reference < 1 or length < 2:
+        raise OptionError("spacing must be > 0, per_reference >= 1 and length >= 2")
+    root = Path(dataset)
+    rows = read_manifest(root)
+    if not rows or "label" not in rows[0] or any(not isinstance(r.get("label"), float) for r in rows):
+        raise InputError(root / "manifest.csv", "no projected label on every image (run tomoqc label first)")
+    by_ref: dict[str, list[dict]] = {}
+    for r in rows:
+        by_ref.setdefault(r["reference"], []).append(r)
+    refs = sorted(by_ref)
+    held = set(refs[len(refs) - int(val_references):]) if val_references else set()
+    rng = np.random.default_rng(seed)
+    cache: dict[str, np.ndarray] = {}
+
+    def image(r):
+        if r["file"] not in cache:
+            cache[r["file"]] = _normalised(np.load(root / r["file"]))
+        return cache[r["file"]]
+
+    out = []
+    for ref in refs:
+        members = by_ref[ref]
+        for k in range(per_reference):
+            kept: list[dict] = []
+            for i in rng.permutation(len(members)):
+                r = members[i]
+                if all(abs(r["label"] - q["label"]) >= spacing for q in kept):
+                    kept.append(r)
+                if len(kept) == length:
+                    break
+            kept.sort(key=lambda r: -r["label"])
+            prefix = "labelled-val" if ref in held else "labelled"
+            out.append(OrderedSeries(f"{prefix}:{ref}#{k}", "label", "labelled", [image(r) for r in kept]))
     return out
 
 
