@@ -378,3 +378,24 @@ def test_sinogram_ring_levels_spread_the_labels(tmp_path):
     ceiling, means = _ring_label_ceiling(tmp_path, make)
     assert all(a > b for a, b in zip(means, means[1:])), means
     assert ceiling >= 0.9, (ceiling, means)
+
+
+def test_project_labels_with_a_datasets_anchors_gives_its_labels(tiny, tmp_path):
+    # the per-image projection with fixed anchors is project_dataset's own, once its anchors are known
+    import shutil
+
+    from tomoqc.dataset import read_manifest
+
+    d = tmp_path / "data"
+    shutil.copytree(tiny, d)
+    summary = labels.project_dataset(d, progress=False)
+    worst = {n: a["worst"] for n, a in summary["anchors"].items()}
+    rows = read_manifest(d)
+    ref_row = next(r for r in rows if r["distortion"] == "none")
+    mine = [r for r in rows if r["reference"] == ref_row["reference"] and r["distortion"] != "none"]
+    got, used = labels.project_labels(np.load(d / ref_row["file"]), np.stack([np.load(d / r["file"]) for r in mine]),
+                                      worst=worst)
+    assert used == summary["observers"]
+    np.testing.assert_allclose(got, [r["label"] for r in mine], atol=1e-6)
+    same, _ = labels.project_labels(np.load(d / ref_row["file"]), np.load(d / ref_row["file"])[None], worst=worst)
+    assert same[0] == pytest.approx(5.0)

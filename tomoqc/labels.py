@@ -80,6 +80,7 @@ from tomoqc.metrics import fr, stats
 
 __all__ = [
     "DEFAULT_OBSERVERS",
+    "project_labels",
     "labelled_phantom_set",
     "PSNR_CAP",
     "data_range_of",
@@ -225,6 +226,28 @@ def project(name: str, values, s_ref, *, worst: float, data_range: float = 1.0) 
         return np.broadcast_to(s, g.shape).astype(np.float64)
     q = np.clip((g - worst) / (best - worst), 0.0, 1.0)
     return 1.0 + q * (s - 1.0)
+
+
+def project_labels(reference, distorted, *, worst: dict, s_ref: float = 5.0, intensity: str = "absolute",
+                   data_range: float | None = None) -> tuple[np.ndarray, list[str]]:
+    """Projected labels of a stack of distorted images against one reference, with fixed anchors.
+
+    The per-image step of :func:`project_dataset` when the worst anchors are known (e.g. those a
+    labelled dataset recorded): every observer of ``worst`` (``{observer: worst goodness}``)
+    that the images are large enough for compares each image with the reference
+    (:func:`observe`), its value is projected onto ``[1, s_ref]`` (:func:`project`) and the
+    label is the mean over those observers. ``data_range`` as in :func:`observe`. Returns the
+    labels ``(n,)`` and the observers used.
+    """
+    ref = np.asarray(reference, dtype=np.float64)
+    side = min(ref.shape)
+    used = [n for n in _check_names(worst) if side >= fr.OBSERVERS[n].min_side]
+    if not used:
+        raise OptionError(f"no observer can score images of {ref.shape[0]}x{ref.shape[1]} px")
+    values = observe(ref, distorted, data_range=data_range, observers=used, intensity=intensity)
+    _, dr = _unit_map(ref, _check_intensity(intensity), data_range)
+    proj = [project(n, values[n], s_ref, worst=float(worst[n]), data_range=dr) for n in used]
+    return np.mean(proj, axis=0), used
 
 
 # ---------------------------------------------------------------------------------------

@@ -697,33 +697,27 @@ def _stage_label_real(root: Path, p: StudyParams, prog: _Progress, anchors: dict
     dataset stage's) in the same intensity mode. In absolute units the data range is the full-data
     reconstruction's ``max - min``: attenuation values lie inside [0, 1] without that being
     their range, which is what :func:`tomoqc.labels.data_range_of` would take."""
-    from tomoqc.labels import _unit_map, observe, project
-    from tomoqc.metrics import fr
+    from tomoqc.labels import project_labels
 
     rows = _read_csv(root / "real" / "htc.csv")
     by_disc: dict[str, list[dict]] = {}
     for r in rows:
         by_disc.setdefault(r["disc"], []).append(r)
-    names = [n for n in anchors if n in fr.OBSERVERS]
+    worst = {n: float(a["worst"]) for n, a in anchors.items()}
     out = []
     tick = prog.task("labels: HTC2022", len(rows))
     for disc, members in by_disc.items():
         ref_row = next(r for r in members if r["impairment"] == "none")
         ref = np.load(root / ref_row["file"]).astype(np.float64)
-        active = [n for n in names if min(ref.shape) >= fr.OBSERVERS[n].min_side]
-        span = float(np.ptp(ref)) or 1.0
-        to_units, dr = _unit_map(ref, intensity, data_range=span if intensity == "absolute" else None)
         others = [r for r in members if r is not ref_row]
-        stack = np.stack([to_units(np.load(root / r["file"]).astype(np.float64)) for r in others])
-        values = observe(to_units(ref), stack, data_range=dr, observers=active)
-        proj = {n: project(n, values[n], 5.0, worst=float(anchors[n]["worst"]), data_range=dr) for n in active}
-        out.append({"file": ref_row["file"], "label": 5.0, "observers": "+".join(active)})
-        for k, r in enumerate(others):
-            out.append({"file": r["file"], "label": float(np.mean([proj[n][k] for n in active])),
-                        "observers": "+".join(active)})
+        stack = np.stack([np.load(root / r["file"]).astype(np.float64) for r in others])
+        labels, used = project_labels(ref, stack, worst=worst, intensity=intensity,
+                                      data_range=(float(np.ptp(ref)) or 1.0) if intensity == "absolute" else None)
+        out.append({"file": ref_row["file"], "label": 5.0, "observers": "+".join(used)})
+        out += [{"file": r["file"], "label": float(v), "observers": "+".join(used)} for r, v in zip(others, labels)]
         tick(len(members))
     _write_csv(root / "real" / "htc_labels.csv", out, ["file", "label", "observers"])
-    return {"images": len(out), "intensity": intensity, "observers": names}
+    return {"images": len(out), "intensity": intensity, "observers": list(worst)}
 
 
 def _images_to_score(root: Path, p: StudyParams, method: str, test_refs: set) -> list[tuple[str, str]]:
@@ -1024,6 +1018,18 @@ def _annotation_truth(annotations: str | None, rows: list[dict]) -> tuple[dict, 
     return {f: m.mos for f, m in matched.items()}, len(table)
 
 
+def _label_agreement(sub: list[dict], label_of, truths) -> list[tuple[str, dict]]:
+    """``[(truth name, _correlate(labels, truth))]`` over the rows ``sub`` for each ``(name, get)`` of
+    ``truths``; rows whose truth is None (none there) are left out, and :func:`_correlate` leaves
+    out non-finite pairs."""
+    out = []
+    for name, get in truths:
+        t = [get(r) for r in sub]
+        keep = [i for i, v in enumerate(t) if v is not None]
+        out.append((name, _correlate([label_of(sub[i]) for i in keep], [float(t[i]) for i in keep])))
+    return out
+
+
 def _table1(rows, f1, mos, kinds, what: str = "phantom", htc_rows=(), htc_labels=None,
             htc_f1=None) -> tuple[list[dict], str]:
     out = []
@@ -1031,11 +1037,7 @@ def _table1(rows, f1, mos, kinds, what: str = "phantom", htc_rows=(), htc_labels
     if mos:
         truths.insert(0, ("human MOS", lambda r: mos.get(r["file"])))
     for kind in kinds + ["ALL"]:
-        sub = _subset(rows, kind)
-        for name, get in truths:
-            t = [get(r) for r in sub]
-            keep = [i for i, v in enumerate(t) if v is not None]
-            c = _correlate([float(sub[i]["label"]) for i in keep], [float(t[i]) for i in keep])
+        for name, c in _label_agreement(_subset(rows, kind), lambda r: float(r["label"]), truths):
             rep = REPORT["table1"].get(kind) if name == "human MOS" else None
             out.append({"set": "phantom", "distortion": kind, "truth": name, **c,
                         "report_srocc": rep[0] if rep else None, "report_plcc": rep[1] if rep else None})
@@ -1068,10 +1070,7 @@ def _table1(rows, f1, mos, kinds, what: str = "phantom", htc_rows=(), htc_labels
         for kind in imps + ["ALL"]:
             sub = [r for r in real if kind == "ALL" or r["impairment"] in (kind, "none")]
             cells = [kind]
-            for name, get in real_truths:
-                t = [get(r) for r in sub]
-                keep = [i for i, v in enumerate(t) if v is not None and math.isfinite(v)]
-                c = _correlate([labels[sub[i]["file"]] for i in keep], [float(t[i]) for i in keep])
+            for name, c in _label_agreement(sub, lambda r: labels[r["file"]], real_truths):
                 out.append({"set": "real", "distortion": kind, "truth": name, **c,
                             "report_srocc": None, "report_plcc": None})
                 cells.append(f"{_fmt(c['srocc'])} / {_fmt(c['plcc'])} ({c['n']})")
