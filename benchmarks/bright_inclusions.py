@@ -18,6 +18,11 @@ the scorer flags out of distribution (for any reason: the two test slices under 
 flagged for their padding already), and the share of slices the dense-minority rule flags
 (``tomoqc.preprocess.tail_stretch`` above ``TAIL_STRETCH_LIMIT``). Every setting is drawn with the same seed on every
 slice; inclusions avoid the outer fifth of the slice.
+
+Each image is scored twice: as ``tomoqc score`` does, with its dense inclusions filled by their
+surroundings' texture (``tomoqc.inclusions``; the table's "filled" columns, with the share of
+pixels drawn and filled), and with ``--keep-inclusions`` (the "kept" columns: the score as it
+was before the fill).
 """
 
 from __future__ import annotations
@@ -87,39 +92,54 @@ def main(argv=None) -> int:
     model = load_model(a.model)
     slices = real_slices(a.realdata)
 
-    def read(img):
-        r = model.score_slices(img[None], tta=1)
+    def read(img, fill):
+        r = model.score_slices(img[None], tta=1, fill_inclusions=fill)
         return {"score": float(r["score"][0]), "network": float(r["network_score"][0]),
                 "flagged": bool(r["flags"][0] & FLAG_OOD), "stretched": bool(tail_stretch(img) > TAIL_STRETCH_LIMIT),
+                "filled": float(r["inclusion_fraction"][0]),
                 **{k: float(r["indicators"][k][0]) for k in SHOWN}}
 
-    clean = {n: read(img) for n, img in slices}
-    for n, v in clean.items():
+    clean = {fill: {n: read(img, fill) for n, img in slices} for fill in (False, True)}
+    for n, v in clean[True].items():
         print(f"  {n}: " + " ".join(f"{k} {v[k]:.4g}" for k in ("score", *SHOWN))
-              + (" (flagged out of distribution)" if v["flagged"] else ""), file=sys.stderr, flush=True)
-    print(f"\nSmall dense inclusions in {len(slices)} real slices: mean absolute change against the clean slice "
-          f"(NaN readings: how many of the {len(slices)} turn NaN or finite)\n")
-    print("| inclusions | score | signed | moved > 0.5 | of those, flagged | dense minority rule | network alone | "
-          + " | ".join(SHOWN) + " |")
-    print("|---|---|---|---|---|---|---|" + "---|" * len(SHOWN))
+              + (" (flagged out of distribution)" if v["flagged"] else "")
+              + (f" (filled {v['filled']:.2%} of it as dense inclusions)" if v["filled"] else ""),
+              file=sys.stderr, flush=True)
+    big = [n for n, img in slices if min(img.shape) >= 224]
+    print(f"\nSmall dense inclusions in {len(slices)} real slices ({len(big)} of them at least a patch wide): change "
+          "against the clean slice, scored as `tomoqc score` does (inclusions filled, `tomoqc.inclusions`) and with "
+          "--keep-inclusions (NaN readings: how many turn NaN or finite)\n")
+    print("| inclusions | drawn share | filled share | kept: mean abs change | kept: signed | kept: moved > 0.5 "
+          "| kept: of those, flagged | dense minority rule | filled: mean abs change | filled: signed "
+          "| filled: moved > 0.5 | filled, slices >= a patch: max abs change | filled: network alone | "
+          + " | ".join(f"filled: {k}" for k in SHOWN) + " |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|" + "---|" * len(SHOWN))
     for count, radius, level in SETTINGS:
-        got = {n: read(with_inclusions(img, count, radius, level, a.seed)) for n, img in slices}
-        print(f"  {count} x r{radius} at {level:g}: " + ", ".join(
-            f"{n} {got[n]['score'] - clean[n]['score']:+.2f}{' flagged' if got[n]['flagged'] else ''}" for n in got),
-            file=sys.stderr, flush=True)
-        cells = []
-        for k in ("score", "network", *SHOWN):
-            d = np.array([got[n][k] - clean[n][k] for n in got])
-            flips = sum(np.isfinite(got[n][k]) != np.isfinite(clean[n][k]) for n in got)
+        drawn = {n: with_inclusions(img, count, radius, level, a.seed) for n, img in slices}
+        share = np.mean([np.mean(np.abs(drawn[n] - img) > 0.05 * np.subtract(*np.percentile(img, [99.5, 0.5])))
+                         for n, img in slices])
+        got = {fill: {n: read(drawn[n], fill) for n, _ in slices} for fill in (False, True)}
+        for fill in (False, True):
+            print(f"  {count} x r{radius} at {level:g}, {'filled' if fill else 'kept'}: " + ", ".join(
+                f"{n} {got[fill][n]['score'] - clean[fill][n]['score']:+.2f}"
+                f"{' flagged' if got[fill][n]['flagged'] else ''}" for n in got[fill]), file=sys.stderr, flush=True)
+        cells = [f"{share:.2%}", f"{np.mean([got[True][n]['filled'] for n in got[True]]):.2%}"]
+        for fill in (False, True):
+            d = np.array([got[fill][n]["score"] - clean[fill][n]["score"] for n, _ in slices])
+            moved = np.abs(np.nan_to_num(d)) > 0.5
+            cells += [f"{np.nanmean(np.abs(d)):.3g}", f"{np.nanmean(d):+.3g}", f"{np.mean(moved):.2f}"]
+            if not fill:
+                flagged = np.array([got[fill][n]["flagged"] for n, _ in slices])
+                cells.append(f"{int((moved & flagged).sum())} of {int(moved.sum())}")
+                cells.append(f"{np.mean([got[fill][n]['stretched'] for n, _ in slices]):.2f}")
+            else:
+                cells.append(f"{np.nanmax(np.abs([got[fill][n]['score'] - clean[fill][n]['score'] for n in big])):.3g}"
+                             if big else "-")
+        for k in ("network", *SHOWN):
+            d = np.array([got[True][n][k] - clean[True][n][k] for n, _ in slices])
+            flips = sum(np.isfinite(got[True][n][k]) != np.isfinite(clean[True][n][k]) for n, _ in slices)
             cell = f"{np.nanmean(np.abs(d)):.3g}" if np.isfinite(d).any() else "-"
             cells.append(cell + (f" ({flips} NaN<->finite)" if flips else ""))
-            if k == "score":
-                moved = np.abs(np.nan_to_num(d)) > 0.5
-                flagged = np.array([got[n]["flagged"] for n in got])
-                cells.append(f"{np.nanmean(d):+.3g}")
-                cells.append(f"{np.mean(moved):.2f}")
-                cells.append(f"{int((moved & flagged).sum())} of {int(moved.sum())}")
-                cells.append(f"{np.mean([got[n]['stretched'] for n in got]):.2f}")
         print(f"| {count} x r{radius} px at {level:g} ranges | " + " | ".join(cells) + " |", flush=True)
     return 0
 

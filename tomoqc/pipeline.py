@@ -67,6 +67,10 @@ The quality output is an :class:`xarray.Dataset`:
     of the wavelet bands instead of their median (score units; about 0 for white noise;
     :meth:`tomoqc.models.measured.MeasuredTerms.noise_confound_gap`). NaN without a noise term.
     New in format version 3.
+``inclusion_fraction(z)`` float32
+    Share of the slice's pixels filled as dense inclusions before it was scored (metal
+    particles and the like far denser than the sample, :mod:`tomoqc.inclusions`; 0 when it
+    has none or with ``fill_inclusions=False``). New in format version 4.
 
 ``z`` holds the indices of the scored slices along the slicing axis.
 
@@ -121,7 +125,8 @@ INDICATOR_VARIABLES = (("noise_index", "noise"), ("blur_index", "blur"), ("ring_
                        ("streak_index", "streak"), ("missing_wedge", "wedge"),
                        ("view_spacing", "spacing"))
 OUTPUT_VARIABLES = ("score", "score_uncertainty", "flag", "valid_fraction", "patch_score", "severity",
-                    *(name for name, _ in INDICATOR_VARIABLES), "noise_confound_gap")
+                    *(name for name, _ in INDICATOR_VARIABLES), "noise_confound_gap", "inclusion_fraction")
+_INCLUSION_ATTRS = {"long_name": "share of the slice filled as dense inclusions before scoring", "units": "1"}
 _GAP_ATTRS = {"long_name": "score gained with the noise read from the flattest wavelet coefficients "
                            "(structure read as noise)", "units": "score units (1-5 scale)"}
 _INDICATOR_ATTRS = {
@@ -145,7 +150,7 @@ MAX_ALIGNED_BYTES = 256 * 2**20
 #: Fewest patches a task should hold (see ``_default_chunk``).
 MIN_TASK_PATCHES = 64
 OUTPUT_SUFFIX = ".quality.zarr"
-_FORMAT_VERSION = 3
+_FORMAT_VERSION = 4
 
 # ----------------------------------------------------------------------------- the job
 
@@ -158,8 +163,9 @@ class ScoreJob(SliceJob):
 
     def __init__(self, path: str, sha256: str, batch_size: int, measured_terms: bool, ring_center, tta: int,
                  grid: tuple[int, int, np.ndarray] | None = None, axis_error: float | None = None,
-                 relative_terms: bool = False, patch: int | None = None):
+                 relative_terms: bool = False, patch: int | None = None, fill_inclusions: bool = True):
         self.path, self.sha256, self.batch_size = path, sha256, int(batch_size)
+        self.fill_inclusions = bool(fill_inclusions)
         self.patch = patch  # side of the scored patches (the model card's), for the output layout
         self.measured_terms, self.ring_center, self.tta = bool(measured_terms), tuple(ring_center), tta
         self.axis_error = axis_error  # the volume's rotation-axis error (px), measured once
@@ -179,7 +185,8 @@ class ScoreJob(SliceJob):
 
     def process(self, model, block):
         return score_block(model, block, measured_terms=self.measured_terms, ring_center=self.ring_center,
-                           tta=self.tta, axis_error=self.axis_error, relative_terms=self.relative_terms)
+                           tta=self.tta, axis_error=self.axis_error, relative_terms=self.relative_terms,
+                           fill_inclusions=self.fill_inclusions)
 
     def create_store(self, path, zsel, chunk, attrs):
         py, px, starts = self.grid
@@ -205,6 +212,7 @@ class ScoreJob(SliceJob):
             "severity": (np.full((n, len(DISTORTIONS)), np.nan, np.float32), 0),
             **{name: (np.full(n, np.nan, np.float32), 0) for name, _ in INDICATOR_VARIABLES},
             "noise_confound_gap": (np.full(n, np.nan, np.float32), 0),
+            "inclusion_fraction": (np.full(n, np.nan, np.float32), 0),
         }
 
 
@@ -271,7 +279,8 @@ def _volume_axis_error(vol, zsel, model_path: str, *, probes: int = 3) -> float 
 
 
 def score_block(model, block: np.ndarray, *, measured_terms: bool = True, ring_center=None,
-                tta: int | None = None, axis_error: float | None = None, relative_terms: bool = False) -> dict:
+                tta: int | None = None, axis_error: float | None = None, relative_terms: bool = False,
+                fill_inclusions: bool = True) -> dict:
     """Score a stack of raw slices with a loaded model.
 
     Parameters
@@ -281,6 +290,8 @@ def score_block(model, block: np.ndarray, *, measured_terms: bool = True, ring_c
         Raw slices, any real dtype.
     tta : int, optional
         Test-time views per patch (default: the model's, 2).
+    fill_inclusions : bool
+        Fill dense inclusions before scoring (:mod:`tomoqc.inclusions`).
 
     Returns
     -------
@@ -292,7 +303,8 @@ def score_block(model, block: np.ndarray, *, measured_terms: bool = True, ring_c
         ``noise_confound_gap`` (n,); float32 unless said.
     """
     res = model.score_slices(block, mode="grid", measured_terms=measured_terms, ring_center=ring_center, tta=tta,
-                             axis_error=axis_error, relative_terms=relative_terms)
+                             axis_error=axis_error, relative_terms=relative_terms,
+                             fill_inclusions=fill_inclusions)
     return {
         "score": np.asarray(res["score"], np.float32),
         "score_uncertainty": np.asarray(res["score_uncertainty"], np.float32),
@@ -302,6 +314,7 @@ def score_block(model, block: np.ndarray, *, measured_terms: bool = True, ring_c
         "severity": np.asarray(res["severity"], np.float32),
         **{name: np.asarray(res["indicators"][k], np.float32) for name, k in INDICATOR_VARIABLES},
         "noise_confound_gap": np.asarray(res["noise_confound_gap"], np.float32),
+        "inclusion_fraction": np.asarray(res["inclusion_fraction"], np.float32),
     }
 
 
@@ -382,6 +395,7 @@ def _template(z, py, px, starts, chunk, attrs, patch):
             ),
             **{name: (("z",), nan((n,), (c,)), _INDICATOR_ATTRS[name]) for name, _ in INDICATOR_VARIABLES},
             "noise_confound_gap": (("z",), nan((n,), (c,)), _GAP_ATTRS),
+            "inclusion_fraction": (("z",), nan((n,), (c,)), _INCLUSION_ATTRS),
         },
         coords={
             "z": ("z", np.asarray(z, dtype=np.int64), {"long_name": "slice index along the slicing axis"}),
@@ -454,6 +468,7 @@ def score(
     ring_center=None,
     tta: int | None = None,
     relative_terms: bool = False,
+    fill_inclusions: bool = True,
 ):
     """Score every ``step``-th slice of a volume with the TIQA network.
 
@@ -514,6 +529,11 @@ def score(
         Test-time views per patch for ``score_uncertainty``: 1, 2 (default: identity and
         transpose, about twice the inference of one view), 4 or 8 (every flip and
         rotation of the square).
+    fill_inclusions : bool
+        Fill each slice's dense inclusions (metal particles and the like, far denser than
+        the sample) with their surroundings' texture before scoring, so that they do not
+        move the score (:mod:`tomoqc.inclusions`; the share is ``inclusion_fraction``).
+        False scores every slice as it is.
 
     Returns
     -------
@@ -556,6 +576,7 @@ def score(
                   "ring_center_source": ring_source}
     axis_px = _volume_axis_error(vol, zsel, mpath) if measured_terms and relative_terms else None
     ring_attrs["relative_terms"] = bool(relative_terms)
+    ring_attrs["fill_inclusions"] = bool(fill_inclusions)
     if axis_px is not None:
         ring_attrs["axis_error_px"] = round(float(axis_px), 3)
 
@@ -577,6 +598,7 @@ def score(
         "measured_terms": bool(measured_terms),
         "ring_center": list(ring_center),
         "tta_views": tta,
+        "fill_inclusions": bool(fill_inclusions),
     }
 
     final = None
@@ -612,7 +634,8 @@ def score(
         "tta_views": tta,
     }
     job = ScoreJob(mpath, msha, batch_size, measured_terms, ring_center, tta, grid=(py, px, starts),
-                   axis_error=axis_px, relative_terms=relative_terms, patch=patch)
+                   axis_error=axis_px, relative_terms=relative_terms, patch=patch,
+                   fill_inclusions=fill_inclusions)
     run = run_job(
         job, vol, zsel, src_path=src_path, dataset=dataset_name, axis=axis, final=final, params=params,
         attrs=attrs, chunk=chunk, contiguous=step == 1, client=client, cluster=cluster, workers=workers,
@@ -637,6 +660,7 @@ def score(
             "severity": (("z", "distortion"), a["severity"]),
             **{name: (("z",), a[name], _INDICATOR_ATTRS[name]) for name, _ in INDICATOR_VARIABLES},
             "noise_confound_gap": (("z",), a["noise_confound_gap"], _GAP_ATTRS),
+            "inclusion_fraction": (("z",), a["inclusion_fraction"], _INCLUSION_ATTRS),
         },
         coords={
             "z": zsel,

@@ -140,6 +140,11 @@ def score(
         2, "--tta-views",
         help="Test-time views of up to 2 patches per slice for the score uncertainty: 1, 2 (identity and "
              "transpose), 4 or 8 (every flip and rotation). Scores do not depend on it."),
+    keep_inclusions: bool = typer.Option(
+        False, "--keep-inclusions",
+        help="Score each slice as it is, without filling its dense inclusions (small regions far denser "
+             "than the sample, such as metal particles) with their surroundings first. The share filled is "
+             "written as inclusion_fraction."),
     fail_below: Optional[float] = typer.Option(None, "--fail-below", help=_FAIL_HELP),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing quality outputs."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object per volume per line."),
@@ -190,7 +195,8 @@ def score(
         for v in volumes:
             kwargs = dict(model=model, out=out, dataset=dataset, axis=axis, step=step, batch_size=batch_size,
                           overwrite=overwrite, chunk_slices=chunk_slices, progress=not quiet,
-                          measured_terms=not no_measured_terms, ring_center=center, tta=tta_views)
+                          measured_terms=not no_measured_terms, ring_center=center, tta=tta_views,
+                          fill_inclusions=not keep_inclusions)
             if client is None:
                 ds = score_volume(v, cluster="none", **kwargs)
             else:

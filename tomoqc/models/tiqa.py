@@ -932,6 +932,7 @@ class TiqaModel:
         ood: bool = True,
         features: bool = False,
         measure: bool = True,
+        fill_inclusions: bool = True,
     ) -> dict:
         """Score whole slices of any size.
 
@@ -997,6 +998,13 @@ class TiqaModel:
         measure : bool
             Measure the indicators (False: NaN indicators and no measured terms; for fits
             of the network's own outputs).
+        fill_inclusions : bool
+            With ``normalize``: fill each slice's dense inclusions (small regions far denser
+            than the sample: metal particles, current-collector fragments;
+            :mod:`tomoqc.inclusions`) with their surroundings' texture before it is
+            normalised, scored and measured, so that they do not move the score; the share
+            they covered is returned as ``inclusion_fraction``. False scores the slice as it
+            is.
 
         When the model card has ``measured_terms``
         (:class:`tomoqc.models.measured.MeasuredTerms`), the slice score combines the
@@ -1035,8 +1043,11 @@ class TiqaModel:
             flattest wavelet coefficients (:meth:`~tomoqc.models.measured.MeasuredTerms.noise_confound_gap`;
             NaN without a noise term); ``ring_center`` and
             ``ring_center_source`` (``"given"``, ``"found"`` or ``"slice centre"``);
-            ``views`` (int); with ``features``, ``features``: a list of (m_i, D) arrays.
+            ``views`` (int); ``inclusion_fraction`` (n,) float32, the share of each slice's
+            pixels filled as dense inclusions (0 without ``fill_inclusions`` or
+            ``normalize``); with ``features``, ``features``: a list of (m_i, D) arrays.
         """
+        from tomoqc.inclusions import remove_dense_inclusions
         from tomoqc.preprocess import outside_values, patch_has_structure
 
         mode = self.sampling if mode is None else mode
@@ -1059,11 +1070,16 @@ class TiqaModel:
         flags = np.zeros(n, np.int32)
 
         prepared = []
+        inclusion_share = np.zeros(n, np.float32)
+        # the axis the inclusions keep clear of: the given one, else the slice centre
+        inclusion_axis = ring_center if isinstance(ring_center, tuple) else None
         stretch = np.full(n, np.nan)  # tail_stretch of each slice, for the out-of-distribution test
         whole = []  # normalised slices before padding
         measured_on = []  # the slices as given, for the measured indicators (which normalise without clipping)
         for i in range(n):
             sl = arr[i]
+            if normalize and fill_inclusions:
+                sl, inclusion_share[i] = remove_dense_inclusions(sl, center=inclusion_axis)
             if ood:
                 stretch[i] = tail_stretch(sl)
             if normalize:
@@ -1309,6 +1325,7 @@ class TiqaModel:
             "valid_fraction": valid_fraction,
             "mode": mode,
             "views": views,
+            "inclusion_fraction": inclusion_share,
         }
         if features:
             out["features"] = patch_feats
