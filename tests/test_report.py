@@ -19,7 +19,7 @@ from tomoqc.report import report, summarize, worst_ranges
 
 def write_quality(path: Path, scores, *, z=None, severity=None, flags=None, input_path="", complete=True,
                   ring_index=None, uncertainty=None, distortions=("noise", "blur", "ring"), missing_wedge=None,
-                  view_spacing=None, noise_confound_gap=None):
+                  view_spacing=None, noise_confound_gap=None, inclusion_fraction=None):
     """A quality output with known numbers, in the layout `tomoqc score` writes."""
     scores = np.asarray(scores, np.float32)
     n = len(scores)
@@ -48,6 +48,8 @@ def write_quality(path: Path, scores, *, z=None, severity=None, flags=None, inpu
         ds["view_spacing"] = (("z",), np.asarray(view_spacing, np.float32))
     if noise_confound_gap is not None:
         ds["noise_confound_gap"] = (("z",), np.asarray(noise_confound_gap, np.float32))
+    if inclusion_fraction is not None:
+        ds["inclusion_fraction"] = (("z",), np.asarray(inclusion_fraction, np.float32))
     ds.to_zarr(str(path), mode="w", consolidated=False)
     return path
 
@@ -335,3 +337,19 @@ def test_a_failure_that_hinges_on_the_noise_reading_is_uncertain(tmp_path):
     rows = list(csv.DictReader(open(tmp_path / "r" / "report.csv")))
     assert [row["verdict"] for row in rows] == ["uncertain", "fail"]
     assert rows[0]["noise_confounded_fraction"] == "0.3"
+
+
+def test_the_share_of_slices_with_inclusions_filled_is_reported(tmp_path):
+    """Three of ten scored slices had dense inclusions filled (one more slice is not scored);
+    an output of an earlier version has no such variable and reports None."""
+    n = 11
+    s = np.full(n, 4.0, np.float32)
+    s[-1] = np.nan
+    inc = np.zeros(n, np.float32)
+    inc[[1, 4, 7, 10]] = 0.004
+    got = summarize(write_quality(tmp_path / "a.quality.zarr", s, inclusion_fraction=inc))
+    assert got["slices"] == 10 and got["inclusions_filled_fraction"] == pytest.approx(0.3)
+    assert summarize(write_quality(tmp_path / "b.quality.zarr", s))["inclusions_filled_fraction"] is None
+    report([tmp_path / "a.quality.zarr", tmp_path / "b.quality.zarr"], tmp_path / "r")
+    rows = list(csv.DictReader(open(tmp_path / "r" / "report.csv")))
+    assert rows[0]["inclusions_filled_fraction"] == "0.3" and rows[1]["inclusions_filled_fraction"] == ""

@@ -81,6 +81,7 @@ CSV_FIELDS = [
     "median_score_uncertainty",
     "ood_fraction",
     "noise_confounded_fraction",
+    "inclusions_filled_fraction",
     "worst_slices",
     "dominant_distortion",
     "severity_noise",
@@ -185,6 +186,9 @@ def summarize(ds_or_path, *, fail_below: float | None = None) -> dict:
         ``score_uncertainty`` of the scored slices, score units; None for outputs without
         one), ``ood_fraction`` (share of the scored slices flagged out of distribution),
         ``noise_confounded_fraction`` (share flagged noise confounded),
+        ``inclusions_filled_fraction`` (share of the scored slices whose dense inclusions were
+        filled before scoring, :mod:`tomoqc.inclusions`; None for outputs without
+        ``inclusion_fraction``),
         ``verdict`` (``pass``, ``fail``, ``uncertain`` or ``unknown``: see the module
         documentation), ``threshold``, ``model_id``.
     """
@@ -239,6 +243,10 @@ def summarize(ds_or_path, *, fail_below: float | None = None) -> dict:
         unc = float(np.median(u)) if u.size else None
     ood = float(np.count_nonzero(flag[ok] == _FLAG_OOD) / ok.sum()) if ok.any() else 0.0
     confounded = float(np.count_nonzero(flag[ok] == _FLAG_NOISE_CONFOUNDED) / ok.sum()) if ok.any() else 0.0
+    filled = None
+    if "inclusion_fraction" in ds:  # outputs of earlier versions have none
+        inc = np.asarray(ds["inclusion_fraction"].values, dtype=np.float64)
+        filled = float(np.count_nonzero(ok & (inc > 0)) / ok.sum()) if ok.any() else 0.0
     if ok.any():
         med = float(np.median(s[ok]))
         p5 = float(np.percentile(s[ok], 5))
@@ -271,6 +279,7 @@ def summarize(ds_or_path, *, fail_below: float | None = None) -> dict:
         "median_score_uncertainty": None if unc is None else _r(unc),
         "ood_fraction": round(ood, 4),
         "noise_confounded_fraction": round(confounded, 4),
+        "inclusions_filled_fraction": None if filled is None else round(filled, 4),
         "worst_slices": worst_ranges(z, s, threshold),
         "dominant_distortion": dominant,
         "severity": sev,
@@ -385,6 +394,8 @@ def plot_volume(ds_or_path, png, *, summary: dict | None = None) -> Path:
     ood_txt = f", {100 * summary['ood_fraction']:.0f}% out of distribution" if summary.get("ood_fraction") else ""
     if summary.get("noise_confounded_fraction"):
         ood_txt += f", noise reading confounded by structure on {100 * summary['noise_confounded_fraction']:.0f}%"
+    if summary.get("inclusions_filled_fraction"):
+        ood_txt += f", dense inclusions filled on {100 * summary['inclusions_filled_fraction']:.0f}%"
     if (summary.get("axis_error_px") or 0.0) >= AXIS_WARN_PX:
         ood_txt += f", rotation axis about {summary['axis_error_px']:.1f} px off"
     if summary.get("dominant_distortion") == "limited angle" and summary.get("missing_wedge_deg") is not None:

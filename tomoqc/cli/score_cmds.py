@@ -61,7 +61,7 @@ def _print_summaries(summaries, as_json: bool) -> None:
             row.update({k: s[k] for k in ("slices_total", "flagged", "min_score", "worst_slices",
                                           "severity", "median_ring_index", "threshold", "model_id")})
             row.update({k: s.get(k) for k in ("median_score_uncertainty", "ood_fraction", "noise_confounded_fraction",
-                                              "axis_error_px")})
+                                              "inclusions_filled_fraction", "axis_error_px")})
             print(json.dumps(row), flush=True)
         return
     from rich.console import Console
