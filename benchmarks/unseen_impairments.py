@@ -10,7 +10,7 @@ Every training stage, measured term and benchmark of the bundled model degrades 
 fewer or fewer-than-half-turn views, detector blur, detector gain and rings, the axis. Real
 scans suffer more. This benchmark degrades the *measured* sinograms of the real-orderings
 samples (Savu 24737 rows 72, 88, 104, 120, reconstructed about the scan's axis; HTC2022 discs
-ta, 01a, 03b, 05c, rebinned to parallel beam; none used in training) by four impairments
+ta, 01a, 03b, 05c, rebinned to parallel beam; none used in training) by five impairments
 the model never saw, each at four levels (best first), reconstructs them by filtered
 back-projection and scores them in-process:
 
@@ -23,6 +23,9 @@ motion         the sample slips once, half-way through the scan
                (:func:`tomoqc.realdata.sample_motion`): 0, 1, 2, 4 px
 lag            scintillator afterglow (:func:`tomoqc.realdata.detector_lag`): each reading
                keeps 0, 20, 40, 70 % of the one before it in time
+hardening      a polychromatic beam (:func:`tomoqc.realdata.beam_hardening`): two halves of
+               the spectrum attenuated 1 -+ 0, 0.3, 0.5, 0.7 times as much; cupping and dark
+               streaks between dense regions
 =============  ================================================================================
 
 It prints, per impairment, the share of within-series pairs ordered right (ties half) by the
@@ -52,7 +55,7 @@ sys.path.insert(0, str(REPO))
 
 SAMPLES = ("savu:72", "savu:88", "savu:104", "savu:120", "htc:ta", "htc:01a", "htc:03b", "htc:05c")
 LEVELS = {"zingers": (0.0, 3e-4, 1e-3, 3e-3), "jitter": (0.0, 0.5, 1.0, 2.0), "motion": (0.0, 1.0, 2.0, 4.0),
-          "lag": (0.0, 0.2, 0.4, 0.7)}
+          "lag": (0.0, 0.2, 0.4, 0.7), "hardening": (0.0, 0.3, 0.5, 0.7)}
 
 
 def impaired(kind: str, sino, level: float, seed: int):
@@ -64,6 +67,8 @@ def impaired(kind: str, sino, level: float, seed: int):
         return rd.projection_jitter(sino, level, seed)
     if kind == "lag":
         return rd.detector_lag(sino, level)
+    if kind == "hardening":
+        return rd.beam_hardening(sino, level)
     return rd.sample_motion(sino, level)
 
 
@@ -92,6 +97,8 @@ def main(argv=None) -> int:
     ap.add_argument("--model", type=Path, default=None, help="TIQA model (.keras); default the bundled one")
     ap.add_argument("--seed", type=int, default=11)
     ap.add_argument("--plot", type=Path, default=None, help="PNG of score against level per sample (float images)")
+    ap.add_argument("--kinds", nargs="+", default=list(LEVELS), choices=list(LEVELS),
+                    help="impairments to run (default all)")
     ap.add_argument("--formats", nargs="+", default=["float"], choices=["float", "png", "jpeg"],
                     help="also score 8-bit PNG / JPEG (quality 90) exports, windowed on each series' best image")
     args = ap.parse_args(argv)
@@ -110,7 +117,7 @@ def main(argv=None) -> int:
     src = RealSources(args.realdata)
     rows = []  # (kind, sample, rank, score, network, noise estimator, flagged, compare score, format)
     for sample in SAMPLES:
-        for kind in LEVELS:
+        for kind in args.kinds:
             floats = series(src, sample, kind, args.seed)
             window = tuple(float(v) for v in np.percentile(floats[0], [0.5, 99.5]))
             for fmt in args.formats:
@@ -128,7 +135,7 @@ def main(argv=None) -> int:
     print("| impairment | levels | format | TIQA | TIQA with the axis term (compare) | network alone | noise estimator "
           "| flagged |")
     print("|---|---|---|---|---|---|---|---|")
-    for kind, levels in LEVELS.items():
+    for kind, levels in ((k, LEVELS[k]) for k in args.kinds):
         for fmt in args.formats:
             sub = [r for r in rows if r[0] == kind and r[8] == fmt]
             ranks, groups = [r[2] for r in sub], [r[1] for r in sub]
@@ -140,7 +147,7 @@ def main(argv=None) -> int:
     print(f"\n{args.formats[0]} images\n")
     print("| impairment | sample | TIQA by level | network alone by level |")
     print("|---|---|---|---|")
-    for kind in LEVELS:
+    for kind in args.kinds:
         for sample in SAMPLES:
             sub = [r for r in rows if r[0] == kind and r[1] == sample]
             print(f"| {kind} | {sample} | {' '.join(f'{r[3]:.2f}' for r in sub)} "
@@ -151,8 +158,9 @@ def main(argv=None) -> int:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
 
-        fig, axes = plt.subplots(1, len(LEVELS), figsize=(4 * len(LEVELS), 3.4), sharey=True)
-        for ax, (kind, levels) in zip(axes, LEVELS.items()):
+        fig, axes = plt.subplots(1, len(args.kinds), figsize=(4 * len(args.kinds), 3.4), sharey=True, squeeze=False)
+        axes = axes[0]
+        for ax, (kind, levels) in zip(axes, ((k, LEVELS[k]) for k in args.kinds)):
             for sample in SAMPLES:
                 sub = [r for r in rows if r[0] == kind and r[1] == sample]
                 ax.plot(range(len(levels)), [r[3] for r in sub], "o-", label=sample)

@@ -191,6 +191,35 @@ def test_detector_lag_keeps_a_static_signal_and_decays_a_change_geometrically():
         rd.detector_lag(static, 1.0)
 
 
+def test_beam_hardening_is_the_two_energy_mean_and_cups_a_uniform_disc():
+    p = np.tile(np.linspace(0.0, 6.0, 61), (3, 1))
+    k = 0.5
+    out = rd.beam_hardening(p, k)
+    # the transmission is the mean of the two parts of the spectrum, exactly
+    np.testing.assert_allclose(np.exp(-out), 0.5 * (np.exp(-(1 + k) * p) + np.exp(-(1 - k) * p)), rtol=1e-12)
+    # below the line integral for any path, and p - k^2 p^2 / 2 to second order for short ones
+    assert np.all(out[:, 1:] < p[:, 1:]) and np.all(out[:, 0] == 0)
+    short = np.array([[1e-3, 2e-3]])
+    np.testing.assert_allclose(rd.beam_hardening(short, k), short - k ** 2 * short ** 2 / 2, rtol=1e-5)
+    assert np.isfinite(rd.beam_hardening(np.full((2, 2), 800.0), 0.9)).all()  # long paths stay finite
+    assert np.array_equal(rd.beam_hardening(p, 0.0), p)
+    with pytest.raises(OptionError):
+        rd.beam_hardening(p, 1.0)
+    # a uniform disc scanned through a hardened beam reconstructs darker at its centre (cupping)
+    n = 96
+    yy, xx = np.mgrid[:n, :n] - (n - 1) / 2
+    disc = (np.hypot(yy, xx) < 36).astype(float)
+    from tomoqc.distort.physics import scanner
+
+    sc = scanner((n, n), 144)
+    sino = sc.project(disc) * (3.0 / n)  # a diameter of the disc attenuates by about exp(-2.25)
+    hard = sc.reconstruct(rd.beam_hardening(sino, 0.6))
+    flat = sc.reconstruct(sino)
+    centre, rim = np.hypot(yy, xx) < 8, (np.hypot(yy, xx) > 26) & (np.hypot(yy, xx) < 32)
+    assert hard[centre].mean() < 0.97 * hard[rim].mean()
+    assert abs(flat[centre].mean() - flat[rim].mean()) < 0.02 * flat[rim].mean()
+
+
 def test_remove_stripes(sino_scan):
     _, p = sino_scan
     p = p / N  # a path of N pixels of value 1 attenuates by exp(-1)
