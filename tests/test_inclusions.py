@@ -182,3 +182,16 @@ def test_tomoqc_score_writes_the_filled_share(tmp_path):
         assert frac[0] == 0.0
         assert (frac[1] > 0.0) == (out == "filled")
         assert ds.attrs["fill_inclusions"] == (out == "filled")
+
+
+def test_compare_carries_the_filled_share_and_keeps_them_when_told():
+    import tomoqc
+
+    img = _real("htc2022_ta_fbp256").astype(np.float32)
+    drawn, _ = _discs(img, _off_axis_centres(img.shape, 6, seed=2), 3, 10.0)
+    for fill in (True, False):
+        ds = tomoqc.compare([drawn.astype(np.float32), img], labels=["particles", "clean"], workers=0,
+                            progress=False, fill_inclusions=fill, tta=1)
+        frac = ds["inclusion_fraction"]
+        assert float(frac.sel(variant="clean").values[0]) == 0.0
+        assert (float(frac.sel(variant="particles").values[0]) > 0.0) == fill

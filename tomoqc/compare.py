@@ -24,8 +24,8 @@ An :class:`xarray.Dataset` with dims ``variant`` (the labels) and ``z`` (the sli
 indices):
 
 ``score``, ``score_uncertainty``, ``flag``, ``valid_fraction`` (variant, z), ``severity``
-(variant, z, distortion) and the indicators ``noise_index``, ``blur_index``, ``ring_index``,
-``streak_index``, ``missing_wedge``, ``view_spacing`` (variant, z)
+(variant, z, distortion), the indicators ``noise_index``, ``blur_index``, ``ring_index``,
+``streak_index``, ``missing_wedge``, ``view_spacing`` and ``inclusion_fraction`` (variant, z)
     The quality outputs of the variants (see :mod:`tomoqc.pipeline`).
 ``paired`` (z)
     True where every variant has a score: the slices the statistics use.
@@ -99,7 +99,7 @@ TIE_RULE = ("tied with the best when |median paired difference| <= its combined 
 
 #: Per-slice variables copied from each variant's quality output.
 _SLICE_VARS = ("score", "score_uncertainty", "flag", "valid_fraction", "noise_index", "blur_index", "ring_index",
-               "streak_index", "missing_wedge", "view_spacing")
+               "streak_index", "missing_wedge", "view_spacing", "inclusion_fraction")
 #: Per-variant statistics, in the order of compare.csv.
 _RANK_FIELDS = ("rank", "label", "path", "parameter", "median_score", "uncertainty", "slice_uncertainty",
                 "median_difference", "ci_low", "ci_high", "difference_uncertainty", "p_value", "test", "wins",
@@ -583,6 +583,7 @@ def compare(
     measured_terms: bool = True,
     ring_center=None,
     tta: int | None = None,
+    fill_inclusions: bool = True,
     alpha: float = ALPHA,
     n_boot: int = N_BOOTSTRAP,
     seed: int = 0,
@@ -614,7 +615,7 @@ def compare(
         The array or group inside an HDF5 / zarr sweep.
     axis : {"z", "y", "x"}
         Axis to slice along.
-    model, batch_size, measured_terms, ring_center, tta
+    model, batch_size, measured_terms, ring_center, tta, fill_inclusions
         As :func:`tomoqc.pipeline.score`.
     out : path, optional
         Folder for ``compare.json``, ``compare.csv``, ``compare.html`` (with its PNGs)
@@ -697,10 +698,10 @@ def compare(
     identity = {"model_sha256": msha, "model_card_sha256": card_sha256(mpath), "measured_terms": bool(measured_terms),
                 "relative_terms": True,
                 "ring_center": None if ring_center is None else str(ring_center),
-                "tta": DEFAULT_TTA_VIEWS if tta is None else int(tta)}
+                "tta": DEFAULT_TTA_VIEWS if tta is None else int(tta), "fill_inclusions": bool(fill_inclusions)}
     # variants of one scan: the relative terms (rotation-axis error) join the score
     score_kwargs = dict(model=mpath, batch_size=batch_size, measured_terms=measured_terms, ring_center=ring_center,
-                        tta=tta, progress=progress, relative_terms=True)
+                        tta=tta, progress=progress, relative_terms=True, fill_inclusions=fill_inclusions)
 
     def score_all(cl):
         return [_score_variant(k, v, idx, out=out_dir, client=cl, axis=axis, score_kwargs=score_kwargs,

@@ -117,6 +117,8 @@ def compare(
     no_measured_terms: bool = typer.Option(False, "--no-measured-terms", help="Score with the network alone."),
     ring_center: Optional[str] = typer.Option(None, "--ring-center", help="Rotation axis ROW,COL for the ring index."),
     tta_views: int = typer.Option(2, "--tta-views", help="Test-time views for the score uncertainty: 1, 2, 4 or 8."),
+    keep_inclusions: bool = typer.Option(False, "--keep-inclusions",
+                                         help="Score slices as they are, without filling dense inclusions first."),
     alpha: float = typer.Option(0.05, "--alpha", help="Significance level of the paired tests."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
     verbose: Verbose = False,
@@ -151,7 +153,7 @@ def compare(
     ds = run_compare(list(variants or []), sweep=sweep, labels=names, slices=slices, dataset=dataset,
                      sweep_dataset=sweep_dataset, axis=axis, model=model, out=out, cluster=cluster, workers=workers,
                      cluster_options=options, measured_terms=not no_measured_terms, ring_center=center,
-                     tta=tta_views, alpha=alpha, progress=not quiet)
+                     tta=tta_views, fill_inclusions=not keep_inclusions, alpha=alpha, progress=not quiet)
     s = summary(ds)
     if as_json:
         print(json.dumps(s), flush=True)
