@@ -45,6 +45,7 @@ from __future__ import annotations
 import numpy as np
 
 from tomoqc.errors import InputError
+from tomoqc.preprocess import check_slice
 
 __all__ = [
     "BULK_LOW",
@@ -85,15 +86,6 @@ AXIS_CLEARANCE_PX = 16.0
 ARC_RATIO = 2.0
 
 
-def _check(img) -> np.ndarray:
-    a = np.asarray(img)
-    if a.ndim != 2:
-        raise InputError(None, f"expected a 2-D slice, got an array of shape {a.shape}")
-    if not (np.issubdtype(a.dtype, np.number) or a.dtype == bool) or np.iscomplexobj(a):
-        raise InputError(None, f"expected a real-valued slice, got dtype {a.dtype}")
-    return a
-
-
 def _is_arc(ys: np.ndarray, xs: np.ndarray) -> bool:
     """Whether points (relative to the axis) spread along a circle about it rather than across."""
     rho = np.hypot(ys, xs)
@@ -115,7 +107,7 @@ def dense_inclusion_mask(img, *, center=None) -> np.ndarray:
     """
     from scipy import ndimage as ndi
 
-    a = _check(img)
+    a = check_slice(img)
     x = a.astype(np.float64, copy=False)
     finite = np.isfinite(x)
     none = np.zeros(x.shape, bool)
@@ -175,7 +167,7 @@ def fill_inclusions(img, mask, *, margin: int = 3) -> np.ndarray:
     """
     from scipy import ndimage as ndi
 
-    a = _check(img)
+    a = check_slice(img)
     m = np.asarray(mask, bool)
     if m.shape != a.shape:
         raise InputError(None, f"mask of shape {m.shape} does not match the slice's {a.shape}")
@@ -217,7 +209,7 @@ def fill_inclusions(img, mask, *, margin: int = 3) -> np.ndarray:
 def remove_dense_inclusions(img, *, center=None) -> tuple[np.ndarray, float]:
     """``(slice, share)``: ``img`` with its dense inclusions filled, and the share of its pixels
     they covered. The slice is ``img`` itself (not a copy) when it has none."""
-    a = _check(img)
+    a = check_slice(img)
     mask = dense_inclusion_mask(a, center=center)
     if not mask.any():
         return a, 0.0

@@ -22,6 +22,7 @@ import numpy as np
 from tomoqc.errors import InputError
 
 __all__ = [
+    "check_slice",
     "normalize_slice",
     "normalize_slice_flagged",
     "tail_stretch",
@@ -30,6 +31,17 @@ __all__ = [
     "outside_values",
     "fov_fraction",
 ]
+
+
+def check_slice(img) -> np.ndarray:
+    """``img`` as an array, or :class:`InputError` when it is not a 2-D slice of real values
+    (numbers or bools, not complex)."""
+    arr = np.asarray(img)
+    if arr.ndim != 2:
+        raise InputError(None, f"expected a 2-D slice, got an array of shape {arr.shape}")
+    if not (np.issubdtype(arr.dtype, np.number) or arr.dtype == bool) or np.iscomplexobj(arr):
+        raise InputError(None, f"expected a real-valued slice, got dtype {arr.dtype}")
+    return arr
 
 
 def normalize_slice_flagged(
@@ -58,11 +70,7 @@ def normalize_slice_flagged(
         slice; when only the two percentiles coincide, the full range is used instead). Its output is then all zeros, a defined value, and the caller decides what
         a score of such a slice means.
     """
-    arr = np.asarray(img)
-    if arr.ndim != 2:
-        raise InputError(None, f"expected a 2-D slice, got an array of shape {arr.shape}")
-    if not (np.issubdtype(arr.dtype, np.number) or arr.dtype == bool) or np.iscomplexobj(arr):
-        raise InputError(None, f"expected a real-valued slice, got dtype {arr.dtype}")
+    arr = check_slice(img)
     if not 0.0 <= low < high <= 100.0:
         raise InputError(None, f"percentiles must satisfy 0 <= low < high <= 100, got {low}, {high}")
     x = arr.astype(np.float32, copy=False)

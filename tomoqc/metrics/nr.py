@@ -100,7 +100,8 @@ import math
 import numpy as np
 from scipy import ndimage, special
 
-from tomoqc.errors import InputError, OptionError
+from tomoqc.errors import OptionError
+from tomoqc.preprocess import check_slice
 
 __all__ = ["MAX_SIDE", "sample_mask", "contrast", "noise_levels", "noise_sigma", "noise_index", "noise_indices",
            "NOISE_ESTIMATORS", "LOW_QUANTILES", "noise_estimator_score",
@@ -137,12 +138,7 @@ def _central(a: np.ndarray, side: int) -> np.ndarray:
 
 
 def _check(img) -> np.ndarray:
-    a = np.asarray(img)
-    if a.ndim != 2:
-        raise InputError(None, f"expected a 2-D slice, got an array of shape {a.shape}")
-    if not (np.issubdtype(a.dtype, np.number) or a.dtype == bool) or np.iscomplexobj(a):
-        raise InputError(None, f"expected a real-valued slice, got dtype {a.dtype}")
-    return a.astype(np.float64, copy=False)
+    return check_slice(img).astype(np.float64, copy=False)
 
 
 def sample_mask(img, *, size: int = 5) -> np.ndarray:
