@@ -53,29 +53,32 @@ def real_slices(realdata: Path | None) -> list[tuple[str, np.ndarray]]:
     return test_and_named(realdata, EXTRA, dtype=np.float64)
 
 
+def disc_cover(shape, centres, radius: float) -> np.ndarray:
+    """The share of each pixel that discs of ``radius`` px about ``centres`` (row, col) cover, on a
+    4 x 4 subpixel grid (1 inside, 0 outside, the partial-volume share on their edge)."""
+    h, w = shape
+    sub = (np.arange(4) + 0.5) / 4 - 0.5
+    yy, xx = np.mgrid[:h, :w].astype(np.float64)
+    cover = np.zeros((h, w))
+    for cy, cx in centres:
+        disc = sum((np.hypot(yy + dy - cy, xx + dx - cx) <= radius).astype(np.float64) for dy in sub for dx in sub)
+        cover = np.maximum(cover, disc / sub.size ** 2)
+    return cover
+
+
 def with_inclusions(img: np.ndarray, count: int, radius: float, level: float, seed: int) -> np.ndarray:
     """``img`` with ``count`` discs of ``radius`` px at ``lo + level (hi - lo)`` (0.5 and 99.5 percentiles).
 
-    Each disc is drawn with its partial-volume edge (the share of each pixel it covers, on a 4 x 4
-    subpixel grid) and seen through a Gaussian of 0.7 px, as a scanner would image it; it replaces
-    the sample where it lies.
+    Each disc is drawn with its partial-volume edge (:func:`disc_cover`) and seen through a
+    Gaussian of 0.7 px, as a scanner would image it; it replaces the sample where it lies.
     """
     from scipy import ndimage
 
     rng = np.random.default_rng(seed)
     h, w = img.shape
     lo, hi = np.percentile(img[np.isfinite(img)], [0.5, 99.5])
-    sub = (np.arange(4) + 0.5) / 4 - 0.5
-    yy, xx = np.mgrid[:h, :w].astype(np.float64)
-    cover = np.zeros((h, w))
-    for _ in range(count):
-        cy, cx = rng.uniform(0.2, 0.8) * h, rng.uniform(0.2, 0.8) * w
-        disc = np.zeros((h, w))
-        for dy in sub:
-            for dx in sub:
-                disc += np.hypot(yy + dy - cy, xx + dx - cx) <= radius
-        cover = np.maximum(cover, disc / sub.size)
-    cover = ndimage.gaussian_filter(cover, 0.7)
+    centres = [(rng.uniform(0.2, 0.8) * h, rng.uniform(0.2, 0.8) * w) for _ in range(count)]
+    cover = ndimage.gaussian_filter(disc_cover((h, w), centres, radius), 0.7)
     return img * (1 - cover) + (lo + level * (hi - lo)) * cover
 
 
@@ -179,9 +182,6 @@ def scanned_through(slices, read, seed: int) -> None:
             x0 = ndimage.zoom(x0, 320 / max(x0.shape), order=1)
         h, w = x0.shape
         rng = np.random.default_rng(seed)
-        yy, xx = np.mgrid[:h, :w].astype(np.float64)
-        sub = (np.arange(4) + 0.5) / 4 - 0.5
-        cover = np.zeros((h, w))
         centres = []
         while len(centres) < 5:
             c = rng.uniform(0.25, 0.75) * h, rng.uniform(0.25, 0.75) * w
@@ -189,8 +189,7 @@ def scanned_through(slices, read, seed: int) -> None:
                     np.hypot(c[0] - o[0], c[1] - o[1]) < 14 for o in centres):
                 continue
             centres.append(c)
-            disc = sum((np.hypot(yy + dy - c[0], xx + dx - c[1]) <= 3).astype(float) for dy in sub for dx in sub)
-            cover = np.maximum(cover, disc / sub.size ** 2)
+        cover = disc_cover((h, w), centres, 3)
         away = ~ndimage.binary_dilation(cover > 0.01, iterations=3)
         errs, got = [], {True: [], False: []}
         for lv in SCAN_LEVELS:

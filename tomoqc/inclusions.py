@@ -4,7 +4,8 @@ Real samples hold things far denser than their matrix: metal particles, fragment
 current collector, high-Z minerals. Such an inclusion is structure, not an impairment, yet it
 moves a quality score: it takes the top of the intensity range, so the rest of the slice is
 seen compressed and smoother, and its hard edges enter the measured indicators. Drawn into
-real slices, a few small discs raised the score by 0.5-3.4 (``benchmarks/bright_inclusions.py``).
+real slices, a few small discs moved the score by up to 1.15 on slices at least a patch wide
+and by up to 3 on smaller ones (``benchmarks/bright_inclusions.py``).
 
 :func:`dense_inclusion_mask` finds them and :func:`fill_inclusions` replaces each with the
 texture of its own neighbourhood, so the slice is scored as the sample around them.
