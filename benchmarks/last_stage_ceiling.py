@@ -78,18 +78,13 @@ def rank_fit(run, groups_all, folds: int = 4, temperatures=(0.1, 0.3, 1.0)) -> t
     from sklearn.model_selection import GroupKFold
 
     from tomoqc.metrics import stats
-    from tomoqc.models.measured import INDICATORS, MeasuredTerms
+    from tomoqc.models.measured import MeasuredTerms
     from tomoqc.models.measured import _logit_score as logit_score
     from tomoqc.models.tiqa import default_weights_path
     from tomoqc.study import _card_of
 
     terms = MeasuredTerms.from_card(_card_of(Path(run.model) if run.model else default_weights_path()))
-    ind = run.indicators()
-    absolute = [k for k in INDICATORS if k not in terms.relative and k not in terms.onset]
-    held = terms.held(ind)
-    nan = np.full(len(run.pred), np.nan)
-    feats = np.stack([terms.feature(k, np.asarray(held.get(k, nan), np.float64)) for k in absolute], axis=1)
-    fixed = np.broadcast_to(terms.scaled(0.0).penalty(ind), nan.shape)  # the onset terms, as the card has them
+    absolute, feats, fixed = terms.absolute_design(run.indicators(), len(run.pred))
     x = logit_score(run.column("network"))
     ok = np.isfinite(x) & np.isfinite(run.label)
 

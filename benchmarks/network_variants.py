@@ -6,7 +6,7 @@ Usage::
 
     python benchmarks/network_variants.py --study S [--work DIR] [--views 1 2 4 8]
                                           [--finetune-epochs N] [--finetune-lr LR]
-                                          [--network M.keras ...]
+                                          [--network M.keras ...] [--zoom Z ...]
 
 ``S`` is a finished ``tomoqc study --out S`` run. ``benchmarks/last_stage_ceiling.py``
 changes only what follows the network; this benchmark changes the network's reading:
@@ -27,6 +27,9 @@ changes only what follows the network; this benchmark changes the network's read
   ``--network DIR/tiqa_default.keras``). Its card's calibration applies; the bundled card's
   measured terms were fitted on another reading, so again only the network alone and the
   refitted terms are shown.
+* **another scale** (``--zoom Z``): every image magnified Z times (cubic spline) before the
+  run's network reads it, alone and with the 1x reading (the mean of their logits): a second
+  scale, as BRISQUE reads its features at two.
 
 For each reading it prints the network alone, the card's own measured terms on it and the
 terms refitted on the train references (Table 2's fitted row), scored as Table 2 (ALL SROCC,
@@ -53,15 +56,18 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 
-def network_readings(run, model_path, views: int, cache: Path) -> np.ndarray:
+def network_readings(run, model_path, views: int, cache: Path, zoom: float = 1.0) -> np.ndarray:
     """The network score of ``run``'s phantom and real-ordering images under views 0..views-1,
-    (n, views) with NaN for its other rows, cached."""
+    (n, views) with NaN for its other rows, cached; with ``zoom`` != 1 each image is first
+    resampled by that factor (cubic spline, :func:`scipy.ndimage.zoom`)."""
     from tomoqc.models.tiqa import _view, load_model
 
     from _study_run import read_cache, write_cache
 
+    from scipy import ndimage
+
     model = load_model(model_path)
-    key = run.cache_key(model)
+    key = run.cache_key(model) + (f":zoom{zoom:g}" if zoom != 1 else "")
     done = read_cache(cache, key, "scores")
     if done is None:
         done = np.zeros((len(run.pred), 0))
@@ -75,6 +81,8 @@ def network_readings(run, model_path, views: int, cache: Path) -> np.ndarray:
         if i not in used:
             continue
         img = run.image(i)
+        if zoom != 1:
+            img = ndimage.zoom(np.asarray(img, np.float64), zoom, order=3).astype(np.float32)
         for k in range(done.shape[1], views):
             v = np.ascontiguousarray(_view(img[None], k)[0])
             res = model.score_slices(v[None], tta=1, ood=False, measure=False, measured_terms=False)
@@ -131,6 +139,9 @@ def main(argv=None) -> int:
     ap.add_argument("--finetune-lr", type=float, default=2e-5)
     ap.add_argument("--network", type=Path, nargs="*", default=[],
                     help="other TIQA networks (.keras with their .json card) to read the run's images with")
+    ap.add_argument("--zoom", type=float, nargs="*", default=[],
+                    help="also read every image magnified by these factors (one view), alone and with the "
+                         "1x reading (their logits averaged)")
     args = ap.parse_args(argv)
     if not args.views or min(args.views) < 1 or max(args.views) > 8:
         raise SystemExit(f"error: --views must lie in 1-8, got {args.views}")
@@ -141,7 +152,7 @@ def main(argv=None) -> int:
             raise SystemExit(f"error: {path}: not a TIQA network with its card (.keras and .json)")
 
     from tomoqc.metrics import stats
-    from tomoqc.models.measured import MeasuredTerms
+    from tomoqc.models.measured import MeasuredTerms, _logit_score, _score_of_logit
     from tomoqc.models.tiqa import default_weights_path
     from tomoqc.study import LOGISTIC_KIND, _card_of
 
@@ -161,6 +172,13 @@ def main(argv=None) -> int:
                          network_readings(run, tuned, 1, args.work / "finetuned.npz")[:, 0], False))
     for k, path in enumerate(args.network):
         variants.append((f"{path}", network_readings(run, path, 1, args.work / f"network{k}.npz")[:, 0], False))
+    for z in args.zoom:
+        if not 0.25 <= z <= 4:
+            raise SystemExit(f"error: --zoom must lie in 0.25-4, got {z}")
+        zoomed = network_readings(run, run.model, 1, args.work / f"zoom{z:g}.npz", zoom=z)[:, 0]
+        variants.append((f"read at {z:g}x", zoomed, True))
+        both = _score_of_logit((_logit_score(readings[:, 0]) + _logit_score(zoomed)) / 2)
+        variants.append((f"1x and {z:g}x (mean logit)", both, True))
 
     print(f"\nTIQA readings of {run.root}: {len(run.train)} train / {len(run.test)} test references "
           f"({int(run.te.sum())} test images), {len(run.od)} real ordering images\n")

@@ -406,6 +406,25 @@ def test_fit_to_labels_recovers_a_known_combination_and_keeps_the_onset_terms():
     np.testing.assert_allclose(fit.combine(s, ind), truth.combine(s, ind), atol=1e-4)
 
 
+def test_absolute_design_rebuilds_the_cards_penalty():
+    """The design a refit works on: its features times the absolute weights plus the onset
+    penalty is the card's own (absolute) penalty, holds applied; the relative term is left out
+    and a missing indicator counts as typical (feature 0)."""
+    card = MeasuredTerms({"noise": 0.7, "blur": 0.4, "ring": 0.2, "streak": 0.9, "axis": 2.0, "spacing": 1.5},
+                         TYPICAL, power=POWER, relative=("axis",), onset=("wedge", "spacing"),
+                         holds={"spacing": ["blur"]})
+    rng = np.random.default_rng(8)
+    n = 50
+    ind = {"noise": rng.uniform(0.0, 0.2, n), "blur": rng.uniform(0.3, 4.0, n), "streak": rng.uniform(0, 0.4, n),
+           "axis": rng.uniform(0, 4, n), "spacing": np.where(rng.random(n) < 0.3, rng.uniform(8, 30, n), 0.0)}
+    names, features, fixed = card.absolute_design(ind, n)
+    assert names == ["noise", "blur", "ring", "streak"] and features.shape == (n, 4) and fixed.shape == (n,)
+    np.testing.assert_array_equal(features[:, 2], 0.0)  # no ring reading: typical
+    weights = np.array([card.weights[k] for k in names])
+    np.testing.assert_allclose(features @ weights + fixed, card.penalty(ind), rtol=1e-12, atol=1e-12)
+    assert np.any(fixed > 0) and np.any(fixed == 0)  # the onset term counts only above its onset
+
+
 def test_label_fit_with_no_offset_and_unit_slope_is_the_cards_combination():
     from tomoqc.models.measured import LabelFit, fit_to_labels
 

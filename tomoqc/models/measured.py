@@ -294,6 +294,18 @@ class MeasuredTerms:
         x = np.where(np.isfinite(x), np.maximum(x, 0.0), t)
         return absolute_feature(x, t, self.power[name])
 
+    def absolute_design(self, indicators: dict, n: int) -> tuple[list[str], np.ndarray, np.ndarray]:
+        """What a refit of the absolute terms works on, for ``n`` slices: their names (neither
+        relative nor onset), the ``(n, k)`` matrix of their features (:meth:`feature` of the
+        :meth:`held` indicators; absent ones count as typical) and the ``(n,)`` penalty of the
+        onset terms as the card has them. The absolute penalty is ``features @ weights``."""
+        absolute = [k for k in INDICATORS if k not in self.relative and k not in self.onset]
+        held = self.held(indicators)
+        nan = np.full(int(n), np.nan)
+        features = np.stack([self.feature(k, np.asarray(held.get(k, nan), np.float64)) for k in absolute], axis=1)
+        fixed = np.broadcast_to(self.scaled(0.0).penalty(indicators), nan.shape).astype(np.float64)
+        return absolute, features, fixed
+
     def combine(self, score, indicators: dict, *, relative: bool = False) -> np.ndarray:
         """Slice scores from the network's calibrated scores and the indicators (with
         ``relative``, also the terms meant for comparing reconstructions of one scan)."""
@@ -519,13 +531,10 @@ def fit_to_labels(terms: MeasuredTerms, score, indicators: dict, labels) -> Labe
     if s.shape != y.shape or s.ndim != 1:
         raise OptionError("score and labels must be 1-D arrays of the same length")
     ok = np.isfinite(s) & np.isfinite(y)
-    absolute = [k for k in INDICATORS if k not in terms.relative and k not in terms.onset]
+    absolute, F, fixed = terms.absolute_design(indicators, len(s))
     if ok.sum() < len(absolute) + 2:
         raise OptionError(f"{int(ok.sum())} labelled images cannot fit {len(absolute) + 2} parameters")
-    held = terms.held(indicators)
-    nan = np.full(len(s), np.nan)
-    F = np.stack([terms.feature(k, np.asarray(held.get(k, nan), np.float64)) for k in absolute], axis=1)[ok]
-    fixed = np.broadcast_to(terms.scaled(0.0).penalty(indicators), s.shape)[ok]  # the onset terms
+    F, fixed = F[ok], fixed[ok]
     x = _logit_score(s[ok])
 
     def resid(p):
