@@ -78,6 +78,8 @@ def main(argv=None) -> int:
                     help="a labelled phantom dataset (tomoqc dataset build + tomoqc label) whose images, ordered by "
                          "label across impairments, join as a fourth source (tomoqc.train.series_refine.labelled_series)")
     ap.add_argument("--labelled-spacing", type=float, default=0.15, help="least label difference within such a series")
+    ap.add_argument("--labelled-pooled", action="store_true",
+                    help="draw each labelled series from the images of all references (pooled ranking), not one's")
     ap.add_argument("--labelled-val-references", type=int, default=6,
                     help="references of --labelled held out for validation")
     ap.add_argument("--val-extra", nargs="*", default=[],
@@ -103,7 +105,7 @@ def main(argv=None) -> int:
     val_labelled = []
     if a.labelled is not None:
         lab = labelled_series(a.labelled, spacing=a.labelled_spacing, seed=a.seed,
-                              val_references=a.labelled_val_references)
+                              val_references=a.labelled_val_references, pooled=a.labelled_pooled)
         val_labelled = [s.name for s in lab if s.name.startswith("labelled-val:")]
         log(f"labelled series: {len(lab) - len(val_labelled)} to train on, {len(val_labelled)} held out "
             f"({a.labelled})")

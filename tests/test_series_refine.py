@@ -144,3 +144,33 @@ def test_labelled_series_order_one_reference_across_impairments_by_label(tiny_la
     assert max(len(s.images) for s in series) <= 6
     with pytest.raises(InputError, match="label"):
         labelled_series(tiny)
+
+
+def test_pooled_labelled_series_draw_across_references_on_their_side_of_the_split(tiny_labelled):
+    """Pooled series mix references (as a pooled ranking does) but never cross the split: the
+    held-out ones draw only from the held-out references, the others never from them."""
+    from tomoqc.dataset import read_manifest
+    from tomoqc.preprocess import normalize_slice
+    from tomoqc.train.series_refine import labelled_series
+
+    rows = read_manifest(tiny_labelled)
+    refs = sorted({r["reference"] for r in rows})
+    held = set(refs[-2:])
+    series = labelled_series(tiny_labelled, spacing=0.3, per_reference=3, length=8, seed=1, val_references=2,
+                             pooled=True)
+    assert len(series) == 3 * len(refs)
+    assert sorted(s.name for s in series if s.name.startswith("labelled-val:")) == [
+        f"labelled-val:pooled#{k}" for k in range(6)]
+    normalised = [(r, normalize_slice(np.load(tiny_labelled / r["file"]))) for r in rows]
+    mixed = 0
+    for s in series:
+        val = s.name.startswith("labelled-val:")
+        labels, drawn_from = [], set()
+        for img in s.images:
+            hit = [r for r, a in normalised if np.array_equal(a, img)]
+            assert hit and all((r["reference"] in held) == val for r in hit)
+            labels.append(hit[0]["label"])
+            drawn_from.add(hit[0]["reference"])
+        assert len(s.images) >= 2 and all(a - b >= 0.3 - 1e-9 for a, b in zip(labels, labels[1:]))
+        mixed += len(drawn_from) > 1
+    assert mixed > 0  # a series of one reference's images only would never mix them

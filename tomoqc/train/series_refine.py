@@ -126,7 +126,7 @@ def build_training_series(realdata, *, phantoms: int = 6, seed: int = 20261130, 
 
 
 def labelled_series(dataset, *, spacing: float = 0.15, per_reference: int = 6, length: int = 8, seed: int = 0,
-                    val_references: int = 0) -> list[OrderedSeries]:
+                    val_references: int = 0, pooled: bool = False) -> list[OrderedSeries]:
     """Series of a labelled dataset's images (``tomoqc dataset build`` + ``tomoqc label``), ordered by label.
 
     Per reference, ``per_reference`` series, each drawn from all its images (both domains,
@@ -136,6 +136,11 @@ def labelled_series(dataset, *, spacing: float = 0.15, per_reference: int = 6, l
     projection resolves. Named ``labelled:<reference>#<k>``; the last ``val_references``
     references (in sorted order) are named ``labelled-val:...`` for :data:`VAL_SAMPLES`-style
     holding out (pass their names as ``val_samples``).
+
+    With ``pooled`` each series is drawn instead from the images of *every* reference on its
+    side of the split (the held-out ones for the held-out series), as a pooled ranking across
+    samples orders them (Table 2 of :mod:`tomoqc.study`); there are as many series as without
+    it, named ``labelled:pooled#<k>`` and ``labelled-val:pooled#<k>``.
     """
     from tomoqc.dataset import read_manifest
 
@@ -158,10 +163,18 @@ def labelled_series(dataset, *, spacing: float = 0.15, per_reference: int = 6, l
             cache[r["file"]] = _normalised(np.load(root / r["file"]))
         return cache[r["file"]]
 
+    if pooled:  # one pool per side of the split, as many series from each as its references give
+        pools = {"labelled": [r for ref in refs if ref not in held for r in by_ref[ref]],
+                 "labelled-val": [r for ref in refs if ref in held for r in by_ref[ref]]}
+        counts = {"labelled": len(refs) - len(held), "labelled-val": len(held)}
+        groups = [(f"{side}:pooled", pools[side], counts[side] * per_reference)
+                  for side in ("labelled", "labelled-val") if pools[side]]
+    else:
+        groups = [(f"{'labelled-val' if ref in held else 'labelled'}:{ref}", by_ref[ref], per_reference)
+                  for ref in refs]
     out = []
-    for ref in refs:
-        members = by_ref[ref]
-        for k in range(per_reference):
+    for name, members, count in groups:
+        for k in range(count):
             kept: list[dict] = []
             for i in rng.permutation(len(members)):
                 r = members[i]
@@ -170,8 +183,7 @@ def labelled_series(dataset, *, spacing: float = 0.15, per_reference: int = 6, l
                 if len(kept) == length:
                     break
             kept.sort(key=lambda r: -r["label"])
-            prefix = "labelled-val" if ref in held else "labelled"
-            out.append(OrderedSeries(f"{prefix}:{ref}#{k}", "label", "labelled", [image(r) for r in kept]))
+            out.append(OrderedSeries(f"{name}#{k}", "label", "labelled", [image(r) for r in kept]))
     return out
 
 
