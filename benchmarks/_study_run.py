@@ -35,6 +35,12 @@ class StudyRun:
 
         return np.array([_float(r.get(name)) for r in self.pred])
 
+    def terms(self):
+        """The measured terms of the run's TIQA card (None: a card without them)."""
+        from tomoqc.study import card_terms
+
+        return card_terms(self.model)
+
     def indicators(self) -> dict:
         from tomoqc.models.measured import INDICATORS
 

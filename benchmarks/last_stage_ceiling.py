@@ -68,7 +68,7 @@ def pooled_features(run, cache: Path) -> np.ndarray:
     return out
 
 
-def rank_fit(run, groups_all, folds: int = 4, temperatures=(0.1, 0.3, 1.0)) -> tuple[np.ndarray, dict]:
+def rank_fit(run, folds: int = 4, temperatures=(0.1, 0.3, 1.0)) -> tuple[np.ndarray, dict]:
     """The card's form, ``z = b logit(network) - sum_k w_k f_k(indicator_k) - onset terms``, with
     ``b`` and the absolute weights ``w_k >= 0`` fitted to the label order of the train rows:
     the mean of ``log(1 + exp(-(z_i - z_j) / tau))`` over pairs with ``label_i > label_j + 0.1``
@@ -78,12 +78,9 @@ def rank_fit(run, groups_all, folds: int = 4, temperatures=(0.1, 0.3, 1.0)) -> t
     from sklearn.model_selection import GroupKFold
 
     from tomoqc.metrics import stats
-    from tomoqc.models.measured import MeasuredTerms
     from tomoqc.models.measured import _logit_score as logit_score
-    from tomoqc.models.tiqa import default_weights_path
-    from tomoqc.study import _card_of
 
-    terms = MeasuredTerms.from_card(_card_of(Path(run.model) if run.model else default_weights_path()))
+    terms = run.terms()
     absolute, feats, fixed = terms.absolute_design(run.indicators(), len(run.pred))
     x = logit_score(run.column("network"))
     ok = np.isfinite(x) & np.isfinite(run.label)
@@ -103,7 +100,7 @@ def rank_fit(run, groups_all, folds: int = 4, temperatures=(0.1, 0.3, 1.0)) -> t
         return minimize(loss, p0, bounds=[(1e-3, 10.0)] + [(0.0, 100.0)] * len(absolute), method="L-BFGS-B").x
 
     train_rows = np.nonzero(run.tr & ok)[0]
-    groups = np.asarray(groups_all, dtype=object)[train_rows]
+    groups = np.asarray(run.reference, dtype=object)[train_rows]
     cv = {}
     for tau in temperatures:
         scores = []
@@ -170,7 +167,7 @@ def main(argv=None) -> int:
     s, p = fitted(make_pipeline(StandardScaler(), Ridge()), {"ridge__alpha": [1, 10, 100, 1000, 1e4]}, rich)
     table.append(("ridge", f"{feats.shape[1]} pooled features, network, card, indicators", s, p))
     if fit_row is not None:
-        s, p = rank_fit(run, run.reference)
+        s, p = rank_fit(run)
         table.append(("card's terms fitted to the label order", "network, indicators", s, p))
     brisque = run.method("brisque")
     if brisque is not None:

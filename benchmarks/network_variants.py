@@ -145,6 +145,8 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     if not args.views or min(args.views) < 1 or max(args.views) > 8:
         raise SystemExit(f"error: --views must lie in 1-8, got {args.views}")
+    if any(not 0.25 <= z <= 4 for z in args.zoom):
+        raise SystemExit(f"error: --zoom must lie in 0.25-4, got {args.zoom}")
     if args.finetune_epochs < 0:
         raise SystemExit(f"error: --finetune-epochs must be >= 0, got {args.finetune_epochs}")
     for path in args.network:
@@ -152,15 +154,14 @@ def main(argv=None) -> int:
             raise SystemExit(f"error: {path}: not a TIQA network with its card (.keras and .json)")
 
     from tomoqc.metrics import stats
-    from tomoqc.models.measured import MeasuredTerms, _logit_score, _score_of_logit
-    from tomoqc.models.tiqa import default_weights_path
-    from tomoqc.study import LOGISTIC_KIND, _card_of
+    from tomoqc.models.measured import _logit_score, _score_of_logit
+    from tomoqc.study import LOGISTIC_KIND
 
     from _study_run import load_study
 
     run = load_study(args.study)
     ind = run.indicators()
-    terms = MeasuredTerms.from_card(_card_of(Path(run.model) if run.model else default_weights_path()))
+    terms = run.terms()
     readings = network_readings(run, run.model, max(args.views), args.work / "views.npz")
     if not np.allclose(readings[:, 0], run.column("network"), atol=1e-3, equal_nan=True):
         print("note: the first view differs from the run's stored network scores (another model or version)",
@@ -173,8 +174,6 @@ def main(argv=None) -> int:
     for k, path in enumerate(args.network):
         variants.append((f"{path}", network_readings(run, path, 1, args.work / f"network{k}.npz")[:, 0], False))
     for z in args.zoom:
-        if not 0.25 <= z <= 4:
-            raise SystemExit(f"error: --zoom must lie in 0.25-4, got {z}")
         zoomed = network_readings(run, run.model, 1, args.work / f"zoom{z:g}.npz", zoom=z)[:, 0]
         variants.append((f"read at {z:g}x", zoomed, True))
         both = _score_of_logit((_logit_score(readings[:, 0]) + _logit_score(zoomed)) / 2)

@@ -377,6 +377,15 @@ def _card_of(weights: Path) -> dict:
         return {}
 
 
+def card_terms(model):
+    """The measured terms of the card beside TIQA weights ``model`` (None: the bundled ones),
+    or None for a card without them."""
+    from tomoqc.models.measured import MeasuredTerms
+    from tomoqc.models.tiqa import default_weights_path
+
+    return MeasuredTerms.from_card(_card_of(Path(model) if model else default_weights_path()))
+
+
 def _card_seeds(card: dict, where: str) -> tuple[set, list]:
     """Every integer under a key named ``seed``/``*_seed`` in a card, and the datasets it names
     (a dict holding an integer ``seed`` and an integer ``references``)."""
@@ -984,10 +993,9 @@ def _tiqa_fitted(root: Path, rows: list[dict], train: list, model, network=None)
     or None for a model without measured terms or predictions without the network's score.
     ``network`` (one score per row of ``predictions/tiqa.csv``) replaces the stored network
     scores, to refit the terms on another reading of the same images."""
-    from tomoqc.models.measured import INDICATORS, MeasuredTerms, fit_to_labels
-    from tomoqc.models.tiqa import default_weights_path
+    from tomoqc.models.measured import INDICATORS, fit_to_labels
 
-    terms = MeasuredTerms.from_card(_card_of(Path(model) if model else default_weights_path()))
+    terms = card_terms(model)
     pred = _read_csv(root / "predictions" / "tiqa.csv")
     if terms is None or not pred or "network" not in pred[0]:
         return None
